@@ -1,0 +1,2 @@
+export * from './image/index.js';
+export * from './proc/index.js';
