@@ -1,0 +1,75 @@
+import test from 'ava';
+import {
+  decodeClient,
+  decodeServer,
+  encodeClient,
+  encodeServer,
+  LazyRanges,
+  ProtocolError,
+  PROTOCOL_VERSION,
+  type ClientMessage,
+} from '../src/index.js';
+import { Packr } from 'msgpackr';
+
+const raw = new Packr({ useRecords: false });
+
+test('client messages survive the wire unchanged', (t) => {
+  const msgs: ClientMessage[] = [
+    { type: 'hello', version: PROTOCOL_VERSION, token: 'a'.repeat(64) },
+    { type: 'request', id: 7, pid: 4242, address: 0x7f12_3456_7000, pages: 16, priority: 'fault' },
+    { type: 'request', id: 2 ** 40, pid: 1, address: 0x1000, pages: 512, priority: 'background' },
+    { type: 'complete' },
+  ];
+  for (const m of msgs) t.deepEqual(decodeClient(encodeClient(m)), m);
+});
+
+test('page data decodes as the bytes that were sent', (t) => {
+  const data = Buffer.alloc(3 * 4096);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 31) & 0xff;
+  const back = decodeServer(encodeServer({ type: 'pages', id: 1, pid: 2, address: 0x10000, pages: 3, data }));
+  t.is(back.type, 'pages');
+  if (back.type === 'pages') t.true(Buffer.from(back.data).equals(data));
+});
+
+test('malformed frames are refused with a reason, never a crash', (t) => {
+  const bad: Array<[Uint8Array, RegExp]> = [
+    [Buffer.from([0x93, 0x02, 0x01]), /undecodable/],
+    [raw.pack({ a: 1 }), /not a message array/],
+    [raw.pack([99]), /unknown client message tag 99/],
+    [raw.pack([2, 1, 2, -4096, 1, 0]), /address must be a non-negative integer/],
+    [raw.pack([2, 1, 2, 4096, 1.5, 0]), /pages must be/],
+    [raw.pack([2, 1, 2, 4096, 1, 7]), /unknown priority 7/],
+    [raw.pack([2, 1, 2, 4096]), /request message has 3 fields, expected 5/],
+    [raw.pack([1, 1, 'x'.repeat(300)]), /token must be a string of at most 256/],
+  ];
+  for (const [frame, re] of bad) {
+    const err = t.throws(() => decodeClient(frame), { instanceOf: ProtocolError });
+    t.regex(err.message, re);
+  }
+  t.throws(() => decodeServer(raw.pack([18, 1, 2, 4096, 1, 'not bytes'])), { message: /pages data must be binary/ });
+});
+
+test('lazy ranges admit exactly the dumped pages', (t) => {
+  const P = 4096;
+  const r = new LazyRanges(
+    [
+      { pid: 10, start: 0x10000, pages: 4 },
+      { pid: 10, start: 0x14000, pages: 2 }, // adjacent: merges with the first
+      { pid: 10, start: 0x40000, pages: 1 },
+      { pid: 11, start: 0x10000, pages: 1 },
+    ],
+    P,
+  );
+  t.true(r.contains(10, 0x10000, 6));
+  t.true(r.contains(10, 0x15000, 1));
+  t.false(r.contains(10, 0x15000, 2), 'runs past the end');
+  t.false(r.contains(10, 0xf000, 1), 'before the first range');
+  t.false(r.contains(10, 0x16000, 1), 'in the gap');
+  t.false(r.contains(10, 0x10800, 1), 'unaligned');
+  t.false(r.contains(10, 0x40000, 0), 'empty');
+  t.false(r.contains(12, 0x10000, 1), 'another process');
+  t.true(r.contains(11, 0x10000, 1));
+  t.throws(() => new LazyRanges([{ pid: 1, start: 0x1000, pages: 2 }, { pid: 1, start: 0x2000, pages: 1 }], P), {
+    message: /overlapping/,
+  });
+});

@@ -1,0 +1,2 @@
+export * from './protocol/messages.js';
+export * from './protocol/lazy-ranges.js';

@@ -1,0 +1,329 @@
+// @lazymig/uffd-rs: userfaultfd, the fault loop and write-protect tracking for Node.
+//
+// Addresses and lengths are JS numbers: non-negative integers below 2^53 (TypeError if not
+// a number, RangeError if not such an integer). Ranges given to the kernel must be
+// page-aligned; an unaligned one fails like the kernel would (an Error with code 'EINVAL').
+//
+// Errors from the kernel are `SystemError`s (below). Outcomes that are part of normal
+// lazy-migration life (page already there, mapping changing, process gone) are returned,
+// not thrown.
+
+/** The system page size in bytes. */
+export declare const PAGE_SIZE: number
+
+/** UFFDIO_API feature bits, by name (UFFD_FEATURE_*). */
+export type UffdFeature =
+  | 'pagefaultFlagWp'
+  | 'eventFork'
+  | 'eventRemap'
+  | 'eventRemove'
+  | 'missingHugetlbfs'
+  | 'missingShmem'
+  | 'eventUnmap'
+  | 'sigbus'
+  | 'threadId'
+  | 'minorHugetlbfs'
+  | 'minorShmem'
+  | 'exactAddress'
+  | 'wpHugetlbfsShmem'
+  | 'wpUnpopulated'
+  | 'poison'
+  | 'wpAsync'
+  | 'move'
+
+/** ioctls the kernel reports as available (_UFFDIO_*). */
+export type UffdIoctl = 'register' | 'unregister' | 'wake' | 'copy' | 'zeropage' | 'move' | 'writeprotect' | 'continue' | 'poison' | 'api'
+
+/** PAGEMAP_SCAN page categories (PAGE_IS_*). */
+export type PageCategory = 'wpAllowed' | 'written' | 'file' | 'present' | 'swapped' | 'pfnZero' | 'huge' | 'softDirty' | 'guard'
+
+/** An Error from a failed syscall or ioctl, shaped like Node's system errors. */
+export interface SystemError extends Error {
+  /** errno name, e.g. 'EBADF', 'EINVAL'. */
+  code: string
+  /** The (positive) Linux errno value. */
+  errno: number
+  /** The operation: 'UFFDIO_COPY', 'UFFDIO_REGISTER', 'userfaultfd', 'munmap', ... */
+  syscall: string
+  /** The address the operation was working on, when there was one. */
+  address?: number
+}
+
+/**
+ * - ok: everything was installed
+ * - exists (EEXIST): a page of the range was already mapped; `bytes` were installed before it
+ * - again (EAGAIN): the mapping is changing (a non-cooperative event must be read first): retry
+ * - gone (ENOENT/ESRCH): the mapping or the whole process is gone
+ */
+export type OutcomeStatus = 'ok' | 'exists' | 'again' | 'gone'
+
+/** Index = the codes in BatchResult.statuses. */
+export declare const OUTCOME_STATUSES: readonly ['ok', 'exists', 'again', 'gone']
+
+export interface Outcome {
+  status: OutcomeStatus
+  /** Bytes installed (partial progress is reported, not lost). */
+  bytes: number
+}
+
+export interface HandshakeResult {
+  /** Every feature this kernel supports (UFFDIO_API reports all of them). */
+  features: UffdFeature[]
+  /** The features requested, now enabled on this uffd. */
+  enabled: UffdFeature[]
+  ioctls: UffdIoctl[]
+}
+
+export interface RegisterMode {
+  missing?: boolean
+  wp?: boolean
+  minor?: boolean
+}
+
+export interface FillOptions {
+  /** Install the pages write-protected (UFFDIO_COPY_MODE_WP). copy/installBatch only. */
+  wp?: boolean
+  /** Do not wake the faulting threads (wake them later with wake()). */
+  dontWake?: boolean
+}
+
+/** kind values of installBatch ranges. */
+export declare const RangeKind: { readonly copy: 0; readonly zero: 1 }
+
+export interface BatchResult {
+  /** Ranges fully installed. */
+  ok: number
+  /** Ranges that met already-present pages (those were skipped, the rest installed). */
+  exists: number
+  /** Ranges stopped by EAGAIN (retry them). */
+  again: number
+  /** Ranges whose mapping/process is gone. */
+  gone: number
+  /** Bytes installed over all ranges. */
+  bytes: number
+  /** Pages skipped because they were already present. */
+  pagesExisting: number
+  /** Per range, an index into OUTCOME_STATUSES. */
+  statuses: Uint8Array
+}
+
+export declare class Userfaultfd {
+  private constructor()
+  /** userfaultfd(2) with UFFD_USER_MODE_ONLY | O_CLOEXEC (falls back to /dev/userfaultfd). */
+  static open(opts?: { /** default true */ nonBlocking?: boolean }): Userfaultfd
+  /** Wraps an fd obtained elsewhere (pidfd_getfd, a fork event's childFd). It is now owned by this object. */
+  static adopt(fd: number): Userfaultfd
+  /** The fd number, or -1 once closed (operations then fail with EBADF). */
+  readonly fd: number
+  readonly closed: boolean
+  /**
+   * UFFDIO_API. Must come first and succeeds once per uffd. Requesting a feature this
+   * kernel lacks throws a SystemError (EINVAL) naming it.
+   */
+  handshake(features?: UffdFeature[]): HandshakeResult
+  /** UFFDIO_REGISTER; returns the ioctls available on the range. */
+  register(start: number, len: number, mode: RegisterMode): { ioctls: UffdIoctl[] }
+  unregister(start: number, len: number): void
+  /**
+   * UFFDIO_COPY from `src` (a whole number of pages, RangeError otherwise), read in place:
+   * no copy on the JS side. Wakes the faulting threads unless `dontWake`.
+   */
+  copy(dst: number, src: Buffer | Uint8Array, opts?: FillOptions): Outcome
+  /** UFFDIO_ZEROPAGE. */
+  zeropage(dst: number, len: number, opts?: Omit<FillOptions, 'wp'>): Outcome
+  /** UFFDIO_WAKE. */
+  wake(start: number, len: number): void
+  /**
+   * Installs many ranges in one call: COPY (from `data`) or ZEROPAGE, without waking,
+   * then one WAKE per contiguous span. `ranges` is flat: [dst, dataOffset, len, kind]...
+   * (kind: RangeKind; dataOffset is ignored for zero ranges). Everything is validated
+   * before anything is installed (RangeError for ranges outside `data`).
+   */
+  installBatch(data: Buffer | Uint8Array, ranges: Float64Array | BigUint64Array, opts?: FillOptions): BatchResult
+  /** UFFDIO_WRITEPROTECT: protect, or unprotect (waking WP-faulting threads unless dontWake). */
+  writeProtect(start: number, len: number, protect: boolean, opts?: { dontWake?: boolean }): void
+  /**
+   * Detaches from any FaultLoop, then closes. Idempotent. Note: closing a uffd whose
+   * registered pages are not all installed turns the missing ones into zero pages.
+   */
+  close(): void
+}
+
+export interface Fault {
+  /** The uffd it arrived on. */
+  fd: number
+  /** Page-aligned faulting address. */
+  address: number
+  write: boolean
+  /** A write-protect fault (resolve with writeProtect(..., false)). */
+  wp: boolean
+  minor: boolean
+  /** Faulting thread id, when the uffd enabled 'threadId' (0 otherwise). */
+  tid: number
+}
+
+export type UffdEvent =
+  /** UFFD_EVENT_FORK: the child's uffd, already installed in this process as childFd. */
+  | { kind: 'fork'; fd: number; childFd: number }
+  | { kind: 'remap'; fd: number; from: number; to: number; len: number }
+  | { kind: 'remove'; fd: number; start: number; end: number }
+  | { kind: 'unmap'; fd: number; start: number; end: number }
+  /** The loop stopped watching `fd` after this error. */
+  | { kind: 'error'; fd: number; code: string; message: string }
+
+export interface FaultBatch {
+  /** Faults in arrival order; several faults on the same page are coalesced into one. */
+  faults: Fault[]
+  /**
+   * Non-cooperative events in arrival order. Handle them before the faults of the same
+   * batch (the kernel itself reports pending faults before pending events).
+   */
+  events: UffdEvent[]
+}
+
+export interface FaultLoopOptions {
+  /** Pin the loop thread to this CPU. */
+  cpu?: number
+}
+
+/**
+ * A native thread epolls the added uffds and delivers what it reads to `onBatch` on the
+ * JS thread, one batch at a time (everything that arrived while the previous batch was
+ * being handled). A running loop keeps Node alive (see unref()); a stopped one does not.
+ */
+export declare class FaultLoop {
+  constructor(onBatch: (batch: FaultBatch) => void, opts?: FaultLoopOptions)
+  /** Watches a uffd (it must have done its handshake). The fd is switched to O_NONBLOCK. */
+  add(uffd: Userfaultfd | number): void
+  /** Stops watching; when it returns, the loop no longer reads that fd. */
+  remove(fd: number | Userfaultfd): void
+  unref(): this
+  ref(): this
+  /**
+   * Stops the thread without waiting for outstanding faults (they stay pending in the
+   * kernel, on uffds the caller still owns). Resolves once the thread has exited; no
+   * onBatch call happens after stop() was called. Idempotent.
+   */
+  stop(): Promise<void>
+}
+
+export interface ProbeCheck {
+  ok: boolean
+  /** errno name when not ok. */
+  code?: string
+  message?: string
+}
+
+export interface KernelProbe {
+  kernel: string
+  pageSize: number
+  userfaultfd: {
+    /** userfaultfd(2) with UFFD_USER_MODE_ONLY */
+    syscall: ProbeCheck
+    /** /dev/userfaultfd + USERFAULTFD_IOC_NEW */
+    device: ProbeCheck
+    /** vm.unprivileged_userfaultfd, null when unreadable */
+    unprivilegedSysctl: number | null
+    api: ProbeCheck
+    features: UffdFeature[]
+    /** Feature bits this package does not know by name. */
+    unknownFeatureBits: number
+    ioctls: UffdIoctl[]
+    /** ioctls available on anonymous memory registered missing+wp. */
+    anonRangeIoctls: UffdIoctl[]
+    /** WP_ASYNC + WP_UNPOPULATED write-tracking registration works. */
+    wpAsync: ProbeCheck
+  }
+  /** PAGEMAP_SCAN ioctl on /proc/self/pagemap (Linux 6.7+). */
+  pagemapScan: ProbeCheck
+  pidfdOpen: ProbeCheck
+  /** pidfd_getfd on this process. */
+  pidfdGetfd: ProbeCheck
+  processVmReadv: ProbeCheck
+  processVmWritev: ProbeCheck
+  /** kernel.yama.ptrace_scope, null when Yama is absent. */
+  ptraceScope: number | null
+}
+
+/** Finds out, by syscalls, what this kernel supports. */
+export declare function probe(): KernelProbe
+
+export type PagemapScanOptions = {
+  /** true: only pages in this category; false: only pages not in it. */
+  [C in PageCategory]?: boolean
+} & {
+  /** Write-protect the matched pages again in the same walk (PM_SCAN_WP_MATCHING). */
+  reprotect?: boolean
+  /** Stop after this many pages. */
+  maxPages?: number
+}
+
+export interface PageRegion {
+  start: number
+  /** Exclusive. */
+  end: number
+  categories: PageCategory[]
+}
+
+/**
+ * PAGEMAP_SCAN over [start, start+len) of this process. For dirty tracking: a uffd with
+ * ['pagefaultFlagWp', 'wpAsync', 'wpUnpopulated'], the range registered {wp: true} and
+ * write-protected; then `pagemapScan(start, len, {written: true, reprotect: true})` lists
+ * the pages written since the previous scan. Neighbouring pages with equal categories are
+ * merged into one region.
+ */
+export declare function pagemapScan(start: number, len: number, opts?: PagemapScanOptions): PageRegion[]
+
+export interface TouchOptions {
+  /** Addresses to touch (8-byte aligned), in order... */
+  addresses?: number[] | Float64Array | BigUint64Array
+  /** ...or `count` addresses from `start`, `stride` bytes apart (default PAGE_SIZE). */
+  start?: number
+  count?: number
+  stride?: number
+  /** Write `value` (u64) before reading back. Default: read only. */
+  write?: boolean
+  value?: number | bigint
+  /** Pin the touching thread to this CPU. */
+  cpu?: number
+}
+
+export interface TouchResult {
+  /** The first 8 bytes at each address (after the write when writing). */
+  values: BigUint64Array
+  /** Time each access took (including any fault it waited for), ns. */
+  latencyNs: Float64Array
+}
+
+export interface BenchRustResult {
+  latencyNs: Float64Array
+  /** Pages whose content was not what the handler installed (0 when correct). */
+  mismatches: number
+  totalNs: number
+}
+
+/** Helpers for tests and benchmarks, not for production use. */
+export declare const testing: {
+  /** mmap of private anonymous memory (MAP_NORESERVE); len: whole pages. */
+  mapAnonymous(len: number): number
+  unmap(addr: number, len: number): void
+  madvise(addr: number, len: number, advice: 'dontneed' | 'remove' | 'willneed' | 'nohugepage'): void
+  /**
+   * Touches the addresses one by one on a new native thread (a fault blocks that thread,
+   * not JS) and resolves when done. Addresses are checked to be mapped first (EFAULT).
+   */
+  touch(opts: TouchOptions): Promise<TouchResult>
+  /** Reads on the JS thread: never on a page that can fault into a uffd (it would block JS). */
+  readU64(addr: number): bigint
+  writeU64(addr: number, value: number | bigint): void
+  /** Fills [addr, addr+len) with a repeated u64. */
+  fill(addr: number, len: number, pattern: number | bigint): void
+  /** Sets the CPU affinity of the calling (JS) thread. */
+  setAffinity(cpus: number[]): void
+  getAffinity(): number[]
+  /**
+   * The latency floor: a fault handler in Rust alone serving `pages` single-page faults
+   * touched one at a time by a native thread.
+   */
+  benchRustHandler(opts: { pages?: number; handlerCpu?: number; toucherCpu?: number }): Promise<BenchRustResult>
+}

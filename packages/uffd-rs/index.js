@@ -1,0 +1,186 @@
+// @lazymig/uffd-rs: userfaultfd, the fault loop and write-protect tracking for Node.
+// The native module exports raw functions taking fds and numbers; this file wraps them in
+// the small classes of index.d.ts. Only this file loads the .node.
+import { createRequire } from 'node:module'
+
+const require = createRequire(import.meta.url)
+
+function load() {
+  const file = `./uffd-rs.${process.platform}-${process.arch}-gnu.node`
+  try {
+    return require(file)
+  } catch (err) {
+    const hint = process.platform === 'linux' ? 'run `npm run build` in packages/uffd-rs' : 'userfaultfd exists on Linux only'
+    throw new Error(`@lazymig/uffd-rs: cannot load ${file} (${hint}): ${err.message}`, { cause: err })
+  }
+}
+
+const native = load()
+
+export const PAGE_SIZE = native.PAGE_SIZE
+
+/** kind values of installBatch ranges. */
+export const RangeKind = Object.freeze({ copy: 0, zero: 1 })
+
+const STATUS = ['ok', 'exists', 'again', 'gone']
+const INTERNAL = Symbol('internal')
+
+/** Loops each Userfaultfd was added to, so close() can detach it first. */
+const attachedLoops = new WeakMap()
+
+export class Userfaultfd {
+  #fd
+
+  constructor(token, fd) {
+    if (token !== INTERNAL) throw new TypeError('use Userfaultfd.open() or Userfaultfd.adopt(fd)')
+    this.#fd = fd
+  }
+
+  static open(opts = {}) {
+    if (opts === null || typeof opts !== 'object') throw new TypeError('options must be an object')
+    return new Userfaultfd(INTERNAL, native.uffdOpen(opts.nonBlocking ?? true))
+  }
+
+  static adopt(fd) {
+    if (!Number.isInteger(fd) || fd < 0 || fd > 0x7fffffff) throw new RangeError(`fd must be a non-negative integer, got ${fd}`)
+    return new Userfaultfd(INTERNAL, fd)
+  }
+
+  /** The fd number, or -1 once closed. */
+  get fd() {
+    return this.#fd
+  }
+
+  get closed() {
+    return this.#fd < 0
+  }
+
+  handshake(features = []) {
+    return native.uffdHandshake(this.#fd, features)
+  }
+
+  register(start, len, mode) {
+    return native.uffdRegister(this.#fd, start, len, mode)
+  }
+
+  unregister(start, len) {
+    native.uffdUnregister(this.#fd, start, len)
+  }
+
+  copy(dst, src, opts) {
+    return native.uffdCopy(this.#fd, dst, src, opts)
+  }
+
+  zeropage(dst, len, opts) {
+    return native.uffdZeropage(this.#fd, dst, len, opts)
+  }
+
+  wake(start, len) {
+    native.uffdWake(this.#fd, start, len)
+  }
+
+  installBatch(data, ranges, opts) {
+    return native.uffdInstallBatch(this.#fd, data, ranges, opts)
+  }
+
+  writeProtect(start, len, protect, opts) {
+    native.uffdWriteProtect(this.#fd, start, len, protect, opts)
+  }
+
+  close() {
+    if (this.#fd < 0) return
+    const fd = this.#fd
+    for (const loop of attachedLoops.get(this) ?? []) loop.remove(fd)
+    attachedLoops.delete(this)
+    this.#fd = -1
+    native.uffdClose(fd)
+  }
+}
+
+function decodeFaults(flat) {
+  const n = flat.length >>> 2
+  const faults = new Array(n)
+  for (let i = 0, j = 0; i < n; i++, j += 4) {
+    const flags = flat[j + 2]
+    faults[i] = { fd: flat[j], address: flat[j + 1], write: (flags & 1) !== 0, wp: (flags & 2) !== 0, minor: (flags & 4) !== 0, tid: flat[j + 3] }
+  }
+  return faults
+}
+
+export class FaultLoop {
+  #handle
+  #stopped = null
+  #uffds = new Map()
+
+  constructor(onBatch, opts) {
+    if (typeof onBatch !== 'function') throw new TypeError('onBatch must be a function')
+    this.#handle = native.loopCreate((flat, events) => onBatch({ faults: decodeFaults(flat), events }), opts)
+  }
+
+  add(uffd) {
+    if (this.#stopped) throw new Error('FaultLoop is stopped')
+    const isObj = uffd instanceof Userfaultfd
+    const fd = isObj ? uffd.fd : uffd
+    native.loopAdd(this.#handle, fd)
+    if (isObj) {
+      this.#uffds.set(fd, uffd)
+      let loops = attachedLoops.get(uffd)
+      if (!loops) attachedLoops.set(uffd, (loops = new Set()))
+      loops.add(this)
+    }
+  }
+
+  remove(fd) {
+    if (fd instanceof Userfaultfd) fd = fd.fd
+    const uffd = this.#uffds.get(fd)
+    if (uffd) {
+      this.#uffds.delete(fd)
+      attachedLoops.get(uffd)?.delete(this)
+    }
+    if (this.#stopped) return
+    native.loopRemove(this.#handle, fd)
+  }
+
+  /** Let Node exit while this loop runs (it keeps Node alive by default). */
+  unref() {
+    if (!this.#stopped) native.loopRef(this.#handle, false)
+    return this
+  }
+
+  ref() {
+    if (!this.#stopped) native.loopRef(this.#handle, true)
+    return this
+  }
+
+  stop() {
+    if (!this.#stopped) {
+      for (const uffd of this.#uffds.values()) attachedLoops.get(uffd)?.delete(this)
+      this.#uffds.clear()
+      this.#stopped = native.loopStop(this.#handle)
+    }
+    return this.#stopped
+  }
+}
+
+export function probe() {
+  return native.probe()
+}
+
+export function pagemapScan(start, len, opts) {
+  return native.pagemapScan(start, len, opts)
+}
+
+export const testing = Object.freeze({
+  mapAnonymous: (len) => native.testMapAnonymous(len),
+  unmap: (addr, len) => native.testUnmap(addr, len),
+  madvise: (addr, len, advice) => native.testMadvise(addr, len, advice),
+  touch: (opts) => native.testTouch(opts),
+  readU64: (addr) => native.testReadU64(addr),
+  writeU64: (addr, value) => native.testWriteU64(addr, value),
+  fill: (addr, len, pattern) => native.testFill(addr, len, pattern),
+  setAffinity: (cpus) => native.testSetAffinity(cpus),
+  getAffinity: () => native.testGetAffinity(),
+  benchRustHandler: (opts) => native.testBenchRustHandler(opts),
+})
+
+export { STATUS as OUTCOME_STATUSES }

@@ -1,0 +1,497 @@
+//! Everything JS can call, as one table. Each function converts its arguments (bad input
+//! -> TypeError/RangeError), calls into the JS-free modules, and converts the result.
+//! index.js wraps these raw functions in classes; nothing else should call them.
+
+use crate::export;
+use crate::fault_loop::{FaultLoop, LoopOptions};
+use crate::napi::promise::Deferred;
+use crate::napi::tsfn::spawn_promise;
+use crate::napi::value::Typed;
+use crate::napi::{Args, Env, Export, JsError, JsResult, Kind, Value, range_error, type_error};
+use crate::sys::uffd::*;
+use crate::sys::{SysError, page_size, pagemap};
+use crate::{probe, testing, uffd, wp};
+
+pub const TABLE: &[Export] = &[
+    // userfaultfd
+    export!("uffdOpen\0" => uffd_open),
+    export!("uffdClose\0" => uffd_close),
+    export!("uffdHandshake\0" => uffd_handshake),
+    export!("uffdRegister\0" => uffd_register),
+    export!("uffdUnregister\0" => uffd_unregister),
+    export!("uffdCopy\0" => uffd_copy),
+    export!("uffdZeropage\0" => uffd_zeropage),
+    export!("uffdWake\0" => uffd_wake),
+    export!("uffdInstallBatch\0" => uffd_install_batch),
+    export!("uffdWriteProtect\0" => uffd_write_protect),
+    // fault loop
+    export!("loopCreate\0" => loop_create),
+    export!("loopAdd\0" => loop_add),
+    export!("loopRemove\0" => loop_remove),
+    export!("loopStop\0" => loop_stop),
+    export!("loopRef\0" => loop_ref),
+    // write-protect tracking, kernel probe
+    export!("pagemapScan\0" => pagemap_scan),
+    export!("probe\0" => probe_kernel),
+    // testing
+    export!("testMapAnonymous\0" => test_map_anonymous),
+    export!("testUnmap\0" => test_unmap),
+    export!("testMadvise\0" => test_madvise),
+    export!("testTouch\0" => test_touch),
+    export!("testReadU64\0" => test_read_u64),
+    export!("testWriteU64\0" => test_write_u64),
+    export!("testFill\0" => test_fill),
+    export!("testSetAffinity\0" => test_set_affinity),
+    export!("testGetAffinity\0" => test_get_affinity),
+    export!("testBenchRustHandler\0" => test_bench_rust_handler),
+];
+
+/// Values set on the module object next to the functions.
+pub fn constants(env: Env, exports: Value) -> JsResult<()> {
+    env.set(exports, c"PAGE_SIZE", env.num(page_size() as u64)?)
+}
+
+// ---------- shared argument helpers ----------
+
+fn addr_arg(env: Env, a: &Args, i: usize, what: &str) -> JsResult<u64> {
+    env.to_u64(a.get(i, what)?, what)
+}
+
+fn fd_arg(env: Env, a: &Args) -> JsResult<i32> {
+    env.to_fd(a.get(0, "fd")?)
+}
+
+fn outcome(env: Env, o: uffd::Outcome) -> JsResult<Value> {
+    env.object_with(&[(c"status", env.str(o.status.name())?), (c"bytes", env.num(o.bytes)?)])
+}
+
+fn fill_mode(env: Env, opts: Option<Value>) -> JsResult<uffd::FillMode> {
+    Ok(uffd::FillMode { dont_wake: env.opt_bool(opts, c"dontWake", false)?, wp: env.opt_bool(opts, c"wp", false)? })
+}
+
+fn check_page_multiple(len: u64, what: &str) -> JsResult<()> {
+    let ps = page_size() as u64;
+    if len == 0 || len % ps != 0 {
+        return range_error(format!("{what} must be a non-zero multiple of the page size ({ps}), got {len}"));
+    }
+    Ok(())
+}
+
+fn sys<T>(r: Result<T, SysError>) -> JsResult<T> {
+    r.map_err(JsError::Sys)
+}
+
+// ---------- userfaultfd ----------
+
+fn uffd_open(env: Env, a: &Args) -> JsResult<Value> {
+    let nonblocking = match a.opt(0)? {
+        None => true,
+        Some(v) => env.to_bool(v, "nonBlocking")?,
+    };
+    env.num(sys(uffd::open(nonblocking))? as u64)
+}
+
+fn uffd_close(env: Env, a: &Args) -> JsResult<Value> {
+    sys(crate::sys::close_fd(fd_arg(env, a)?))?;
+    env.undefined()
+}
+
+fn feature_bits(env: Env, v: Value) -> JsResult<u64> {
+    if !env.is_array(v)? {
+        return type_error("features must be an array of feature names");
+    }
+    let mut bits = 0;
+    for i in 0..env.array_len(v)? {
+        let name = env.to_string(env.get_index(v, i)?, "feature")?;
+        bits |= match feature_bit(&name) {
+            Some(b) => b,
+            None => return range_error(format!("unknown userfaultfd feature '{name}' (known: {})", FEATURES.iter().map(|f| f.0).collect::<Vec<_>>().join(", "))),
+        };
+    }
+    Ok(bits)
+}
+
+fn uffd_handshake(env: Env, a: &Args) -> JsResult<Value> {
+    let fd = fd_arg(env, a)?;
+    let want = match a.opt(1)? {
+        None => 0,
+        Some(v) => feature_bits(env, v)?,
+    };
+    let info = match uffd::api(fd, want) {
+        Ok(i) => i,
+        Err(e) if e.errno == libc::EINVAL && want != 0 => {
+            // Say which feature is missing rather than a bare EINVAL.
+            let lacking = uffd::supported_features().map(|s| want & !s.features).unwrap_or(0);
+            return Err(JsError::Sys(if lacking != 0 {
+                e.because(format!("this kernel lacks userfaultfd feature(s): {}", feature_names(lacking).join(", ")))
+            } else {
+                e.because("the kernel refused this feature combination (or the handshake was already done)")
+            }));
+        }
+        Err(e) => return Err(JsError::Sys(e)),
+    };
+    env.object_with(&[
+        (c"features", env.str_array(&feature_names(info.features))?),
+        (c"enabled", env.str_array(&feature_names(want))?),
+        (c"ioctls", env.str_array(&ioctl_names(info.ioctls))?),
+    ])
+}
+
+fn uffd_register(env: Env, a: &Args) -> JsResult<Value> {
+    let fd = fd_arg(env, a)?;
+    let start = addr_arg(env, a, 1, "start")?;
+    let len = addr_arg(env, a, 2, "len")?;
+    let mode_obj = env.opts(Some(a.get(3, "mode")?), "mode")?;
+    let mut mode = 0;
+    for (name, bit) in [(c"missing", UFFDIO_REGISTER_MODE_MISSING), (c"wp", UFFDIO_REGISTER_MODE_WP), (c"minor", UFFDIO_REGISTER_MODE_MINOR)] {
+        if env.opt_bool(mode_obj, name, false)? {
+            mode |= bit;
+        }
+    }
+    if mode == 0 {
+        return range_error("mode must enable at least one of missing, wp, minor");
+    }
+    let ioctls = sys(uffd::register(fd, start, len, mode))?;
+    env.object_with(&[(c"ioctls", env.str_array(&ioctl_names(ioctls))?)])
+}
+
+fn uffd_unregister(env: Env, a: &Args) -> JsResult<Value> {
+    sys(uffd::unregister(fd_arg(env, a)?, addr_arg(env, a, 1, "start")?, addr_arg(env, a, 2, "len")?))?;
+    env.undefined()
+}
+
+fn uffd_wake(env: Env, a: &Args) -> JsResult<Value> {
+    sys(uffd::wake(fd_arg(env, a)?, addr_arg(env, a, 1, "start")?, addr_arg(env, a, 2, "len")?))?;
+    env.undefined()
+}
+
+fn uffd_copy(env: Env, a: &Args) -> JsResult<Value> {
+    let fd = fd_arg(env, a)?;
+    let dst = addr_arg(env, a, 1, "dst")?;
+    // Zero-copy: the kernel reads straight from the JS buffer's backing store, which
+    // cannot move during this synchronous call.
+    let src = env.to_bytes(a.get(2, "src")?, "src")?;
+    check_page_multiple(src.len as u64, "src length")?;
+    let mode = fill_mode(env, env.opts(a.opt(3)?, "options")?)?;
+    outcome(env, sys(uffd::copy(fd, dst, src.as_slice(), mode))?)
+}
+
+fn uffd_zeropage(env: Env, a: &Args) -> JsResult<Value> {
+    let fd = fd_arg(env, a)?;
+    let dst = addr_arg(env, a, 1, "dst")?;
+    let len = addr_arg(env, a, 2, "len")?;
+    let mode = fill_mode(env, env.opts(a.opt(3)?, "options")?)?;
+    if mode.wp {
+        return range_error("zeropage cannot install write-protected pages (wp)");
+    }
+    outcome(env, sys(uffd::zeropage(fd, dst, len, mode))?)
+}
+
+fn uffd_write_protect(env: Env, a: &Args) -> JsResult<Value> {
+    let fd = fd_arg(env, a)?;
+    let start = addr_arg(env, a, 1, "start")?;
+    let len = addr_arg(env, a, 2, "len")?;
+    let protect = env.to_bool(a.get(3, "protect")?, "protect")?;
+    let dont_wake = env.opt_bool(env.opts(a.opt(4)?, "options")?, c"dontWake", false)?;
+    sys(uffd::write_protect(fd, start, len, protect, dont_wake))?;
+    env.undefined()
+}
+
+/// Decodes the flat [dst, dataOffset, len, kind]* ranges and checks them against `data`
+/// before anything is installed (a half-installed batch is worse than a refused one).
+fn batch_ranges(env: Env, v: Value, data_len: u64) -> JsResult<Vec<uffd::BatchRange>> {
+    let words: Vec<u64> = match env.to_typed(v, "ranges")? {
+        Typed::U64(s) => s.to_vec(),
+        Typed::F64(s) => {
+            let mut out = Vec::with_capacity(s.len());
+            for (i, &x) in s.iter().enumerate() {
+                if !(x.is_finite() && x.fract() == 0.0 && x >= 0.0 && x <= crate::napi::value::MAX_SAFE as f64) {
+                    return range_error(format!("ranges[{i}] must be an integer in [0, 2^53), got {x}"));
+                }
+                out.push(x as u64);
+            }
+            out
+        }
+        _ => return type_error("ranges must be a Float64Array or BigUint64Array"),
+    };
+    if words.len() % 4 != 0 {
+        return range_error(format!("ranges must hold [dst, dataOffset, len, kind] quadruples, got {} numbers", words.len()));
+    }
+    let ps = page_size() as u64;
+    let mut out = Vec::with_capacity(words.len() / 4);
+    for (i, q) in words.chunks_exact(4).enumerate() {
+        let (dst, off, len, kind) = (q[0], q[1], q[2], q[3]);
+        let kind = match kind {
+            0 => uffd::RangeKind::Copy,
+            1 => uffd::RangeKind::Zero,
+            k => return range_error(format!("range {i}: kind must be 0 (copy) or 1 (zero), got {k}")),
+        };
+        if len == 0 || len % ps != 0 {
+            return range_error(format!("range {i}: len must be a non-zero multiple of the page size, got {len}"));
+        }
+        if dst % ps != 0 {
+            return Err(JsError::Sys(SysError::new("UFFDIO_COPY", libc::EINVAL).at(dst).because(format!("range {i}: dst is not page-aligned"))));
+        }
+        if kind == uffd::RangeKind::Copy && off.checked_add(len).is_none_or(|end| end > data_len) {
+            return range_error(format!("range {i}: data[{off}..{}] is outside the {data_len}-byte data buffer", off.saturating_add(len)));
+        }
+        out.push(uffd::BatchRange { dst, data_offset: off, len, kind });
+    }
+    Ok(out)
+}
+
+fn uffd_install_batch(env: Env, a: &Args) -> JsResult<Value> {
+    let fd = fd_arg(env, a)?;
+    let data = env.to_bytes(a.get(1, "data")?, "data")?;
+    let ranges = batch_ranges(env, a.get(2, "ranges")?, data.len as u64)?;
+    let mode = fill_mode(env, env.opts(a.opt(3)?, "options")?)?;
+    let r = sys(uffd::install_batch(fd, data.as_slice(), &ranges, mode))?;
+    env.object_with(&[
+        (c"ok", env.num(r.ok as u64)?),
+        (c"exists", env.num(r.exists as u64)?),
+        (c"again", env.num(r.again as u64)?),
+        (c"gone", env.num(r.gone as u64)?),
+        (c"bytes", env.num(r.bytes)?),
+        (c"pagesExisting", env.num(r.pages_existing)?),
+        (c"statuses", env.uint8_array(&r.statuses)?),
+    ])
+}
+
+// ---------- fault loop ----------
+
+fn loop_create(env: Env, a: &Args) -> JsResult<Value> {
+    let cb = a.get(0, "onBatch")?;
+    if env.kind(cb)? != Kind::Function {
+        return type_error("onBatch must be a function");
+    }
+    let opts = env.opts(a.opt(1)?, "options")?;
+    let cpu = env.opt_u64(opts, c"cpu")?.map(|c| c as usize);
+    env.external(FaultLoop::start(env, cb, LoopOptions { cpu })?)
+}
+
+fn loop_handle(env: Env, a: &Args) -> JsResult<std::sync::Arc<FaultLoop>> {
+    env.from_external::<FaultLoop>(a.get(0, "loop")?, "loop")
+}
+
+fn loop_add(env: Env, a: &Args) -> JsResult<Value> {
+    let l = loop_handle(env, a)?;
+    sys(l.add(env.to_fd(a.get(1, "fd")?)?))?;
+    env.undefined()
+}
+
+fn loop_remove(env: Env, a: &Args) -> JsResult<Value> {
+    let l = loop_handle(env, a)?;
+    sys(l.remove(env.to_fd(a.get(1, "fd")?)?))?;
+    env.undefined()
+}
+
+fn loop_stop(env: Env, a: &Args) -> JsResult<Value> {
+    let l = loop_handle(env, a)?;
+    let (d, promise) = Deferred::new(env)?;
+    l.stop(
+        env,
+        Box::new(move |env| {
+            let _ = env.undefined().and_then(|u| d.resolve(env, u));
+        }),
+    );
+    Ok(promise)
+}
+
+fn loop_ref(env: Env, a: &Args) -> JsResult<Value> {
+    let l = loop_handle(env, a)?;
+    l.set_ref(env, env.to_bool(a.get(1, "keepAlive")?, "keepAlive")?)?;
+    env.undefined()
+}
+
+// ---------- write-protect tracking ----------
+
+fn pagemap_scan(env: Env, a: &Args) -> JsResult<Value> {
+    let start = addr_arg(env, a, 0, "start")?;
+    let len = addr_arg(env, a, 1, "len")?;
+    let opts = env.opts(a.opt(2)?, "options")?;
+    let mut q = wp::ScanQuery { report: pagemap::ALL_CATEGORIES, ..Default::default() };
+    for (name, bit) in pagemap::CATEGORIES {
+        let cname = std::ffi::CString::new(*name).unwrap();
+        if let Some(v) = env.opt_prop(opts, &cname)? {
+            // true: the page must have it; false: it must not.
+            q.required |= bit;
+            if !env.to_bool(v, &format!("option '{name}'"))? {
+                q.inverted |= bit;
+            }
+        }
+    }
+    q.reprotect = env.opt_bool(opts, c"reprotect", false)?;
+    q.max_pages = env.opt_u64(opts, c"maxPages")?.unwrap_or(0);
+    let regions = sys(wp::scan_self(start, len, q))?;
+    env.array_of(regions.iter().map(|r| {
+        env.object_with(&[(c"start", env.num(r.start)?), (c"end", env.num(r.end)?), (c"categories", env.str_array(&pagemap::category_names(r.categories))?)])
+    }))
+}
+
+// ---------- probe ----------
+
+fn check_js(env: Env, c: &probe::Check) -> JsResult<Value> {
+    match c {
+        Ok(()) => env.object_with(&[(c"ok", env.bool(true)?)]),
+        Err(e) => env.object_with(&[(c"ok", env.bool(false)?), (c"code", env.str(e.code())?), (c"message", env.str(&e.to_string())?)]),
+    }
+}
+
+fn opt_num(env: Env, v: Option<i64>) -> JsResult<Value> {
+    match v {
+        Some(x) => env.f64(x as f64),
+        None => env.null(),
+    }
+}
+
+fn probe_kernel(env: Env, _a: &Args) -> JsResult<Value> {
+    let p = probe::probe();
+    let u = &p.uffd;
+    let (features, ioctls, unknown) = match &u.api {
+        Ok(i) => {
+            let known: u64 = FEATURES.iter().map(|f| f.1).fold(0, |x, y| x | y);
+            (feature_names(i.features), ioctl_names(i.ioctls), i.features & !known)
+        }
+        Err(_) => (vec![], vec![], 0),
+    };
+    let api_check: probe::Check = u.api.as_ref().map(|_| ()).map_err(|e| e.clone());
+    let range_ioctls = match &u.anon_range_ioctls {
+        Ok(bits) => ioctl_names(*bits),
+        Err(_) => vec![],
+    };
+    let uffd_obj = env.object_with(&[
+        (c"syscall", check_js(env, &u.syscall)?),
+        (c"device", check_js(env, &u.device)?),
+        (c"unprivilegedSysctl", opt_num(env, u.unprivileged_sysctl)?),
+        (c"api", check_js(env, &api_check)?),
+        (c"features", env.str_array(&features)?),
+        (c"unknownFeatureBits", env.num(unknown)?),
+        (c"ioctls", env.str_array(&ioctls)?),
+        (c"anonRangeIoctls", env.str_array(&range_ioctls)?),
+        (c"wpAsync", check_js(env, &u.wp_async)?),
+    ])?;
+    env.object_with(&[
+        (c"kernel", env.str(&p.kernel)?),
+        (c"pageSize", env.num(p.page_size as u64)?),
+        (c"userfaultfd", uffd_obj),
+        (c"pagemapScan", check_js(env, &p.pagemap_scan)?),
+        (c"pidfdOpen", check_js(env, &p.pidfd_open)?),
+        (c"pidfdGetfd", check_js(env, &p.pidfd_getfd)?),
+        (c"processVmReadv", check_js(env, &p.process_vm_readv)?),
+        (c"processVmWritev", check_js(env, &p.process_vm_writev)?),
+        (c"ptraceScope", opt_num(env, p.ptrace_scope)?),
+    ])
+}
+
+// ---------- testing ----------
+
+fn test_map_anonymous(env: Env, a: &Args) -> JsResult<Value> {
+    let len = addr_arg(env, a, 0, "len")?;
+    check_page_multiple(len, "len")?;
+    env.num(sys(testing::map_anonymous(len))?)
+}
+
+fn test_unmap(env: Env, a: &Args) -> JsResult<Value> {
+    sys(testing::unmap(addr_arg(env, a, 0, "addr")?, addr_arg(env, a, 1, "len")?))?;
+    env.undefined()
+}
+
+fn test_madvise(env: Env, a: &Args) -> JsResult<Value> {
+    let addr = addr_arg(env, a, 0, "addr")?;
+    let len = addr_arg(env, a, 1, "len")?;
+    let advice = match env.to_string(a.get(2, "advice")?, "advice")?.as_str() {
+        "dontneed" => libc::MADV_DONTNEED,
+        "remove" => libc::MADV_REMOVE,
+        "willneed" => libc::MADV_WILLNEED,
+        "nohugepage" => libc::MADV_NOHUGEPAGE,
+        other => return range_error(format!("advice must be 'dontneed', 'remove', 'willneed' or 'nohugepage', got '{other}'")),
+    };
+    sys(testing::madvise(addr, len, advice))?;
+    env.undefined()
+}
+
+fn u64_list(env: Env, v: Value, what: &str) -> JsResult<Vec<u64>> {
+    match env.to_typed(v, what) {
+        Ok(Typed::F64(s)) => s.iter().map(|&x| if x.fract() == 0.0 && x >= 0.0 && x <= crate::napi::value::MAX_SAFE as f64 { Ok(x as u64) } else { range_error(format!("{what}: {x} is not an address")) }).collect(),
+        Ok(Typed::U64(s)) => Ok(s.to_vec()),
+        Ok(_) => type_error(format!("{what} must be an array of numbers, a Float64Array or a BigUint64Array")),
+        Err(_) => {
+            if !env.is_array(v)? {
+                return type_error(format!("{what} must be an array of numbers, a Float64Array or a BigUint64Array"));
+            }
+            (0..env.array_len(v)?).map(|i| env.to_u64(env.get_index(v, i)?, what)).collect()
+        }
+    }
+}
+
+fn test_touch(env: Env, a: &Args) -> JsResult<Value> {
+    let opts = env.opts(Some(a.get(0, "options")?), "options")?;
+    let addresses = if let Some(v) = env.opt_prop(opts, c"addresses")? {
+        u64_list(env, v, "addresses")?
+    } else {
+        let start = env.opt_u64(opts, c"start")?.ok_or_else(|| JsError::Type("touch needs addresses, or start and count".into()))?;
+        let count = env.opt_u64(opts, c"count")?.ok_or_else(|| JsError::Type("touch needs count with start".into()))?;
+        let stride = env.opt_u64(opts, c"stride")?.unwrap_or(page_size() as u64);
+        (0..count).map(|i| start + i * stride).collect()
+    };
+    let value = match env.opt_prop(opts, c"value")? {
+        None => 0,
+        Some(v) => env.to_u64_or_bigint(v, "value")?,
+    };
+    let plan = testing::TouchPlan { addresses, write: env.opt_bool(opts, c"write", false)?, value, cpu: env.opt_u64(opts, c"cpu")?.map(|c| c as usize) };
+    sys(plan.validate())?;
+    spawn_promise(env, "lazymig-touch", move || plan.run(), |env, r| {
+        let r = sys(r)?;
+        env.object_with(&[(c"values", env.biguint64_array(&r.values)?), (c"latencyNs", env.float64_array(&r.latency_ns)?)])
+    })
+}
+
+fn test_read_u64(env: Env, a: &Args) -> JsResult<Value> {
+    env.bigint(sys(testing::read_u64(addr_arg(env, a, 0, "addr")?))?)
+}
+
+fn test_write_u64(env: Env, a: &Args) -> JsResult<Value> {
+    let addr = addr_arg(env, a, 0, "addr")?;
+    let v = env.to_u64_or_bigint(a.get(1, "value")?, "value")?;
+    sys(testing::write_u64(addr, v))?;
+    env.undefined()
+}
+
+fn test_fill(env: Env, a: &Args) -> JsResult<Value> {
+    let addr = addr_arg(env, a, 0, "addr")?;
+    let len = addr_arg(env, a, 1, "len")?;
+    let pattern = env.to_u64_or_bigint(a.get(2, "pattern")?, "pattern")?;
+    sys(testing::fill(addr, len, pattern))?;
+    env.undefined()
+}
+
+fn test_set_affinity(env: Env, a: &Args) -> JsResult<Value> {
+    let cpus: Vec<usize> = u64_list(env, a.get(0, "cpus")?, "cpus")?.into_iter().map(|c| c as usize).collect();
+    if cpus.is_empty() {
+        return range_error("cpus must not be empty");
+    }
+    sys(crate::sys::pin_current_thread(&cpus))?;
+    env.undefined()
+}
+
+fn test_get_affinity(env: Env, _a: &Args) -> JsResult<Value> {
+    let cpus = sys(crate::sys::current_affinity())?;
+    env.array_of(cpus.iter().map(|&c| env.num(c as u64)))
+}
+
+fn test_bench_rust_handler(env: Env, a: &Args) -> JsResult<Value> {
+    let opts = env.opts(Some(a.get(0, "options")?), "options")?;
+    let pages = env.opt_u64(opts, c"pages")?.unwrap_or(1000) as usize;
+    if pages == 0 {
+        return range_error("pages must be > 0");
+    }
+    let plan = testing::BenchPlan {
+        pages,
+        handler_cpu: env.opt_u64(opts, c"handlerCpu")?.map(|c| c as usize),
+        toucher_cpu: env.opt_u64(opts, c"toucherCpu")?.map(|c| c as usize),
+    };
+    spawn_promise(env, "lazymig-bench", move || testing::bench_rust_handler(plan), |env, r| {
+        let r = sys(r)?;
+        env.object_with(&[(c"latencyNs", env.float64_array(&r.latency_ns)?), (c"mismatches", env.num(r.mismatches)?), (c"totalNs", env.num(r.total_ns)?)])
+    })
+}

@@ -1,0 +1,35 @@
+//! lazymig's native package: userfaultfd and the fault loop for Node, through a small
+//! hand-written Node-API layer (see `napi`). Modules below `napi` know nothing of JS.
+
+mod exports;
+mod fault_loop;
+mod napi;
+mod probe;
+mod sys;
+mod testing;
+mod uffd;
+mod wp;
+
+use napi::ffi::{napi_env, napi_value};
+
+/// Entry point Node looks up after dlopen (Node-API module registration, version 1).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn napi_register_module_v1(env: napi_env, exports: napi_value) -> napi_value {
+    // SAFETY: Node calls this on the JS thread with a live env.
+    let jsenv = unsafe { napi::Env::from_raw(env) };
+    let r = napi::error::catch_panic("module registration", || {
+        napi::callback::register(jsenv, exports, exports::TABLE)?;
+        exports::constants(jsenv, exports)
+    });
+    if let Err(e) = r {
+        // SAFETY: same env, inside the registration callback.
+        unsafe { e.throw(env) };
+    }
+    exports
+}
+
+/// The Node-API version this module is written against (Node 20 has 9).
+#[unsafe(no_mangle)]
+pub extern "C" fn node_api_module_get_api_version_v1() -> i32 {
+    8
+}

@@ -1,0 +1,215 @@
+//! Helpers tests and benchmarks need and a real workload would not: mapping memory in
+//! this process, touching it from a native thread (a fault blocks that thread, never the
+//! JS one), and a pure-Rust fault handler as the latency floor.
+
+use crate::sys::uffd::*;
+use crate::sys::{SysError, SysResult, cvt, now_ns, page_size, pin_current_thread};
+use crate::uffd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub fn map_anonymous(len: u64) -> SysResult<u64> {
+    if len == 0 {
+        return Err(SysError::new("mmap", libc::EINVAL).because("length is 0"));
+    }
+    // SAFETY: a fresh private anonymous mapping at an address of the kernel's choosing
+    // cannot alias anything Rust owns.
+    let p = unsafe {
+        libc::mmap(std::ptr::null_mut(), len as usize, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1, 0)
+    };
+    if p == libc::MAP_FAILED {
+        return Err(SysError::last("mmap"));
+    }
+    Ok(p as u64)
+}
+
+/// munmap. The caller vouches that nothing Rust owns lives there (JS only ever passes
+/// addresses it got from `map_anonymous`; a wrong address is the test's own bug, as in C).
+pub fn unmap(addr: u64, len: u64) -> SysResult<()> {
+    // SAFETY: see above.
+    cvt(unsafe { libc::munmap(addr as *mut libc::c_void, len as usize) } as libc::c_long, "munmap").map(|_| ()).map_err(|e| e.at(addr))
+}
+
+pub fn madvise(addr: u64, len: u64, advice: i32) -> SysResult<()> {
+    // SAFETY: as unmap (DONTNEED/REMOVE drop page contents, which is the point).
+    cvt(unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, advice) } as libc::c_long, "madvise").map(|_| ()).map_err(|e| e.at(addr))
+}
+
+/// Whether the page containing `addr` is mapped (mincore fails with ENOMEM otherwise).
+/// Checked before touching, so a wrong address in a test is an error, not a SIGSEGV.
+pub fn is_mapped(addr: u64) -> bool {
+    let ps = page_size() as u64;
+    let mut v = 0u8;
+    // SAFETY: mincore only inspects page tables; v receives one byte.
+    unsafe { libc::mincore((addr & !(ps - 1)) as *mut libc::c_void, ps as usize, &mut v) == 0 }
+}
+
+fn check_mapped(op: &'static str, addrs: impl Iterator<Item = u64>) -> SysResult<()> {
+    let ps = page_size() as u64;
+    let mut last = u64::MAX;
+    for a in addrs {
+        if a % 8 != 0 {
+            return Err(SysError::new(op, libc::EINVAL).at(a).because("address is not 8-byte aligned"));
+        }
+        let page = a & !(ps - 1);
+        if page != last && !is_mapped(a) {
+            return Err(SysError::new(op, libc::EFAULT).at(a).because("address is not mapped"));
+        }
+        last = page;
+    }
+    Ok(())
+}
+
+/// Reads a u64 on the calling thread: only for memory that cannot fault into a uffd.
+pub fn read_u64(addr: u64) -> SysResult<u64> {
+    check_mapped("readU64", std::iter::once(addr))?;
+    // SAFETY: mapped (checked) and 8-byte aligned; a volatile read because other threads
+    // and the kernel (UFFDIO_COPY) write this memory behind the compiler's back.
+    Ok(unsafe { std::ptr::read_volatile(addr as *const u64) })
+}
+
+pub fn write_u64(addr: u64, v: u64) -> SysResult<()> {
+    check_mapped("writeU64", std::iter::once(addr))?;
+    // SAFETY: as read_u64.
+    unsafe { std::ptr::write_volatile(addr as *mut u64, v) };
+    Ok(())
+}
+
+/// Fills [addr, addr+len) with a repeated u64 pattern (len multiple of 8).
+pub fn fill(addr: u64, len: u64, pattern: u64) -> SysResult<()> {
+    let ps = page_size() as u64;
+    if len % 8 != 0 {
+        return Err(SysError::new("fill", libc::EINVAL).because("length must be a multiple of 8"));
+    }
+    check_mapped("fill", (addr..addr + len).step_by(ps as usize).chain(std::iter::once(addr + len.saturating_sub(8))))?;
+    for off in (0..len).step_by(8) {
+        // SAFETY: mapped (checked per page) and aligned.
+        unsafe { std::ptr::write_volatile((addr + off) as *mut u64, pattern) };
+    }
+    Ok(())
+}
+
+pub struct TouchPlan {
+    pub addresses: Vec<u64>,
+    pub write: bool,
+    pub value: u64,
+    pub cpu: Option<usize>,
+}
+
+pub struct TouchResult {
+    /// First 8 bytes read at each address (after the write, when writing).
+    pub values: Vec<u64>,
+    pub latency_ns: Vec<f64>,
+}
+
+impl TouchPlan {
+    pub fn validate(&self) -> SysResult<()> {
+        check_mapped("touch", self.addresses.iter().copied())
+    }
+
+    /// Runs on a native thread: each access may block in a uffd fault until JS serves it.
+    pub fn run(&self) -> SysResult<TouchResult> {
+        if let Some(cpu) = self.cpu {
+            pin_current_thread(&[cpu])?;
+        }
+        let mut values = Vec::with_capacity(self.addresses.len());
+        let mut latency_ns = Vec::with_capacity(self.addresses.len());
+        for &a in &self.addresses {
+            let t0 = now_ns();
+            // SAFETY: validated mapped and aligned before the thread started; tests own the
+            // mapping and unmap it only after the touch promise settled.
+            let v = unsafe {
+                if self.write {
+                    std::ptr::write_volatile(a as *mut u64, self.value);
+                }
+                std::ptr::read_volatile(a as *const u64)
+            };
+            latency_ns.push((now_ns() - t0) as f64);
+            values.push(v);
+        }
+        Ok(TouchResult { values, latency_ns })
+    }
+}
+
+pub struct BenchPlan {
+    pub pages: usize,
+    pub handler_cpu: Option<usize>,
+    pub toucher_cpu: Option<usize>,
+}
+
+pub struct BenchResult {
+    pub latency_ns: Vec<f64>,
+    /// Pages whose content did not match what the handler installed (must be 0).
+    pub mismatches: u64,
+    pub total_ns: u64,
+}
+
+/// The floor for fault latency: a handler in Rust alone (poll, read, UFFDIO_COPY) and a
+/// toucher thread, in this process, with no JS anywhere.
+pub fn bench_rust_handler(plan: BenchPlan) -> SysResult<BenchResult> {
+    let ps = page_size() as u64;
+    let len = plan.pages as u64 * ps;
+    let region = map_anonymous(len)?;
+    let fd = match uffd::open(true) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = unmap(region, len);
+            return Err(e);
+        }
+    };
+    let result = (|| {
+        uffd::api(fd, 0)?;
+        uffd::register(fd, region, len, UFFDIO_REGISTER_MODE_MISSING)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let wake = crate::sys::EventFd::new()?;
+        let wake_fd = wake.raw();
+        let handler_stop = stop.clone();
+        let handler_cpu = plan.handler_cpu;
+        let handler = std::thread::spawn(move || -> SysResult<()> {
+            if let Some(cpu) = handler_cpu {
+                pin_current_thread(&[cpu])?;
+            }
+            let mut page = vec![0u8; ps as usize];
+            let mut buf = [[0u8; UFFD_MSG_SIZE]; 16];
+            let mut pfds = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }, libc::pollfd { fd: wake_fd, events: libc::POLLIN, revents: 0 }];
+            while !handler_stop.load(Ordering::SeqCst) {
+                // SAFETY: pfds is a valid array of 2 pollfds.
+                if unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) } < 0 {
+                    continue;
+                }
+                // SAFETY: buf has room for 16 messages.
+                let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), std::mem::size_of_val(&buf)) };
+                if r <= 0 {
+                    continue;
+                }
+                for m in &buf[..r as usize / UFFD_MSG_SIZE] {
+                    if let UffdMsg::PageFault { address, .. } = UffdMsg::parse(m) {
+                        let at = address & !(ps - 1);
+                        page[..8].copy_from_slice(&at.to_ne_bytes());
+                        if let Err(e) = uffd::copy(fd, at, &page, uffd::FillMode::default()) {
+                            // Unregistering wakes the toucher (it then reads zeros and
+                            // counts mismatches) instead of leaving it blocked forever.
+                            let _ = uffd::unregister(fd, region, len);
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        });
+        let toucher = TouchPlan { addresses: (0..plan.pages as u64).map(|i| region + i * ps).collect(), write: false, value: 0, cpu: plan.toucher_cpu };
+        let t0 = now_ns();
+        let touched = toucher.run();
+        let total_ns = now_ns() - t0;
+        stop.store(true, Ordering::SeqCst);
+        wake.signal();
+        let handled = handler.join().map_err(|_| SysError::new("bench handler", libc::EIO).because("handler thread panicked"))?;
+        handled?;
+        let touched = touched?;
+        let mismatches = touched.values.iter().zip(&toucher.addresses).filter(|(v, a)| *v != *a).count() as u64;
+        Ok(BenchResult { latency_ns: touched.latency_ns, mismatches, total_ns })
+    })();
+    let _ = crate::sys::close_fd(fd);
+    let _ = unmap(region, len);
+    result
+}

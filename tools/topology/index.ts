@@ -1,0 +1,109 @@
+/**
+ * Two "hosts" on this one machine: network namespaces joined by a veth pair, playing source
+ * and destination of a migration. Used by the integration tests and by `lazymig demo`.
+ *
+ * Names carry the creating pid, so namespaces left behind by a process that died (a test
+ * runner killed mid-run) are recognised and removed by the next create; nothing else is
+ * ever touched.
+ */
+import { execFile, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { readdir } from 'node:fs/promises';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+const PREFIX = 'lazymig-';
+
+export interface Host {
+  /** Network namespace name, for `ip netns exec`. */
+  ns: string;
+  address: string;
+}
+
+export interface TwoHosts {
+  src: Host;
+  dst: Host;
+  /** Starts a program inside a host's namespace. */
+  spawnIn(host: Host, argv: string[], opts?: SpawnOptions): ChildProcess;
+  /** Runs a program inside a host's namespace to completion, returning stdout. */
+  execIn(host: Host, argv: string[]): Promise<string>;
+  /** Deletes both namespaces (and with them the veth pair). Idempotent. */
+  destroy(): Promise<void>;
+}
+
+let counter = 0;
+
+async function ip(...args: string[]): Promise<string> {
+  try {
+    return (await run('ip', args, { timeout: 10_000 })).stdout;
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    throw new Error(`ip ${args.join(' ')}: ${(e.stderr ?? e.message).trim()}`);
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Removes namespaces this tool made for processes that no longer exist. */
+export async function removeStaleHosts(): Promise<string[]> {
+  let names: string[];
+  try {
+    names = await readdir('/run/netns');
+  } catch {
+    return [];
+  }
+  const stale = names.filter((n) => {
+    const m = new RegExp(`^${PREFIX}(\\d+)-\\d+-(src|dst)$`).exec(n);
+    return m !== null && !alive(Number(m[1]));
+  });
+  for (const n of stale) await ip('netns', 'del', n).catch(() => undefined);
+  return stale;
+}
+
+export async function createTwoHosts(): Promise<TwoHosts> {
+  await removeStaleHosts();
+  const id = counter++;
+  const tag = `${process.pid}-${id}`;
+  // Addresses of our own namespaces only: nothing outside them is routed there.
+  const subnet = `10.${200 + (process.pid % 50)}.${id % 250}`;
+  const src: Host = { ns: `${PREFIX}${tag}-src`, address: `${subnet}.1` };
+  const dst: Host = { ns: `${PREFIX}${tag}-dst`, address: `${subnet}.2` };
+  // IFNAMSIZ is 16: keep veth names short, and unique per creating process.
+  const vethA = `lzm${(process.pid % 100000).toString(36)}${id}a`;
+  const vethB = `lzm${(process.pid % 100000).toString(36)}${id}b`;
+
+  let destroyed = false;
+  const destroy = async (): Promise<void> => {
+    if (destroyed) return;
+    destroyed = true;
+    for (const h of [src, dst]) await ip('netns', 'del', h.ns).catch(() => undefined);
+  };
+
+  try {
+    await ip('netns', 'add', src.ns);
+    await ip('netns', 'add', dst.ns);
+    await ip('link', 'add', vethA, 'netns', src.ns, 'type', 'veth', 'peer', 'name', vethB, 'netns', dst.ns);
+    for (const [h, dev] of [[src, vethA], [dst, vethB]] as const) {
+      await ip('-n', h.ns, 'addr', 'add', `${h.address}/24`, 'dev', dev);
+      await ip('-n', h.ns, 'link', 'set', dev, 'up');
+      await ip('-n', h.ns, 'link', 'set', 'lo', 'up');
+    }
+  } catch (err) {
+    await destroy();
+    throw err;
+  }
+
+  return {
+    src,
+    dst,
+    spawnIn: (host, argv, opts = {}) => spawn('ip', ['netns', 'exec', host.ns, ...argv], opts),
+    execIn: async (host, argv) => (await run('ip', ['netns', 'exec', host.ns, ...argv], { timeout: 30_000 })).stdout,
+    destroy,
+  };
+}
