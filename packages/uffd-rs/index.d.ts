@@ -308,6 +308,8 @@ export declare const testing: {
   mapAnonymous(len: number): number
   unmap(addr: number, len: number): void
   madvise(addr: number, len: number, advice: 'dontneed' | 'remove' | 'willneed' | 'nohugepage'): void
+  /** mremap(MREMAP_MAYMOVE, plus MREMAP_FIXED when newAddr is given); returns the new address. */
+  mremap(addr: number, oldLen: number, newLen: number, newAddr?: number): number
   /**
    * Touches the addresses one by one on a new native thread (a fault blocks that thread,
    * not JS) and resolves when done. Addresses are checked to be mapped first (EFAULT).

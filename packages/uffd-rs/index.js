@@ -174,6 +174,7 @@ export const testing = Object.freeze({
   mapAnonymous: (len) => native.testMapAnonymous(len),
   unmap: (addr, len) => native.testUnmap(addr, len),
   madvise: (addr, len, advice) => native.testMadvise(addr, len, advice),
+  mremap: (addr, oldLen, newLen, newAddr) => native.testMremap(addr, oldLen, newLen, newAddr),
   touch: (opts) => native.testTouch(opts),
   readU64: (addr) => native.testReadU64(addr),
   writeU64: (addr, value) => native.testWriteU64(addr, value),

@@ -2,8 +2,9 @@ import { commandHelp, parseCommandArgs, type Command } from './command.js';
 import { EXIT, UsageError } from './usage-error.js';
 import { checkCommand } from './commands/check.js';
 import { showCommand } from './commands/show.js';
+import { dumpCommand } from './commands/dump.js';
 
-const commands: Command[] = [checkCommand, showCommand];
+const commands: Command[] = [checkCommand, dumpCommand, showCommand];
 
 function mainHelp(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

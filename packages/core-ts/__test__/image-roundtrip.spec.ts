@@ -1,5 +1,5 @@
 import test from 'ava';
-import { mkdtemp, readdir, readFile, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -8,8 +8,15 @@ import {
   type ImageSet, type PagemapEntry,
 } from '../src/image/index.js';
 
+const made: string[] = [];
+test.after.always(async () => {
+  for (const d of made) await rm(d, { recursive: true, force: true });
+});
+
 async function tmp(): Promise<string> {
-  return mkdtemp(join(tmpdir(), 'lazymig-img-'));
+  const d = await mkdtemp(join(tmpdir(), 'lazymig-img-'));
+  made.push(d);
+  return d;
 }
 
 /** Structural equality that also compares Buffers and bigints. */
@@ -67,8 +74,9 @@ for (const lazy of [true, false]) {
             t.regex(err!.message, /pages-\d+\.img: page 0x7f0000000000 of pid \d+ is lazy/);
           }
         }
-        // a read spanning present + zero ranges (heap head + zero tail)
+        // a read spanning present + zero ranges (heap head + zero tail), async and sync
         const span = await reader.read(0x1003000, 2);
+        t.true(reader.readSync(0x1003000, 2).equals(span));
         t.true(span.subarray(0, 4096).equals(samplePage(p.pid, 0x1003000)));
         t.true(span.subarray(4096).equals(Buffer.alloc(4096)));
         // an unmapped address

@@ -1,2 +1,4 @@
 export * from './image/index.js';
 export * from './proc/index.js';
+export * from './host/index.js';
+export * from './dump/index.js';

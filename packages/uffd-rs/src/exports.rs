@@ -37,6 +37,7 @@ pub const TABLE: &[Export] = &[
     export!("testMapAnonymous\0" => test_map_anonymous),
     export!("testUnmap\0" => test_unmap),
     export!("testMadvise\0" => test_madvise),
+    export!("testMremap\0" => test_mremap),
     export!("testTouch\0" => test_touch),
     export!("testReadU64\0" => test_read_u64),
     export!("testWriteU64\0" => test_write_u64),
@@ -71,7 +72,7 @@ fn fill_mode(env: Env, opts: Option<Value>) -> JsResult<uffd::FillMode> {
 
 fn check_page_multiple(len: u64, what: &str) -> JsResult<()> {
     let ps = page_size() as u64;
-    if len == 0 || len % ps != 0 {
+    if len == 0 || !len.is_multiple_of(ps) {
         return range_error(format!("{what} must be a non-zero multiple of the page size ({ps}), got {len}"));
     }
     Ok(())
@@ -214,7 +215,7 @@ fn batch_ranges(env: Env, v: Value, data_len: u64) -> JsResult<Vec<uffd::BatchRa
         }
         _ => return type_error("ranges must be a Float64Array or BigUint64Array"),
     };
-    if words.len() % 4 != 0 {
+    if !words.len().is_multiple_of(4) {
         return range_error(format!("ranges must hold [dst, dataOffset, len, kind] quadruples, got {} numbers", words.len()));
     }
     let ps = page_size() as u64;
@@ -270,7 +271,7 @@ fn loop_create(env: Env, a: &Args) -> JsResult<Value> {
 }
 
 fn loop_handle(env: Env, a: &Args) -> JsResult<std::sync::Arc<FaultLoop>> {
-    env.from_external::<FaultLoop>(a.get(0, "loop")?, "loop")
+    env.get_external::<FaultLoop>(a.get(0, "loop")?, "loop")
 }
 
 fn loop_add(env: Env, a: &Args) -> JsResult<Value> {
@@ -408,6 +409,17 @@ fn test_madvise(env: Env, a: &Args) -> JsResult<Value> {
     };
     sys(testing::madvise(addr, len, advice))?;
     env.undefined()
+}
+
+fn test_mremap(env: Env, a: &Args) -> JsResult<Value> {
+    let addr = addr_arg(env, a, 0, "addr")?;
+    let old_len = addr_arg(env, a, 1, "oldLen")?;
+    let new_len = addr_arg(env, a, 2, "newLen")?;
+    let new_addr = match a.opt(3)? {
+        None => None,
+        Some(v) => Some(env.to_u64(v, "newAddr")?),
+    };
+    env.num(sys(testing::mremap(addr, old_len, new_len, new_addr))?)
 }
 
 fn u64_list(env: Env, v: Value, what: &str) -> JsResult<Vec<u64>> {

@@ -2,23 +2,38 @@
 //! hand-written Node-API layer (see `napi`). Modules below `napi` know nothing of JS.
 
 mod exports;
+#[cfg(feature = "ptrace")]
+mod exports_ptrace;
 mod fault_loop;
 mod napi;
+#[cfg(feature = "ptrace")]
+mod pidfd;
 mod probe;
+#[cfg(feature = "ptrace")]
+mod procmem;
+#[cfg(feature = "ptrace")]
+mod ptrace;
 mod sys;
 mod testing;
 mod uffd;
+#[cfg(feature = "ptrace")]
+mod unix_socket;
 mod wp;
 
 use napi::ffi::{napi_env, napi_value};
 
 /// Entry point Node looks up after dlopen (Node-API module registration, version 1).
+///
+/// # Safety
+/// Called by Node only, on the JS thread, with a live `env` and the `exports` object.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn napi_register_module_v1(env: napi_env, exports: napi_value) -> napi_value {
     // SAFETY: Node calls this on the JS thread with a live env.
     let jsenv = unsafe { napi::Env::from_raw(env) };
     let r = napi::error::catch_panic("module registration", || {
         napi::callback::register(jsenv, exports, exports::TABLE)?;
+        #[cfg(feature = "ptrace")]
+        napi::callback::register(jsenv, exports, exports_ptrace::TABLE)?;
         exports::constants(jsenv, exports)
     });
     if let Err(e) = r {

@@ -35,6 +35,17 @@ pub fn madvise(addr: u64, len: u64, advice: i32) -> SysResult<()> {
     cvt(unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, advice) } as libc::c_long, "madvise").map(|_| ()).map_err(|e| e.at(addr))
 }
 
+/// mremap with MREMAP_MAYMOVE (and MREMAP_FIXED when `new_addr` is given).
+pub fn mremap(addr: u64, old_len: u64, new_len: u64, new_addr: Option<u64>) -> SysResult<u64> {
+    let flags = libc::MREMAP_MAYMOVE | if new_addr.is_some() { libc::MREMAP_FIXED } else { 0 };
+    // SAFETY: as unmap: the caller owns the mapping being moved.
+    let p = unsafe { libc::mremap(addr as *mut libc::c_void, old_len as usize, new_len as usize, flags, new_addr.unwrap_or(0) as *mut libc::c_void) };
+    if p == libc::MAP_FAILED {
+        return Err(SysError::last("mremap").at(addr));
+    }
+    Ok(p as u64)
+}
+
 /// Whether the page containing `addr` is mapped (mincore fails with ENOMEM otherwise).
 /// Checked before touching, so a wrong address in a test is an error, not a SIGSEGV.
 pub fn is_mapped(addr: u64) -> bool {
@@ -78,7 +89,7 @@ pub fn write_u64(addr: u64, v: u64) -> SysResult<()> {
 /// Fills [addr, addr+len) with a repeated u64 pattern (len multiple of 8).
 pub fn fill(addr: u64, len: u64, pattern: u64) -> SysResult<()> {
     let ps = page_size() as u64;
-    if len % 8 != 0 {
+    if !len.is_multiple_of(8) {
         return Err(SysError::new("fill", libc::EINVAL).because("length must be a multiple of 8"));
     }
     check_mapped("fill", (addr..addr + len).step_by(ps as usize).chain(std::iter::once(addr + len.saturating_sub(8))))?;

@@ -58,10 +58,10 @@ pub fn supported_features() -> SysResult<ApiInfo> {
 
 fn check_range(op: &'static str, start: u64, len: u64) -> SysResult<()> {
     let ps = page_size() as u64;
-    if start % ps != 0 {
+    if !start.is_multiple_of(ps) {
         return Err(SysError::new(op, libc::EINVAL).at(start).because("start is not page-aligned"));
     }
-    if len == 0 || len % ps != 0 {
+    if len == 0 || !len.is_multiple_of(ps) {
         return Err(SysError::new(op, libc::EINVAL).at(start).because(format!("length {len:#x} is not a non-zero multiple of the page size")));
     }
     Ok(())
@@ -259,11 +259,10 @@ pub fn install_batch(fd: RawFd, data: &[u8], ranges: &[BatchRange], mode: FillMo
         // One WAKE per contiguous span instead of one per page is what makes batching
         // cheap. Waking where nobody waits is harmless.
         for (lo, hi) in spans {
-            if lo % ps == 0 && hi > lo && (hi - lo) % ps == 0 {
-                if let Err(e) = wake(fd, lo, hi - lo) {
+            if lo % ps == 0 && hi > lo && (hi - lo) % ps == 0
+                && let Err(e) = wake(fd, lo, hi - lo) {
                     failure.get_or_insert(e);
                 }
-            }
         }
     }
     match failure {

@@ -45,7 +45,7 @@ pub fn scan_self(start: u64, len: u64, q: ScanQuery) -> SysResult<Vec<PageRegion
 
 pub fn scan(pagemap: RawFd, start: u64, len: u64, q: ScanQuery) -> SysResult<Vec<PageRegion>> {
     let ps = page_size() as u64;
-    if start % ps != 0 || len % ps != 0 {
+    if !start.is_multiple_of(ps) || !len.is_multiple_of(ps) {
         return Err(SysError::new("PAGEMAP_SCAN", libc::EINVAL).at(start).because("range is not page-aligned"));
     }
     let end = start + len;

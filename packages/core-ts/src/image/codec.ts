@@ -100,8 +100,9 @@ export function unframe(file: string, buf: Buffer, expected: MsgpackKind | undef
   }
   const { kind, version } = checkKindVersion(file, buf, expected);
   if (kind === 'pages') throw new ImageError(file, 'a pages file, not a msgpack image', 'wrong-kind');
-  if (buf.length !== want)
-    throw new ImageError(file, `malformed: header declares ${want} bytes in all, file has ${buf.length}`, buf.length < want ? 'truncated' : 'malformed');
+  if (buf.length < want)
+    throw new ImageError(file, `truncated: ${buf.length} bytes, its header declares a ${declared}-byte payload (${want} bytes in all)`, 'truncated');
+  if (buf.length > want) throw new ImageError(file, `malformed: ${buf.length} bytes, its header declares ${want} bytes in all`, 'malformed');
   if (buf.readUInt16LE(10) !== 0) throw new ImageError(file, `malformed: reserved header field is ${buf.readUInt16LE(10)}, expected 0`, 'malformed');
   let values: unknown[];
   try {

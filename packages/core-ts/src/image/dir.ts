@@ -115,8 +115,9 @@ function checkSet(dir: string, set: ImageSet, pages: ReadonlyMap<number, PagesFi
     if (info.pageSize !== inv.pageSize) throw new ImageError(pagesFile, `page size ${info.pageSize}, the inventory says ${inv.pageSize}`, 'layout');
     layout(pmFile, () => checkPagemapInPagesFile(p.pagemap, info.pageCount));
   });
+  const treePids = new Set(inv.tree.map((t) => t.pid));
   for (const pid of pages.keys()) {
-    if (!inv.tree.some((t) => t.pid === pid)) throw new ImageError(join(dir, FILE_NAMES.pages(pid)), `pid ${pid} is not in the inventory's process tree`, 'layout');
+    if (!treePids.has(pid)) throw new ImageError(join(dir, FILE_NAMES.pages(pid)), `pid ${pid} is not in the inventory's process tree`, 'layout');
   }
 }
 

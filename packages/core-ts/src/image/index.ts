@@ -13,7 +13,7 @@ export {
 } from './dir.js';
 export {
   renderShowJson, renderShowSummary, imagesJson, imageFileJson, imagesSummary, imageFileSummary, pageCounts, humanBytes,
-  type ShowOptions, type PageCounts, type Json,
+  type ShowOptions, type PageCounts, type Json as ShowJson,
 } from './show.js';
 export { regsFromBuffer, regsToBuffer } from './regs.js';
 export { sampleImageSet, samplePage, type Sample, type SampleOptions } from './sample.js';

@@ -6,13 +6,17 @@
  *                            12 u32 page size, 16 u32 pid, the rest zero
  *   [P, P + n·P)           n data pages; page i is at byte offset P·(1 + i)
  *   [P + n·P, +4n)         CRC32C of each data page, u32 LE, in order
- *   last 16 bytes          trailer: 0 "PEND", 4 u32 n, 8 u32 footerCrc, 12 u32 fileCrc
+ *   last 16 bytes          trailer: 0 "PEND", 4 u32 n, 8 u32 fileCrc, 12 u32 footerCrc
  *
- * footerCrc = CRC32C(header page ‖ CRC table ‖ trailer[0..8)) is checked when the file is opened
- * (cheap: data pages are not read); each page read is checked against its own CRC; fileCrc =
- * CRC32C(every byte before it) is the whole-file checksum, checked by a full verify.
+ * fileCrc   = CRC32C of every byte before it (header page, data, CRC table, "PEND", n): the
+ *             whole-file checksum, checked by a full verify (streams the file once).
+ * footerCrc = CRC32C(header page ‖ CRC table ‖ trailer[0..12)), the last 4 bytes of the file:
+ *             checked whenever the file is opened (cheap: no data page is read). It covers every
+ *             byte that is not page data, and through the CRC table every page, which is checked
+ *             against its own CRC whenever it is read.
  * All integers little endian.
  */
+import { readSync } from 'node:fs';
 import { open, rm, type FileHandle } from 'node:fs/promises';
 import { checkKindVersion, checkMagic } from './codec.js';
 import { crc32c, crc32cCombineWithShift, crc32cShift, crc32cUpdate } from './crc32c.js';
@@ -175,11 +179,10 @@ export class PagesWriter {
       const trailer = Buffer.alloc(PAGES_TRAILER_SIZE);
       TRAILER_MAGIC.copy(trailer, 0);
       trailer.writeUInt32LE(n, 4);
-      const footerCrc = crc32cUpdate(crc32cUpdate(this.headerCrc, table), trailer.subarray(0, 8));
-      trailer.writeUInt32LE(footerCrc, 8);
-      let fileCrc = crc32cUpdate(this.fileCrc, table);
-      fileCrc = crc32cUpdate(fileCrc, trailer.subarray(0, 12));
-      trailer.writeUInt32LE(fileCrc, 12);
+      const fileCrc = crc32cUpdate(crc32cUpdate(this.fileCrc, table), trailer.subarray(0, 8));
+      trailer.writeUInt32LE(fileCrc, 8);
+      const footerCrc = crc32cUpdate(crc32cUpdate(this.headerCrc, table), trailer.subarray(0, 12));
+      trailer.writeUInt32LE(footerCrc, 12);
       const pos = (n + 1) * this.pageSize;
       await writeFully(this.fh, Buffer.concat([table, trailer]), pos);
       await this.fh.sync();
@@ -296,19 +299,19 @@ export class PagesReader {
     await readFully(fh, file, header, 0, P, 0);
     const table = Buffer.alloc(n * 4);
     await readFully(fh, file, table, 0, table.length, (n + 1) * P);
-    const footerCrc = crc32cUpdate(crc32cUpdate(crc32c(header), table), trailer.subarray(0, 8));
-    if (footerCrc !== trailer.readUInt32LE(8))
-      throw new ImageError(file, `checksum mismatch in the header or footer: stored CRC32C ${hex(trailer.readUInt32LE(8))}, contents give ${hex(footerCrc)}`, 'checksum');
+    const footerCrc = crc32cUpdate(crc32cUpdate(crc32c(header), table), trailer.subarray(0, 12));
+    if (footerCrc !== trailer.readUInt32LE(12))
+      throw new ImageError(file, `checksum mismatch in the header or footer: stored CRC32C ${hex(trailer.readUInt32LE(12))}, contents give ${hex(footerCrc)}`, 'checksum');
     checkKindVersion(file, header, 'pages');
     if (header.readUInt16LE(10) !== 0) throw new ImageError(file, 'malformed: reserved header field is not 0', 'malformed');
     if (header.subarray(20).some((b) => b !== 0)) throw new ImageError(file, 'malformed: header padding is not zero', 'malformed');
     const pid = header.readUInt32LE(16);
-    const fileCrc = trailer.readUInt32LE(12);
+    const fileCrc = trailer.readUInt32LE(8);
     if (verify === 'full') {
       const chunk = Buffer.alloc(Math.min(8 << 20, size));
       let crc = 0;
-      for (let pos = 0; pos < size - 4; ) {
-        const len = Math.min(chunk.length, size - 4 - pos);
+      for (let pos = 0; pos < size - 8; ) {
+        const len = Math.min(chunk.length, size - 8 - pos);
         await readFully(fh, file, chunk, 0, len, pos);
         crc = crc32cUpdate(crc, chunk.subarray(0, len));
         pos += len;
@@ -321,8 +324,7 @@ export class PagesReader {
     return { info: { path: file, pid, pageSize: P, pageCount: n, size, fileCrc }, crcs };
   }
 
-  /** Read `pages` pages stored at byte `offset` of the file (a present entry's offset). */
-  async readAt(offset: number, pages: number, into?: Buffer): Promise<Buffer> {
+  private checkRead(offset: number, pages: number, into: Buffer | undefined): { first: number; buf: Buffer } {
     const P = this.info.pageSize;
     if (!Number.isSafeInteger(offset) || offset % P !== 0 || !Number.isSafeInteger(pages) || pages < 0)
       throw new ImageError(this.path, `bad read: offset ${offset}, ${pages} pages`, 'schema');
@@ -331,14 +333,37 @@ export class PagesReader {
       throw new ImageError(this.path, `read of ${pages} pages at offset ${offset} is outside the ${this.info.pageCount} data pages`, 'not-present');
     const buf = into ?? Buffer.allocUnsafe(pages * P);
     if (buf.length < pages * P) throw new ImageError(this.path, `buffer of ${buf.length} bytes too small for ${pages} pages`, 'schema');
-    await readFully(this.fh, this.path, buf, 0, pages * P, offset);
-    if (this.verifyReads) {
-      for (let i = 0; i < pages; i++) {
-        const c = crc32c(buf.subarray(i * P, (i + 1) * P));
-        if (c !== this.crcs[first + i])
-          throw new ImageError(this.path, `checksum mismatch in data page ${first + i} (file offset ${offset + i * P})`, 'checksum');
-      }
+    return { first, buf };
+  }
+
+  private verifyPages(buf: Buffer, first: number, pages: number, offset: number): void {
+    if (!this.verifyReads) return;
+    const P = this.info.pageSize;
+    for (let i = 0; i < pages; i++) {
+      const c = crc32c(buf.subarray(i * P, (i + 1) * P));
+      if (c !== this.crcs[first + i])
+        throw new ImageError(this.path, `checksum mismatch in data page ${first + i} (file offset ${offset + i * P})`, 'checksum');
     }
+  }
+
+  /** Read `pages` pages stored at byte `offset` of the file (a present entry's offset). */
+  async readAt(offset: number, pages: number, into?: Buffer): Promise<Buffer> {
+    const { first, buf } = this.checkRead(offset, pages, into);
+    await readFully(this.fh, this.path, buf, 0, pages * this.info.pageSize, offset);
+    this.verifyPages(buf, first, pages, offset);
+    return buf;
+  }
+
+  /** `readAt` with a synchronous pread (no thread-pool round trip: for a latency-bound fault path). */
+  readAtSync(offset: number, pages: number, into?: Buffer): Buffer {
+    const { first, buf } = this.checkRead(offset, pages, into);
+    const len = pages * this.info.pageSize;
+    for (let done = 0; done < len; ) {
+      const n = readSync(this.fh.fd, buf, done, len - done, offset + done);
+      if (n === 0) throw new ImageError(this.path, `truncated: unexpected end of file at byte ${offset + done} (the file shrank?)`, 'truncated');
+      done += n;
+    }
+    this.verifyPages(buf, first, pages, offset);
     return buf;
   }
 
@@ -359,35 +384,52 @@ export class PagesReader {
     return e && e.start <= address ? e : undefined;
   }
 
-  /**
-   * Read `pages` pages of the process's memory starting at `address` (page aligned). Present
-   * pages come from the file (one pread per pagemap entry), zero pages are zero-filled; a lazy
-   * page or one outside the pagemap is an ImageError 'not-present'.
-   */
-  async read(address: number, pages: number, into?: Buffer): Promise<Buffer> {
+  /** Split [address, address + pages) into pagemap runs; throws 'not-present' for lazy or unmapped pages. */
+  private plan(address: number, pages: number, into: Buffer | undefined): { buf: Buffer; runs: Array<{ dst: Buffer; offset: number; n: number } | { dst: Buffer; zero: true }> } {
     if (!this.pagemap) throw new ImageError(this.path, 'read by address needs the pagemap (PagesReader.open(path, { pagemap }))', 'schema');
     const P = this.info.pageSize;
     if (!Number.isSafeInteger(address) || address % P !== 0 || !Number.isSafeInteger(pages) || pages < 1)
       throw new ImageError(this.path, `bad read: address ${hex(address)}, ${pages} pages`, 'schema');
     const buf = into ?? Buffer.alloc(pages * P);
     if (buf.length < pages * P) throw new ImageError(this.path, `buffer of ${buf.length} bytes too small for ${pages} pages`, 'schema');
+    const runs: Array<{ dst: Buffer; offset: number; n: number } | { dst: Buffer; zero: true }> = [];
     const end = address + pages * P;
     let addr = address;
     while (addr < end) {
       const e = this.find(addr);
       if (e === undefined) throw new ImageError(this.path, `page ${hex(addr)} is not in the pagemap of pid ${this.info.pid}`, 'not-present');
-      const eEnd = e.start + e.pages * P;
-      const runEnd = Math.min(end, eEnd);
+      const runEnd = Math.min(end, e.start + e.pages * P);
       const n = (runEnd - addr) / P;
-      const dst = buf.subarray((addr - address), (addr - address) + n * P);
-      if (e.kind === 'present') {
-        await this.readAt(e.offset + (addr - e.start), n, dst);
-      } else if (e.kind === 'zero') {
-        dst.fill(0);
-      } else {
-        throw new ImageError(this.path, `page ${hex(addr)} of pid ${this.info.pid} is lazy: its contents are not in the images (fetch it from the page server)`, 'not-present');
-      }
+      const dst = buf.subarray(addr - address, addr - address + n * P);
+      if (e.kind === 'present') runs.push({ dst, offset: e.offset + (addr - e.start), n });
+      else if (e.kind === 'zero') runs.push({ dst, zero: true });
+      else throw new ImageError(this.path, `page ${hex(addr)} of pid ${this.info.pid} is lazy: its contents are not in the images (fetch it from the page server)`, 'not-present');
       addr = runEnd;
+    }
+    return { buf, runs };
+  }
+
+  /**
+   * Read `pages` pages of the process's memory starting at `address` (page aligned). Present
+   * pages come from the file (one pread per pagemap entry), zero pages are zero-filled; a lazy
+   * page or one outside the pagemap is an ImageError 'not-present'. Every page read is checked
+   * against its CRC unless verifyReads was turned off.
+   */
+  async read(address: number, pages: number, into?: Buffer): Promise<Buffer> {
+    const { buf, runs } = this.plan(address, pages, into);
+    for (const r of runs) {
+      if ('zero' in r) r.dst.fill(0);
+      else await this.readAt(r.offset, r.n, r.dst);
+    }
+    return buf;
+  }
+
+  /** `read` with synchronous preads. */
+  readSync(address: number, pages: number, into?: Buffer): Buffer {
+    const { buf, runs } = this.plan(address, pages, into);
+    for (const r of runs) {
+      if ('zero' in r) r.dst.fill(0);
+      else this.readAtSync(r.offset, r.n, r.dst);
     }
     return buf;
   }

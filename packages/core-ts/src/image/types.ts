@@ -46,7 +46,7 @@ export interface TreeEntry {
   pid: number;
   /** parent pid (for the root: its parent on the source, not part of the images) */
   ppid: number;
-  /** thread ids, the thread-group leader (tid === pid) first */
+  /** thread ids; the thread-group leader (tid === pid) is one of them */
   tids: number[];
   /** pids of the children that are part of the dump */
   children: number[];
@@ -307,7 +307,7 @@ export type PagemapEntry = PresentRange | AbsentRange;
 export interface Pagemap {
   pid: number;
   pageSize: number;
-  /** sorted by start, non-overlapping, each inside one VMA */
+  /** sorted by start, non-overlapping, each covered by VMAs (one, or several adjacent ones) */
   entries: PagemapEntry[];
 }
 

@@ -81,7 +81,7 @@ function checkTree(inv: Inventory): void {
   inv.tree.forEach((e, i) => {
     if (index.has(e.pid)) throw L(`tree[${i}].pid`, `pid ${e.pid} appears twice`);
     index.set(e.pid, i);
-    if (e.tids[0] !== e.pid) throw L(`tree[${i}].tids`, `the first thread of pid ${e.pid} must be the leader (tid ${e.pid}), got ${e.tids[0]}`);
+    if (!e.tids.includes(e.pid)) throw L(`tree[${i}].tids`, `the threads of pid ${e.pid} do not include its leader (tid ${e.pid})`);
     for (const t of e.tids) {
       if (allTids.has(t)) throw L(`tree[${i}].tids`, `tid ${t} appears twice`);
       allTids.add(t);
@@ -89,11 +89,13 @@ function checkTree(inv: Inventory): void {
   });
   if (inv.tree[0]!.pid !== inv.rootPid) throw L('tree[0].pid', `the root (${inv.rootPid}) must come first, found ${inv.tree[0]!.pid}`);
   if (index.has(inv.tree[0]!.ppid)) throw L('tree[0].ppid', `the root's parent ${inv.tree[0]!.ppid} is in the tree`);
+  // sets, not arrays: a hostile inventory may list a million children of one process
+  const childSets = inv.tree.map((e) => new Set(e.children));
   inv.tree.forEach((e, i) => {
     if (i > 0) {
       const pi = index.get(e.ppid);
       if (pi === undefined || pi >= i) throw L(`tree[${i}].ppid`, `parent ${e.ppid} of pid ${e.pid} is not listed before it`);
-      if (!inv.tree[pi]!.children.includes(e.pid)) throw L(`tree[${pi}].children`, `pid ${e.pid} (ppid ${e.ppid}) missing from its parent's children`);
+      if (!childSets[pi]!.has(e.pid)) throw L(`tree[${pi}].children`, `pid ${e.pid} (ppid ${e.ppid}) missing from its parent's children`);
     }
     const seen = new Set<number>();
     for (const c of e.children) {
@@ -315,19 +317,26 @@ export function decodePagemap(v: unknown): Pagemap {
   return { pid: w.pid, pageSize: ps, entries };
 }
 
-/** Every entry of the pagemap must lie inside a single VMA. */
+/**
+ * Every entry of the pagemap must lie inside the VMAs: fully covered by one VMA or by several
+ * adjacent ones (a run may continue across a VMA boundary), never touching a hole.
+ */
 export function checkPagemapInVmas(pm: Pagemap, vmas: Vma[]): void {
   let j = 0;
   const ps = pm.pageSize;
   pm.entries.forEach((e, i) => {
     const end = e.start + e.pages * ps;
     while (j < vmas.length && vmas[j]!.end <= e.start) j++;
-    const v = vmas[j];
-    if (v === undefined || v.start > e.start || v.end < end) {
+    let covered = e.start;
+    for (let k = j; k < vmas.length && covered < end; k++) {
+      const v = vmas[k]!;
+      if (v.start > covered) break; // a hole
+      covered = v.end;
+    }
+    if (covered < end) {
       throw new FieldError(
         `entries[${i}]`,
-        `range ${hex(e.start)}-${hex(end)} (${e.kind}) is not inside a single VMA` +
-          (v && v.start <= e.start ? ` (VMA ${hex(v.start)}-${hex(v.end)} ends first)` : ''),
+        `range ${hex(e.start)}-${hex(end)} (${e.kind}) is not inside the VMAs: nothing is mapped at ${hex(covered)}`,
         'layout',
       );
     }

@@ -341,7 +341,7 @@ impl Env {
     }
     /// The Arc behind an external made by `external::<T>`. The type check is by a tag
     /// the caller's type carries (see `Tagged`), since externals are untyped.
-    pub fn from_external<T: Tagged + Send + Sync + 'static>(self, v: Value, what: &str) -> JsResult<std::sync::Arc<T>> {
+    pub fn get_external<T: Tagged + Send + Sync + 'static>(self, v: Value, what: &str) -> JsResult<std::sync::Arc<T>> {
         if self.kind(v)? != Kind::External {
             return type_error(format!("{what} must be a native handle"));
         }

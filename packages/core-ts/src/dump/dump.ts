@@ -1,0 +1,231 @@
+/**
+ * `lazymig dump`: a running process tree into an images directory.
+ *
+ * The order matters:
+ *  1. refuse what cannot be restored, before touching anything;
+ *  2. freeze every thread, and check again (nothing can change from here on);
+ *  3. read each process's layout and pages before anything is injected into it;
+ *  4. ask what only the process knows (injected syscalls), and put its registers back;
+ *  5. write the images under a temporary name and rename them into place;
+ *  6. kill the tree, let it run, or keep it frozen for the page server (lazy).
+ * Any failure after the freeze removes the partial images and lets the tree run on untouched.
+ */
+import { randomBytes } from 'node:crypto';
+import { ptrace, PAGE_SIZE } from '@lazymig/uffd-rs';
+import {
+  FORMAT_VERSION, ImagesDirWriter, LAZYMIG_VERSION, RLIMIT_NAMES,
+  type CoreImage, type DumpMode, type LoadedImages, type PagemapEntry, type ProcessImage, type Rlimit, type ThreadState,
+} from '../image/index.js';
+import {
+  RLIM_INFINITY, readAuxv, readComm, readCwd, readExe, readFds, readLimits, readPersonality, readRoot, readSmaps,
+  readStat, readStatus, readTree, type ProcessTree, type Refusal, type SmapsVma, type TreeProcess,
+} from '../proc/index.js';
+import { askProcess } from './ask-process.js';
+import { dumpRefusals, toImageFd } from './fds.js';
+import { freezeTree, type FrozenTree } from './freeze.js';
+import { dumpMemory } from './memory.js';
+import { arch, release } from 'node:os';
+
+/** The page server's auth token, written into the images dir: whoever has the images may fetch the pages. */
+export const TOKEN_FILE = 'page-server.token';
+
+export class DumpRefusedError extends Error {
+  override readonly name = 'DumpRefusedError';
+  constructor(readonly refusals: Refusal[]) {
+    const first = refusals[0]?.message ?? 'refused';
+    super(refusals.length > 1 ? `${first} (and ${refusals.length - 1} more)` : first);
+  }
+}
+
+export type DumpProgress =
+  | { phase: 'frozen'; processes: number; threads: number; freezeMs: number }
+  | { phase: 'pages'; pid: number; bytes: number }
+  | { phase: 'written'; dir: string };
+
+export interface DumpOptions {
+  pid: number;
+  imagesDir: string;
+  /** 'kill' (default), 'leave-running', or 'lazy' (pages stay on the source, the tree stays frozen). */
+  mode?: 'kill' | 'leave-running' | 'lazy';
+  pageServer?: { address: string; port: number };
+  onProgress?: (p: DumpProgress) => void;
+}
+
+export interface DumpResult {
+  images: LoadedImages;
+  processes: number;
+  threads: number;
+  pages: { present: number; lazy: number; zero: number };
+  bytesWritten: number;
+  freezeMs: number;
+  /** From the freeze until the tree was killed, resumed, or handed back frozen. */
+  frozenMs: number;
+  injectedSyscalls: number;
+  /** A lazy dump hands back the frozen tree: the page server serves it, then kills it. */
+  frozen: FrozenTree | null;
+  token: string | null;
+}
+
+function refuseIfAny(tree: readonly TreeProcess[], read: (pid: number) => { smaps: SmapsVma[]; fds: ReturnType<typeof readFds> }): void {
+  const all: Refusal[] = [];
+  for (const p of tree) {
+    const { smaps, fds } = read(p.pid);
+    all.push(...dumpRefusals(p.pid, smaps, fds));
+  }
+  if (all.length > 0) throw new DumpRefusedError(all);
+}
+
+function rlimit(v: bigint): Rlimit['soft'] {
+  return v === RLIM_INFINITY ? 'unlimited' : v;
+}
+
+function threadState(tid: number, asked: { clearChildTid: bigint; robustList: { head: bigint; len: bigint } }): ThreadState {
+  return {
+    tid,
+    regs: ptrace.getRegs(tid),
+    xstate: ptrace.getXstate(tid),
+    sigmask: ptrace.getSigmask(tid),
+    rseq: ptrace.getRseqConfig(tid),
+    clearChildTid: asked.clearChildTid,
+    robustList: asked.robustList,
+  };
+}
+
+export async function dump(opts: DumpOptions): Promise<DumpResult> {
+  const mode = opts.mode ?? 'kill';
+  if (mode === 'lazy' && !opts.pageServer) throw new Error('a lazy dump needs the page server address and port');
+  const readState = (pid: number) => ({ smaps: readSmaps(pid), fds: readFds(pid) });
+
+  // 1. Before touching anything.
+  const before: ProcessTree = readTree(opts.pid);
+  refuseIfAny(before.processes, readState);
+  const writer = await ImagesDirWriter.create(opts.imagesDir);
+
+  // 2. Freeze, and look again: the tree may have changed since.
+  let frozen: FrozenTree;
+  try {
+    frozen = freezeTree(opts.pid);
+  } catch (err) {
+    await writer.abort();
+    throw err;
+  }
+  const tFrozen = performance.now();
+  const threads = frozen.processes.reduce((n, p) => n + p.tids.length, 0);
+  opts.onProgress?.({ phase: 'frozen', processes: frozen.processes.length, threads, freezeMs: frozen.freezeMs });
+
+  try {
+    const processes: ProcessImage[] = [];
+    const totals = { present: 0, lazy: 0, zero: 0 };
+    let bytesWritten = 0;
+    let injectedSyscalls = 0;
+    const states = new Map(frozen.processes.map((p) => [p.pid, readState(p.pid)]));
+    refuseIfAny(frozen.processes, (pid) => states.get(pid)!);
+
+    for (const p of frozen.processes) {
+      const { smaps, fds } = states.get(p.pid)!;
+      // 3. Layout and pages first.
+      const regsByTid = new Map(p.tids.map((tid) => [tid, ptrace.getRegs(tid)]));
+      const eagerAddresses: number[] = [];
+      for (const [tid, regs] of regsByTid) {
+        const sp = Number(regs.rsp);
+        // The stack top and the page below (red zone, a signal frame): the kernel writes there.
+        eagerAddresses.push(sp, sp - 128, sp - PAGE_SIZE);
+        const rseq = ptrace.getRseqConfig(tid);
+        if (rseq) eagerAddresses.push(Number(rseq.ptr), Number(rseq.ptr) + rseq.len - 1);
+      }
+      const pw = await writer.pages(p.pid, PAGE_SIZE);
+      const mem = await dumpMemory(p.pid, smaps, pw, { lazy: mode === 'lazy', eagerAddresses }, (bytes) =>
+        opts.onProgress?.({ phase: 'pages', pid: p.pid, bytes }),
+      );
+      for (const k of ['present', 'lazy', 'zero'] as const) totals[k] += mem.pages[k];
+      bytesWritten += mem.bytesWritten;
+
+      // 4. Then what only the process can tell.
+      const asked = askProcess(p.pid, p.tids, smaps);
+      injectedSyscalls += asked.injectedSyscalls;
+
+      const stat = readStat(p.pid);
+      const status = readStatus(p.pid);
+      const exe = readExe(p.pid);
+      const auxv = readAuxv(p.pid);
+      const limits = readLimits(p.pid);
+      const core: CoreImage = {
+        pid: p.pid,
+        comm: readComm(p.pid),
+        personality: readPersonality(p.pid),
+        exe: { path: exe.path, id: { dev: exe.dev, ino: exe.ino, size: Number(exe.size), mtimeNs: exe.mtimeNs } },
+        cwd: readCwd(p.pid).path,
+        root: readRoot(p.pid),
+        umask: status.umask ?? 0o022,
+        creds: {
+          uid: status.uid.real, euid: status.uid.effective, suid: status.uid.saved, fsuid: status.uid.fs,
+          gid: status.gid.real, egid: status.gid.effective, sgid: status.gid.saved, fsgid: status.gid.fs,
+          groups: status.groups,
+          caps: { inheritable: status.capInh, permitted: status.capPrm, effective: status.capEff, bounding: status.capBnd, ambient: status.capAmb },
+        },
+        rlimits: RLIMIT_NAMES.map((_, i) => {
+          const l = limits[i];
+          return l ? { soft: rlimit(l.soft), hard: rlimit(l.hard) } : { soft: 'unlimited', hard: 'unlimited' };
+        }),
+        sigactions: asked.sigactions,
+        threads: p.tids.map((tid) => {
+          const a = asked.threads.get(tid);
+          if (!a) throw new Error(`pid ${p.pid}: no answers from tid ${tid}`);
+          return threadState(tid, a);
+        }),
+        mm: {
+          startCode: stat.startCode, endCode: stat.endCode, startData: stat.startData, endData: stat.endData,
+          startBrk: stat.startBrk, brk: asked.brk, startStack: stat.startStack,
+          argStart: stat.argStart, argEnd: stat.argEnd, envStart: stat.envStart, envEnd: stat.envEnd,
+        },
+        auxv: auxv.entries.filter((e) => e.type !== 0).map((e) => [BigInt(e.type), e.value] as [bigint, bigint]),
+        vmas: mem.vmas,
+        fds: fds.map(toImageFd),
+      };
+      const entries: PagemapEntry[] = mem.entries;
+      processes.push({ pid: p.pid, core, pagemap: { pid: p.pid, pageSize: PAGE_SIZE, entries } });
+    }
+
+    // 5. Images, atomically.
+    const token = mode === 'lazy' ? randomBytes(32).toString('hex') : null;
+    if (token) await writer.writeExtraFile(TOKEN_FILE, token + '\n', 0o600);
+    const dumpMode: DumpMode = mode === 'lazy' ? 'leave-stopped' : mode;
+    const images = await writer.commit({
+      inventory: {
+        formatVersion: FORMAT_VERSION,
+        lazymigVersion: LAZYMIG_VERSION,
+        kernelRelease: release(),
+        arch: arch() === 'x64' ? 'x86_64' : (arch() as 'x86_64'),
+        pageSize: PAGE_SIZE,
+        dumpMode,
+        lazy: mode === 'lazy',
+        pageServer: mode === 'lazy' ? opts.pageServer! : null,
+        createdAt: Date.now(),
+        rootPid: opts.pid,
+        tree: frozen.processes.map((p) => ({ pid: p.pid, ppid: p.ppid, tids: p.tids, children: p.children })),
+      },
+      processes,
+    });
+    opts.onProgress?.({ phase: 'written', dir: opts.imagesDir });
+
+    // 6. The tree's fate.
+    if (mode === 'kill') frozen.kill();
+    else if (mode === 'leave-running') frozen.resume();
+    return {
+      images,
+      processes: processes.length,
+      threads,
+      pages: totals,
+      bytesWritten,
+      freezeMs: frozen.freezeMs,
+      frozenMs: performance.now() - tFrozen,
+      injectedSyscalls,
+      frozen: mode === 'lazy' ? frozen : null,
+      token,
+    };
+  } catch (err) {
+    await writer.abort();
+    frozen.resume();
+    throw err;
+  }
+}

@@ -1,0 +1,3 @@
+export { dump, DumpRefusedError, TOKEN_FILE, type DumpOptions, type DumpProgress, type DumpResult } from './dump.js';
+export { freezeTree, FreezeError, type FrozenTree } from './freeze.js';
+export { dumpRefusals } from './fds.js';

@@ -1,0 +1,177 @@
+/**
+ * A frozen process's memory as image VMAs, a pagemap, and page data streamed into the pages
+ * file. Which pages are written where:
+ *  - private anonymous memory (anon, heap, stack) and the copied-on-write pages of private
+ *    file mappings are the process's own: present pages are dumped, zero-page mappings are
+ *    recorded as zero;
+ *  - a lazy dump leaves the anonymous ones on the source ('lazy'), except the pages the
+ *    kernel itself will read while the process is rebuilt (each thread's stack top, the
+ *    rseq area): those must already be there when the userfaultfd is registered;
+ *  - file pages that are still the file's, shared file mappings, and the kernel's own
+ *    mappings (vdso, vvar) carry no data.
+ */
+import { statSync } from 'node:fs';
+import { processVmRead } from '@lazymig/uffd-rs';
+import {
+  MADV_DONTDUMP, MADV_DONTFORK, MADV_HUGEPAGE, MADV_MERGEABLE, MADV_NOHUGEPAGE, MADV_WIPEONFORK,
+  MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_LOCKED, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE,
+  type PagemapEntry, type PagesWriter, type Vma, type VmaKind,
+} from '../image/index.js';
+import { PM_FILE, PM_PRESENT, PM_SWAPPED, PM_ZERO, PagemapReader, type SmapsVma } from '../proc/index.js';
+
+const MADVISE_BITS: Record<string, number> = {
+  MADV_DONTFORK,
+  MADV_MERGEABLE,
+  MADV_HUGEPAGE,
+  MADV_NOHUGEPAGE,
+  MADV_DONTDUMP,
+  MADV_WIPEONFORK,
+};
+
+/** Pages read from the process per process_vm_readv batch (8 MiB). */
+const READ_CHUNK_PAGES = 2048;
+
+export class MemoryDumpError extends Error {
+  override readonly name = 'MemoryDumpError';
+}
+
+function imageKind(v: SmapsVma): VmaKind {
+  switch (v.kind) {
+    case 'anon':
+    case 'file':
+    case 'stack':
+    case 'heap':
+    case 'vdso':
+    case 'vvar':
+    case 'vvar_vclock':
+    case 'vsyscall':
+      return v.kind;
+    default:
+      // refusals.ts turns these away before the freeze; reaching here is a bug.
+      throw new MemoryDumpError(`mapping ${v.start.toString(16)}-${v.end.toString(16)} ${v.path}: kind ${v.kind} cannot be dumped`);
+  }
+}
+
+function fileBacked(v: SmapsVma): boolean {
+  return v.kind === 'file';
+}
+
+/** The image form of one VMA; file identity through /proc/PID/map_files, which works for deleted files too. */
+export function toImageVma(pid: number, v: SmapsVma): Vma {
+  const kind = imageKind(v);
+  const prot = (v.perms.read ? PROT_READ : 0) | (v.perms.write ? PROT_WRITE : 0) | (v.perms.exec ? PROT_EXEC : 0);
+  let flags = v.vmFlags.mayShare ? MAP_SHARED : MAP_PRIVATE;
+  if (!fileBacked(v)) flags |= MAP_ANONYMOUS;
+  if (v.vmFlags.growsDown) flags |= MAP_GROWSDOWN;
+  if (v.vmFlags.locked) flags |= MAP_LOCKED;
+  let madvise = 0;
+  for (const name of v.madvise) {
+    const bit = MADVISE_BITS[name];
+    if (bit !== undefined) madvise |= 1 << bit;
+  }
+  let file: Vma['file'] = null;
+  if (kind === 'file') {
+    const link = `/proc/${pid}/map_files/${v.start.toString(16)}-${v.end.toString(16)}`;
+    const st = statSync(link, { bigint: true });
+    file = { path: v.path, id: { dev: st.dev, ino: st.ino, size: Number(st.size), mtimeNs: st.mtimeNs } };
+  }
+  return { start: v.start, end: v.end, prot, flags, kind, file, pgoff: kind === 'file' ? v.offset : 0, madvise };
+}
+
+export interface MemoryPlan {
+  /** Pages the kernel touches during a lazy restore: dumped eagerly even in a lazy dump. */
+  eagerAddresses: readonly number[];
+  lazy: boolean;
+}
+
+export interface MemoryDump {
+  vmas: Vma[];
+  entries: PagemapEntry[];
+  pages: { present: number; lazy: number; zero: number };
+  bytesWritten: number;
+}
+
+type Disposition = 'skip' | 'present' | 'lazy' | 'zero';
+
+/** What to do with a run of pages of a VMA, given its pagemap flags. */
+function dispose(v: Vma, flags: number, lazy: boolean): Disposition {
+  if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock' || v.kind === 'vsyscall') return 'skip';
+  if (v.flags & MAP_SHARED) return 'skip'; // the file holds them
+  if (!(flags & (PM_PRESENT | PM_SWAPPED))) return 'skip'; // never touched: zero-fill (or the file's) on restore
+  if (flags & PM_ZERO) return 'zero';
+  if (v.kind === 'file') return flags & PM_FILE ? 'skip' : 'present'; // only COW'd copies are ours
+  return lazy ? 'lazy' : 'present';
+}
+
+/**
+ * Reads the layout and pages of `pid` (frozen) and streams present pages into `pages`.
+ * Must run before anything is injected into the process (an injection may leave traces).
+ */
+export async function dumpMemory(
+  pid: number,
+  smaps: readonly SmapsVma[],
+  pages: PagesWriter,
+  plan: MemoryPlan,
+  onProgress?: (bytes: number) => void,
+): Promise<MemoryDump> {
+  const P = pages.pageSize;
+  const vmas = smaps.map((v) => toImageVma(pid, v));
+  const eager = new Set(plan.eagerAddresses.map((a) => Math.floor(a / P) * P));
+  const entries: PagemapEntry[] = [];
+  const counts = { present: 0, lazy: 0, zero: 0 };
+  let bytesWritten = 0;
+  const buf = Buffer.allocUnsafe(READ_CHUNK_PAGES * P);
+
+  const reader = new PagemapReader(pid);
+  try {
+    const pushAbsent = (start: number, n: number, kind: 'lazy' | 'zero'): void => {
+      const last = entries[entries.length - 1];
+      if (last && last.kind === kind && last.start + last.pages * P === start) last.pages += n;
+      else entries.push({ start, pages: n, kind });
+      counts[kind] += n;
+    };
+    const pushPresent = async (start: number, n: number): Promise<void> => {
+      for (let done = 0; done < n; done += READ_CHUNK_PAGES) {
+        const count = Math.min(READ_CHUNK_PAGES, n - done);
+        const addr = start + done * P;
+        const view = buf.subarray(0, count * P);
+        processVmRead(pid, new Float64Array([addr, view.length]), view);
+        const offset = await pages.write(view);
+        const last = entries[entries.length - 1];
+        if (last && last.kind === 'present' && last.start + last.pages * P === addr && last.offset + last.pages * P === offset) {
+          last.pages += count;
+        } else entries.push({ start: addr, pages: count, kind: 'present', offset });
+        counts.present += count;
+        bytesWritten += view.length;
+        onProgress?.(bytesWritten);
+      }
+    };
+
+    for (const v of vmas) {
+      if (v.kind === 'vsyscall') continue;
+      const runs = reader.read(v.start, v.end);
+      for (let i = 0; i < runs.count; i++) {
+        const run = runs.run(i);
+        const what = dispose(v, run.flags, plan.lazy);
+        if (what === 'skip') continue;
+        if (what === 'zero') pushAbsent(run.start, run.pages, 'zero');
+        else if (what === 'present') await pushPresent(run.start, run.pages);
+        else {
+          // A lazy run, with the kernel-touched pages in it dumped eagerly.
+          let from = run.start;
+          const end = run.start + run.pages * P;
+          for (let a = run.start; a < end; a += P) {
+            if (!eager.has(a)) continue;
+            if (a > from) pushAbsent(from, (a - from) / P, 'lazy');
+            await pushPresent(a, 1);
+            from = a + P;
+          }
+          if (end > from) pushAbsent(from, (end - from) / P, 'lazy');
+        }
+      }
+    }
+  } finally {
+    reader.close();
+  }
+  return { vmas, entries, pages: counts, bytesWritten };
+}

@@ -1,0 +1,2 @@
+export { checkHost, evaluateHost, REQUIRED_UFFD_FEATURES, type CheckItem, type HostCheck } from './check.js';
+export { readHostFacts, parseCapEff, CAPABILITIES, type HostFacts, type CapabilityName } from './facts.js';

@@ -1,0 +1,214 @@
+//! Syscall injection into a ptrace-stopped thread through a `syscall` instruction (0f 05)
+//! that already exists in the target: set rip to it, run to the syscall-enter stop, then to
+//! the syscall-exit stop, read rax. The thread never executes past the instruction, so the
+//! target's memory is never written (a poked gadget would COW a text page, see
+//! KERNEL-NOTES). orig_rax = -1 keeps the kernel's restart logic away from our registers.
+
+use super::error::{OsError, OsResult, Subject};
+use super::regs::Regs;
+use super::wait::{StopState, wait_stop};
+use super::{PTRACE_EVENT_STOP, get_regs, get_siginfo, interrupt, set_regs, syscall};
+use std::time::{Duration, Instant};
+
+/// -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK: kernel-internal
+/// returns that mean "a signal interrupted this syscall, run it again".
+pub fn is_restart_code(rax: u64) -> bool {
+    matches!(rax as i64, -512 | -513 | -514 | -516)
+}
+
+/// How often one call re-runs its syscall after a signal interrupted it before giving up.
+const MAX_RERUNS: u32 = 16;
+/// How long a thread that timed out inside an injected syscall gets to leave it after
+/// PTRACE_INTERRUPT.
+const RECOVER: Duration = Duration::from_millis(1000);
+
+pub struct Injector {
+    pub tid: i32,
+    pub gadget: u64,
+    pub saved: Regs,
+    pub count: u64,
+    pub pending: Vec<i32>,
+    pub timeout: Duration,
+    /// Registers or the stop changed since construction (restore has work to do).
+    moved: bool,
+    /// The thread is inside an injected syscall we could not get it out of: unusable.
+    broken: Option<String>,
+}
+
+impl Injector {
+    pub fn new(tid: i32, gadget: u64, timeout: Duration) -> OsResult<Self> {
+        let saved = get_regs(tid).map_err(|e| {
+            if e.errno == libc::ESRCH { e.because("the thread is not a ptrace-stopped tracee of this thread") } else { e }
+        })?;
+        let mut inj = Injector { tid, gadget, saved, count: 0, pending: Vec::new(), timeout, moved: false, broken: None };
+        // At a signal-delivery stop the first resume (with signal 0) would discard the
+        // signal: remember it like any signal that arrives during the calls.
+        if let Ok(si) = get_siginfo(tid) {
+            if is_signal_delivery(&si) {
+                inj.remember(si.si_signo);
+            }
+        }
+        Ok(inj)
+    }
+
+    fn remember(&mut self, sig: i32) {
+        if sig > 0 && !self.pending.contains(&sig) {
+            self.pending.push(sig);
+        }
+    }
+
+    fn err(&self, errno: i32, detail: String) -> OsError {
+        OsError::new("injected syscall", errno, Subject::Tid(self.tid)).because(detail)
+    }
+
+    /// Resumes with PTRACE_SYSCALL until the next syscall stop, absorbing signal-delivery
+    /// stops (remembered, suppressed) and event stops (left behind by PTRACE_INTERRUPT).
+    fn to_syscall_stop(&mut self, nr: u64, deadline: Instant, what: &str) -> OsResult<()> {
+        syscall(self.tid, 0)?;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match wait_stop(self.tid, left) {
+                Ok(StopState::Syscall { .. }) => return Ok(()),
+                Ok(StopState::Stopped { signal, event, .. }) => {
+                    if event == 0 {
+                        self.remember(signal);
+                    }
+                    syscall(self.tid, 0)?;
+                }
+                Ok(StopState::Exited { code }) => {
+                    self.broken = Some(format!("thread exited with code {code}"));
+                    return Err(self.err(libc::ESRCH, format!("thread exited (code {code}) at the {what} of syscall {nr}")));
+                }
+                Ok(StopState::Killed { signal }) => {
+                    self.broken = Some(format!("thread killed by signal {signal}"));
+                    return Err(self.err(libc::ESRCH, format!("thread killed by signal {signal} at the {what} of syscall {nr}")));
+                }
+                Err(e) if e.errno == libc::ETIMEDOUT => return Err(self.timed_out(nr, what)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The syscall did not reach the stop in time (it blocks): PTRACE_INTERRUPT makes an
+    /// interruptible sleep return, so the thread comes back to a syscall-exit stop and the
+    /// injector stays usable; the call itself fails with ETIMEDOUT.
+    fn timed_out(&mut self, nr: u64, what: &str) -> OsError {
+        let msg = format!("syscall {nr} did not reach its {what} stop within {} ms", self.timeout.as_millis());
+        let recovered = interrupt(self.tid).is_ok() && {
+            let deadline = Instant::now() + RECOVER;
+            let mut ok = false;
+            while let Ok(s) = wait_stop(self.tid, deadline.saturating_duration_since(Instant::now())) {
+                match s {
+                    StopState::Syscall { .. } => {
+                        ok = true;
+                        break;
+                    }
+                    StopState::Stopped { signal, event, .. } => {
+                        if event == 0 {
+                            self.remember(signal);
+                        }
+                        if syscall(self.tid, 0).is_err() {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            ok
+        };
+        if !recovered {
+            self.broken = Some(format!("thread stuck in injected syscall {nr}"));
+        }
+        self.err(libc::ETIMEDOUT, if recovered { format!("{msg}; interrupted it") } else { format!("{msg}; the thread could not be stopped again") })
+    }
+
+    /// Runs syscall `nr` with up to 6 arguments; returns the raw rax (negative errno on failure).
+    pub fn call(&mut self, nr: u64, args: &[u64]) -> OsResult<i64> {
+        if let Some(why) = &self.broken {
+            return Err(self.err(libc::ESRCH, format!("injector unusable: {why}")));
+        }
+        let mut r = self.saved;
+        r.set_rip(self.gadget);
+        r.set_rax(nr);
+        r.set_orig_rax(u64::MAX);
+        for (i, &idx) in Regs::ARG_INDEX.iter().enumerate() {
+            r.0[idx] = args.get(i).copied().unwrap_or(0);
+        }
+        let deadline = Instant::now() + self.timeout;
+        for _ in 0..MAX_RERUNS {
+            set_regs(self.tid, &r).map_err(|e| {
+                if e.errno == libc::ESRCH { e.because("the thread is no longer a stopped tracee (running, exited or detached)") } else { e }
+            })?;
+            self.moved = true;
+            self.to_syscall_stop(nr, deadline, "entry")?;
+            let at = get_regs(self.tid)?;
+            if at.orig_rax() != nr || at.rip() != self.gadget.wrapping_add(2) {
+                self.broken = Some("thread left the gadget".into());
+                return Err(self.err(
+                    libc::EFAULT,
+                    format!(
+                        "expected the entry of syscall {nr} at {:#x}, stopped with orig_rax {} at rip {:#x} (is {:#x} a `syscall` instruction?)",
+                        self.gadget + 2,
+                        at.orig_rax() as i64,
+                        at.rip(),
+                        self.gadget
+                    ),
+                ));
+            }
+            self.to_syscall_stop(nr, deadline, "exit")?;
+            let rax = get_regs(self.tid)?.rax();
+            if is_restart_code(rax) {
+                // A signal interrupted it; the next resume delivers (and we absorb) the
+                // signal, then the syscall runs again from the start.
+                continue;
+            }
+            self.count += 1;
+            return Ok(rax as i64);
+        }
+        Err(self.err(libc::EINTR, format!("syscall {nr} kept being interrupted by signals ({MAX_RERUNS} tries)")))
+    }
+
+    /// Puts the saved registers back; the thread stays stopped. When the thread had been
+    /// stopped inside a syscall that must restart (rax = -ERESTART*), it is parked in a
+    /// PTRACE_EVENT_STOP again, as after PTRACE_INTERRUPT: registers set at a syscall-exit
+    /// stop get no restart fix-up, but leaving a PTRACE_EVENT_STOP runs the kernel's own.
+    pub fn restore(&mut self) -> OsResult<()> {
+        if !self.moved {
+            return Ok(());
+        }
+        set_regs(self.tid, &self.saved)?;
+        if self.saved.orig_rax() as i64 >= 0 && is_restart_code(self.saved.rax()) {
+            interrupt(self.tid)?;
+            super::cont(self.tid, 0)?;
+            let deadline = Instant::now() + self.timeout.max(Duration::from_millis(1000));
+            loop {
+                match wait_stop(self.tid, deadline.saturating_duration_since(Instant::now()))? {
+                    StopState::Stopped { event: PTRACE_EVENT_STOP, .. } => break,
+                    StopState::Stopped { signal, .. } => {
+                        self.remember(signal);
+                        super::cont(self.tid, 0)?;
+                    }
+                    StopState::Syscall { .. } => super::cont(self.tid, 0)?,
+                    StopState::Exited { code } => return Err(self.err(libc::ESRCH, format!("thread exited (code {code}) during restore"))),
+                    StopState::Killed { signal } => return Err(self.err(libc::ESRCH, format!("thread killed by signal {signal} during restore"))),
+                }
+            }
+            let now = get_regs(self.tid)?;
+            if now != self.saved {
+                set_regs(self.tid, &self.saved)?;
+            }
+        }
+        self.moved = false;
+        Ok(())
+    }
+}
+
+/// A signal-delivery stop, as opposed to a syscall stop or a PTRACE_EVENT_* stop (whose
+/// si_code is SIGTRAP|0x80, or signal | event << 8).
+pub fn is_signal_delivery(si: &libc::siginfo_t) -> bool {
+    let code = si.si_code;
+    if si.si_signo == libc::SIGTRAP && code == (libc::SIGTRAP | 0x80) {
+        return false;
+    }
+    !(code > 0 && (code >> 8) != 0 && (code & 0xff) == si.si_signo)
+}
