@@ -119,6 +119,9 @@ export declare class Userfaultfd {
   /**
    * UFFDIO_API. Must come first and succeeds once per uffd. Requesting a feature this
    * kernel lacks throws a SystemError (EINVAL) naming it.
+   * With eventFork/Remap/Remove/Unmap enabled, the thread causing the event (fork, mremap,
+   * madvise, munmap) blocks until someone reads it: keep a FaultLoop on the uffd (or close
+   * it) before doing such things from the JS thread.
    */
   handshake(features?: UffdFeature[]): HandshakeResult
   /** UFFDIO_REGISTER; returns the ioctls available on the range. */
