@@ -3,8 +3,10 @@ import { EXIT, UsageError } from './usage-error.js';
 import { checkCommand } from './commands/check.js';
 import { showCommand } from './commands/show.js';
 import { dumpCommand } from './commands/dump.js';
+import { lazyPagesCommand } from './commands/lazy-pages.js';
+import { pageServerCommand } from './commands/page-server.js';
 
-const commands: Command[] = [checkCommand, dumpCommand, showCommand];
+const commands: Command[] = [checkCommand, dumpCommand, lazyPagesCommand, pageServerCommand, showCommand];
 
 function mainHelp(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

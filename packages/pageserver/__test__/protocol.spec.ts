@@ -4,6 +4,8 @@ import {
   decodeServer,
   encodeClient,
   encodeServer,
+  allocPagesFrame,
+  PAGES_HEADER_SIZE,
   LazyRanges,
   ProtocolError,
   PROTOCOL_VERSION,
@@ -72,4 +74,17 @@ test('lazy ranges admit exactly the dumped pages', (t) => {
   t.throws(() => new LazyRanges([{ pid: 1, start: 0x1000, pages: 2 }, { pid: 1, start: 0x2000, pages: 1 }], P), {
     message: /overlapping/,
   });
+});
+
+test('a pages frame filled in place decodes like an encoded one', (t) => {
+  const { frame, data } = allocPagesFrame(2 ** 31, 4_000_000, 0x7ffd_1234_5000, 2, 8192);
+  t.is(frame.length, PAGES_HEADER_SIZE + 8192);
+  data.fill(0xab);
+  const m = decodeServer(frame);
+  t.like(m, { type: 'pages', id: 2 ** 31, pid: 4_000_000, address: 0x7ffd_1234_5000, pages: 2 });
+  if (m.type === 'pages') {
+    t.is(m.data.length, 8192);
+    t.true(m.data.every((b) => b === 0xab));
+    t.is(m.data.buffer, frame.buffer, 'the data is a view into the frame, not a copy');
+  }
 });

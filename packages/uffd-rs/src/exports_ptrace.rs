@@ -142,7 +142,7 @@ fn signal_arg(env: Env, a: &Args, i: usize) -> JsResult<i32> {
 
 fn ms_arg(env: Env, a: &Args, i: usize, what: &str) -> JsResult<Duration> {
     let x = env.to_f64(a.get(i, what)?, what)?;
-    if !(x.is_finite() && x >= 0.0 && x <= 24.0 * 3600e3) {
+    if !(x.is_finite() && (0.0..=24.0 * 3600e3).contains(&x)) {
         return range_error(format!("{what} must be a number of milliseconds in [0, 1 day], got {x}"));
     }
     Ok(Duration::from_secs_f64(x / 1e3))
@@ -381,7 +381,7 @@ fn ranges_arg(env: Env, v: Value) -> JsResult<Vec<Range>> {
         Typed::U64(s) => s.to_vec(),
         Typed::Other => return type_error("ranges must be a Float64Array (or BigUint64Array) of [remoteAddr, len] pairs"),
     };
-    if words.len() % 2 != 0 {
+    if !words.len().is_multiple_of(2) {
         return range_error(format!("ranges must hold [remoteAddr, len] pairs, got {} numbers", words.len()));
     }
     Ok(words.chunks_exact(2).map(|p| Range { addr: p[0], len: p[1] }).collect())

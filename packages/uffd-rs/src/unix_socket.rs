@@ -95,7 +95,7 @@ pub fn connect(path: &str, timeout: Duration) -> OsResult<RawFd> {
 fn wait_ready(fd: RawFd, events: libc::c_short, deadline: Instant, op: &'static str) -> OsResult<bool> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let ms = left.as_millis().min(i32::MAX as u128) as i32 + if left.subsec_nanos() % 1_000_000 != 0 { 1 } else { 0 };
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
         let mut p = libc::pollfd { fd, events, revents: 0 };
         // SAFETY: one valid pollfd.
         let rc = unsafe { libc::poll(&mut p, 1, ms) };

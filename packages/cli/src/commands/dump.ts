@@ -1,4 +1,6 @@
-import { dump, type DumpResult } from '@lazymig/core-ts';
+import { createServer } from 'node:net';
+import { createLogger, dump, type DumpResult } from '@lazymig/core-ts';
+import { serveFrozenTree } from '@lazymig/pageserver';
 import { PAGE_SIZE } from '@lazymig/uffd-rs';
 import type { Command } from '../command.js';
 import { mib, plural, Progress } from '../ui/progress.js';
@@ -41,19 +43,61 @@ export const dumpCommand: Command = {
     if (lazy && values['leave-running']) throw new UsageError('--lazy-pages and --leave-running exclude each other');
     if (!lazy && (values.address !== undefined || values.port !== undefined))
       throw new UsageError('--address and --port go with --lazy-pages');
-    if (lazy) throw new Error('--lazy-pages needs the page server, which this build does not have yet');
+    let server: { address: string; port: number } | undefined;
+    if (lazy) {
+      if (typeof values.address !== 'string' || typeof values.port !== 'string') throw new UsageError('--lazy-pages needs --address and --port');
+      server = { address: values.address, port: parsePort(values.port) };
+      // Fail before freezing anything if the page server could not listen.
+      await canListen(server.address, server.port);
+    }
 
     const progress = new Progress();
     const result = await dump({
       pid,
       imagesDir: values['images-dir'],
-      mode: values['leave-running'] ? 'leave-running' : 'kill',
+      mode: lazy ? 'lazy' : values['leave-running'] ? 'leave-running' : 'kill',
+      ...(server ? { pageServer: server } : {}),
       onProgress: (p) => {
         if (p.phase === 'pages') progress.update(`pid ${p.pid}: ${mib(p.bytes)} of pages written`);
       },
     });
     progress.done();
     process.stderr.write(dumpSummary(result) + '\n');
-    return EXIT.ok;
+    if (!server || !result.frozen || !result.token) return EXIT.ok;
+    return servePages(result, server);
   },
 };
+
+async function canListen(address: string, port: number): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const s = createServer();
+    s.once('error', (err) => reject(new Error(`cannot listen on ${address}:${port}: ${err.message}`)));
+    s.listen(port, address, () => s.close(() => resolve()));
+  });
+}
+
+/** A lazy dump goes on as the page server until the destination holds every page. */
+async function servePages(result: DumpResult, at: { address: string; port: number }): Promise<number> {
+  const frozen = result.frozen!;
+  const log = createLogger('page-server');
+  const server = await serveFrozenTree({ images: result.images, frozen, token: result.token!, ...at, log });
+  process.stderr.write(`page server listening on ${at.address}:${at.port}; the tree stays frozen until the destination has every page\n`);
+  const interrupted = new Promise<string>((resolve) => {
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, () => resolve(sig));
+  });
+  const how = await Promise.race([server.done.then(() => 'done'), interrupted]);
+  await server.close();
+  if (how === 'done') {
+    process.stderr.write(`migration complete: ${server.stats.pagesSent} pages served in ${server.stats.requests} requests; source tree killed\n`);
+    return EXIT.ok;
+  }
+  if (server.stats.sessions === 0) {
+    frozen.resume();
+    process.stderr.write(`${how}: no destination ever connected; the tree runs on here\n`);
+  } else {
+    // A copy may be running on the destination: never resume this one.
+    frozen.leaveStopped();
+    process.stderr.write(`${how}: a destination connected, so the tree is left stopped (SIGSTOP): kill it, or 'kill -CONT' it if the copy is gone\n`);
+  }
+  return EXIT.failed;
+}

@@ -25,6 +25,11 @@ export interface FrozenTree {
   resume(): void;
   /** SIGKILLs every process, then detaches. Idempotent. */
   kill(): void;
+  /**
+   * Detaches but leaves every process stopped (SIGSTOP): for when we must exit while a copy
+   * of the tree may be running elsewhere. `kill -CONT` or `kill -KILL` decides later.
+   */
+  leaveStopped(): void;
   /** Signals that arrived while frozen (tid → signals), re-delivered by resume(). */
   readonly pendingSignals: Map<number, number[]>;
 }
@@ -39,9 +44,18 @@ export function freezeTree(root: number): FrozenTree {
   const pendingSignals = new Map<number, number[]>();
   let released = false;
 
-  const release = (kill: boolean): void => {
+  const release = (kill: boolean, stop = false): void => {
     if (released) return;
     released = true;
+    if (stop) {
+      for (const pid of tids) {
+        try {
+          process.kill(pid, 'SIGSTOP');
+        } catch {
+          /* gone */
+        }
+      }
+    }
     if (kill) {
       // Only the pids we froze: each is stopped under our ptrace, so it cannot have been
       // replaced by an unrelated process reusing the pid.
@@ -56,7 +70,7 @@ export function freezeTree(root: number): FrozenTree {
     }
     for (const tid of seized) {
       try {
-        const sigs = kill ? [] : pendingSignals.get(tid) ?? [];
+        const sigs = kill || stop ? [] : pendingSignals.get(tid) ?? [];
         ptrace.detach(tid, sigs[0] ?? 0);
         for (const s of sigs.slice(1)) process.kill(tid, s);
       } catch {
@@ -130,6 +144,7 @@ export function freezeTree(root: number): FrozenTree {
       pendingSignals,
       resume: () => release(false),
       kill: () => release(true),
+      leaveStopped: () => release(false, true),
     };
   } catch (err) {
     release(false);

@@ -73,6 +73,37 @@ export function encodeServer(m: ServerMessage): Buffer {
   }
 }
 
+/** Bytes before the page data in a frame from allocPagesFrame. */
+export const PAGES_HEADER_SIZE = 1 + 1 + 5 + 5 + 9 + 5 + 5;
+
+/**
+ * A `pages` frame with room for the data, which the caller fills in place (e.g. straight
+ * from process_vm_readv): no copy between reading the pages and handing them to the socket.
+ * Fixed-width fields keep the header size constant; any msgpack decoder reads it.
+ */
+export function allocPagesFrame(id: number, pid: number, address: number, pages: number, bytes: number): { frame: Buffer; data: Buffer } {
+  const frame = Buffer.allocUnsafe(PAGES_HEADER_SIZE + bytes);
+  let o = 0;
+  frame[o++] = 0x96; // fixarray of 6
+  frame[o++] = TAG.pages; // positive fixint
+  const u32 = (v: number): void => {
+    frame[o++] = 0xce; // uint32
+    frame.writeUInt32BE(v, o);
+    o += 4;
+  };
+  u32(id);
+  u32(pid);
+  frame[o++] = 0xcf; // uint64
+  frame.writeBigUInt64BE(BigInt(address), o);
+  o += 8;
+  u32(pages);
+  frame[o++] = 0xc6; // bin32
+  frame.writeUInt32BE(bytes, o);
+  o += 4;
+  // Field order on the wire must match decodeServer: [tag, id, pid, address, pages, data].
+  return { frame, data: frame.subarray(o) };
+}
+
 function unpackFrame(frame: Uint8Array): unknown[] {
   let value: unknown;
   try {
@@ -84,8 +115,9 @@ function unpackFrame(frame: Uint8Array): unknown[] {
   return value;
 }
 
-/** A non-negative integer that a JS number holds exactly. */
+/** A non-negative integer that a JS number holds exactly (msgpack uint64 decodes as a bigint). */
 function uint(v: unknown, what: string): number {
+  if (typeof v === 'bigint' && v >= 0n && v <= BigInt(Number.MAX_SAFE_INTEGER)) return Number(v);
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
     throw new ProtocolError(`${what} must be a non-negative integer, got ${String(v)}`);
   }

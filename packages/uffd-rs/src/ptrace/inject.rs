@@ -16,6 +16,12 @@ pub fn is_restart_code(rax: u64) -> bool {
     matches!(rax as i64, -512 | -513 | -514 | -516)
 }
 
+/// Syscalls that overwrite the thread's restart block (current->restart_block): nanosleep and
+/// clock_nanosleep at every entry; futex, poll, ppoll, restart_syscall and rt_sigreturn
+/// when interrupted or always. After one of them, a frozen -ERESTART_RESTARTBLOCK can no
+/// longer go through restart_syscall (it would run *our* restart, or fail with EINTR).
+const CLOBBER_RESTART_BLOCK: [u64; 7] = [35, 230, 202, 7, 271, 219, 15];
+
 /// How often one call re-runs its syscall after a signal interrupted it before giving up.
 const MAX_RERUNS: u32 = 16;
 /// How long a thread that timed out inside an injected syscall gets to leave it after
@@ -33,6 +39,8 @@ pub struct Injector {
     moved: bool,
     /// The thread is inside an injected syscall we could not get it out of: unusable.
     broken: Option<String>,
+    /// An injected syscall may have replaced the thread's restart block.
+    restart_block_clobbered: bool,
 }
 
 impl Injector {
@@ -40,13 +48,27 @@ impl Injector {
         let saved = get_regs(tid).map_err(|e| {
             if e.errno == libc::ESRCH { e.because("the thread is not a ptrace-stopped tracee of this thread") } else { e }
         })?;
-        let mut inj = Injector { tid, gadget, saved, count: 0, pending: Vec::new(), timeout, moved: false, broken: None };
+        // Jumping to anything but `syscall` would run arbitrary target code: refuse.
+        let mut insn = [0u8; 2];
+        let read = crate::procmem::read_exact(tid, gadget, &mut insn).or_else(|_| {
+            use std::os::unix::fs::FileExt;
+            std::fs::File::open(format!("/proc/{tid}/mem"))
+                .and_then(|f| f.read_exact_at(&mut insn, gadget))
+                .map_err(|io| OsError::new("read gadget", io.raw_os_error().unwrap_or(libc::EFAULT), Subject::Tid(tid)).at(gadget))
+        });
+        read?;
+        if insn != [0x0f, 0x05] {
+            return Err(OsError::new("SyscallInjector", libc::EINVAL, Subject::Tid(tid))
+                .at(gadget)
+                .because(format!("no `syscall` instruction (0f 05) at the gadget: found {:02x} {:02x}", insn[0], insn[1])));
+        }
+        let mut inj = Injector { tid, gadget, saved, count: 0, pending: Vec::new(), timeout, moved: false, broken: None, restart_block_clobbered: false };
         // At a signal-delivery stop the first resume (with signal 0) would discard the
         // signal: remember it like any signal that arrives during the calls.
-        if let Ok(si) = get_siginfo(tid) {
-            if is_signal_delivery(&si) {
-                inj.remember(si.si_signo);
-            }
+        if let Ok(si) = get_siginfo(tid)
+            && is_signal_delivery(&si)
+        {
+            inj.remember(si.si_signo);
         }
         Ok(inj)
     }
@@ -63,7 +85,7 @@ impl Injector {
 
     /// Resumes with PTRACE_SYSCALL until the next syscall stop, absorbing signal-delivery
     /// stops (remembered, suppressed) and event stops (left behind by PTRACE_INTERRUPT).
-    fn to_syscall_stop(&mut self, nr: u64, deadline: Instant, what: &str) -> OsResult<()> {
+    fn run_to_syscall_stop(&mut self, nr: u64, deadline: Instant, what: &str) -> OsResult<()> {
         syscall(self.tid, 0)?;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -134,13 +156,16 @@ impl Injector {
         for (i, &idx) in Regs::ARG_INDEX.iter().enumerate() {
             r.0[idx] = args.get(i).copied().unwrap_or(0);
         }
+        if CLOBBER_RESTART_BLOCK.contains(&nr) {
+            self.restart_block_clobbered = true;
+        }
         let deadline = Instant::now() + self.timeout;
         for _ in 0..MAX_RERUNS {
             set_regs(self.tid, &r).map_err(|e| {
                 if e.errno == libc::ESRCH { e.because("the thread is no longer a stopped tracee (running, exited or detached)") } else { e }
             })?;
             self.moved = true;
-            self.to_syscall_stop(nr, deadline, "entry")?;
+            self.run_to_syscall_stop(nr, deadline, "entry")?;
             let at = get_regs(self.tid)?;
             if at.orig_rax() != nr || at.rip() != self.gadget.wrapping_add(2) {
                 self.broken = Some("thread left the gadget".into());
@@ -155,7 +180,7 @@ impl Injector {
                     ),
                 ));
             }
-            self.to_syscall_stop(nr, deadline, "exit")?;
+            self.run_to_syscall_stop(nr, deadline, "exit")?;
             let rax = get_regs(self.tid)?.rax();
             if is_restart_code(rax) {
                 // A signal interrupted it; the next resume delivers (and we absorb) the
@@ -176,8 +201,20 @@ impl Injector {
         if !self.moved {
             return Ok(());
         }
+        let in_syscall = self.saved.orig_rax() as i64 >= 0;
+        if in_syscall && self.saved.rax() as i64 == -516 && self.restart_block_clobbered {
+            // restart_syscall would find our restart block: re-run the frozen syscall with
+            // its own arguments instead (rip back onto `syscall`, rax = its number), as
+            // the kernel does for the other restart codes. A relative sleep starts over.
+            let mut r = self.saved;
+            r.set_rip(r.rip().wrapping_sub(2));
+            r.set_rax(r.orig_rax());
+            set_regs(self.tid, &r)?;
+            self.moved = false;
+            return Ok(());
+        }
         set_regs(self.tid, &self.saved)?;
-        if self.saved.orig_rax() as i64 >= 0 && is_restart_code(self.saved.rax()) {
+        if in_syscall && is_restart_code(self.saved.rax()) {
             interrupt(self.tid)?;
             super::cont(self.tid, 0)?;
             let deadline = Instant::now() + self.timeout.max(Duration::from_millis(1000));

@@ -1,0 +1,118 @@
+import { resolve } from 'node:path';
+import {
+  ImagesPageSource, LazyPagesEngine, createLogger, lazyRanges, openPagesReader, readImages, serveControl,
+  type LazySummary, type PageSource, type PagesReader,
+} from '@lazymig/core-ts';
+import { PageClient, readToken } from '@lazymig/pageserver';
+import { Userfaultfd } from '@lazymig/uffd-rs';
+import type { Command } from '../command.js';
+import { mib, Progress } from '../ui/progress.js';
+import { EXIT, UsageError } from '../usage-error.js';
+import { parsePort } from './parse.js';
+
+export function lazySummaryLine(s: LazySummary): string {
+  return (
+    `all ${s.pagesTotal} lazy pages in (${mib(s.bytes)}) in ${s.totalMs.toFixed(0)} ms: ` +
+    `${s.pagesByFault} by fault, ${s.pagesByPrefetch} by prefetch, ${s.pagesByBackground} by background, ` +
+    `${s.zeroFaults} zero-page faults; fault service p50 ${s.faultServiceUs.p50.toFixed(0)} µs, p99 ${s.faultServiceUs.p99.toFixed(0)} µs`
+  );
+}
+
+export const lazyPagesCommand: Command = {
+  name: 'lazy-pages',
+  summary: 'serve the memory of processes restored with --lazy-pages, from the page server or the images',
+  options: {
+    'page-server': { type: 'boolean' },
+    address: { type: 'string' },
+    port: { type: 'string' },
+    'images-dir': { type: 'string', short: 'D' },
+    'work-dir': { type: 'string', short: 'W' },
+    json: { type: 'boolean' },
+  },
+  optionHelp: {
+    'page-server': 'fetch pages from the page server of the source (default: from the local images)',
+    address: 'page server address (default: the one recorded by dump)',
+    port: 'page server port (default: the one recorded by dump)',
+    'images-dir': 'the images (default: the current directory)',
+    'work-dir': 'where lazy-pages.socket is made (default: the images dir)',
+    json: 'print the summary as JSON on stdout',
+  },
+  async run({ values }) {
+    const imagesDir = resolve(typeof values['images-dir'] === 'string' ? values['images-dir'] : '.');
+    const workDir = resolve(typeof values['work-dir'] === 'string' ? values['work-dir'] : imagesDir);
+    const remote = values['page-server'] === true;
+    if (!remote && (values.address !== undefined || values.port !== undefined)) throw new UsageError('--address and --port go with --page-server');
+    const log = createLogger('lazy-pages');
+    const images = await readImages(imagesDir);
+    const inv = images.inventory;
+
+    let source: PageSource;
+    let lost: Promise<Error> | null = null;
+    if (remote) {
+      const address = typeof values.address === 'string' ? values.address : inv.pageServer?.address;
+      const port = typeof values.port === 'string' ? parsePort(values.port) : inv.pageServer?.port;
+      if (address === undefined || port === undefined) throw new UsageError('--address and --port are needed: the images do not record a page server');
+      const client = await PageClient.connect({ address, port, token: await readToken(imagesDir), log });
+      lost = client.lost;
+      source = client;
+      log.info('connected to the page server', { address, port });
+    } else {
+      const readers = new Map<number, PagesReader>();
+      for (const p of images.processes) readers.set(p.pid, await openPagesReader(images, p.pid));
+      source = new ImagesPageSource(readers);
+    }
+
+    const progress = new Progress();
+    const engine = new LazyPagesEngine(source, {
+      pageSize: inv.pageSize,
+      log,
+      onProgress: (s) => progress.update(`lazy pages: ${s.pagesTotal - s.remaining}/${s.pagesTotal} in, ${s.faults} faults`),
+    });
+    const byPid = new Map(images.processes.map((p) => [p.pid, p]));
+    const control = serveControl(workDir, {
+      onProcess: (pid, sourcePid, fd) => {
+        const p = byPid.get(sourcePid);
+        if (!p) throw new Error(`pid ${sourcePid} is not in the images at ${imagesDir}`);
+        const ranges = lazyRanges(inv, p).filter((r) => (remote ? r.from === 'source' : r.from === 'images'));
+        engine.add({ pid, sourcePid, uffd: Userfaultfd.adopt(fd), ranges });
+      },
+      onAllSent: (n) => {
+        log.info('every process was handed over', { processes: n });
+        engine.seal();
+      },
+    });
+    log.info('waiting for restore', { socket: `${workDir}/lazy-pages.socket` });
+    engine.start();
+
+    const killAll = (why: string): void => {
+      for (const pid of engine.pids) {
+        log.error('killing restored process: its memory cannot arrive', { pid, why });
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
+    };
+    if (lost) {
+      void lost.then(async (err) => {
+        killAll(err.message);
+        await engine.abort(err);
+      });
+    }
+    try {
+      const summary = await engine.done;
+      progress.done();
+      if (values.json) process.stdout.write(JSON.stringify(summary) + '\n');
+      else process.stderr.write(lazySummaryLine(summary) + '\n');
+      return EXIT.ok;
+    } catch (err) {
+      progress.done();
+      killAll((err as Error).message);
+      throw err;
+    } finally {
+      await control.close();
+      await source.close();
+    }
+  },
+};

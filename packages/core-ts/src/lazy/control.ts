@@ -1,0 +1,102 @@
+/**
+ * The work-dir socket between `restore --lazy-pages` and the `lazy-pages` daemon
+ * (lazy-pages.socket, as CRIU names it). Restore sends one message per process, with the
+ * process's userfaultfd attached (SCM_RIGHTS), and waits for the daemon's ack before it lets
+ * the process run; then it says that every process was sent.
+ */
+import { join } from 'node:path';
+import { closeFd, unixSocket, UnixSocketServer } from '@lazymig/uffd-rs';
+
+export const CONTROL_SOCKET = 'lazy-pages.socket';
+
+export type ControlMessage =
+  | { type: 'process'; pid: number; sourcePid: number }
+  | { type: 'all-sent'; processes: number }
+  | { type: 'ack'; pid: number }
+  | { type: 'error'; reason: string };
+
+export function controlSocketPath(workDir: string): string {
+  return join(workDir, CONTROL_SOCKET);
+}
+
+function encode(m: ControlMessage): Buffer {
+  return Buffer.from(JSON.stringify(m));
+}
+
+function decode(payload: Buffer): ControlMessage {
+  const m = JSON.parse(payload.toString('utf8')) as ControlMessage;
+  if (typeof m !== 'object' || m === null || typeof m.type !== 'string') throw new Error('bad control message');
+  return m;
+}
+
+/** Restore's end. */
+export class ControlClient {
+  private constructor(private readonly fd: number, private readonly path: string) {}
+
+  static connect(workDir: string, timeoutMs = 5_000): ControlClient {
+    const path = controlSocketPath(workDir);
+    try {
+      return new ControlClient(unixSocket.connect(path, timeoutMs), path);
+    } catch (err) {
+      throw new Error(`cannot reach the lazy-pages daemon at ${path} (is 'lazymig lazy-pages' running?): ${(err as Error).message}`);
+    }
+  }
+
+  #reply(timeoutMs: number): ControlMessage {
+    const m = unixSocket.recv(this.fd, 4096, timeoutMs);
+    if (m === null) throw new Error(`the lazy-pages daemon at ${this.path} went away`);
+    return decode(m.payload);
+  }
+
+  /** Hands over a process's userfaultfd and waits until the daemon holds it. */
+  sendProcess(pid: number, sourcePid: number, uffd: number, timeoutMs = 10_000): void {
+    unixSocket.send(this.fd, encode({ type: 'process', pid, sourcePid }), [uffd]);
+    const r = this.#reply(timeoutMs);
+    if (r.type === 'error') throw new Error(`lazy-pages daemon refused pid ${pid}: ${r.reason}`);
+    if (r.type !== 'ack' || r.pid !== pid) throw new Error(`lazy-pages daemon: unexpected reply ${JSON.stringify(r)}`);
+  }
+
+  allSent(processes: number): void {
+    unixSocket.send(this.fd, encode({ type: 'all-sent', processes }));
+  }
+
+  close(): void {
+    closeFd(this.fd);
+  }
+}
+
+export interface ControlHandlers {
+  /** Must adopt `uffd` (or close it) and return; throwing refuses the process. */
+  onProcess(pid: number, sourcePid: number, uffd: number): void;
+  onAllSent(processes: number): void;
+}
+
+/** The daemon's end. */
+export function serveControl(workDir: string, h: ControlHandlers): UnixSocketServer {
+  return new UnixSocketServer(controlSocketPath(workDir), (msg) => {
+    if ('closed' in msg) return;
+    let reply: ControlMessage | null = null;
+    try {
+      const m = decode(msg.payload);
+      if (m.type === 'process') {
+        const fd = msg.fds[0];
+        for (const extra of msg.fds.slice(1)) closeFd(extra);
+        if (fd === undefined) throw new Error(`no userfaultfd came with pid ${m.pid}`);
+        h.onProcess(m.pid, m.sourcePid, fd);
+        reply = { type: 'ack', pid: m.pid };
+      } else if (m.type === 'all-sent') {
+        h.onAllSent(m.processes);
+      } else throw new Error(`unexpected ${m.type}`);
+    } catch (err) {
+      for (const fd of msg.fds) {
+        try {
+          closeFd(fd);
+        } catch {
+          /* already adopted */
+        }
+      }
+      reply = { type: 'error', reason: (err as Error).message };
+    }
+    if (reply) unixSocket.send(msg.connFd, encode(reply));
+  });
+}

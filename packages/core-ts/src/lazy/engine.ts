@@ -1,0 +1,325 @@
+/**
+ * The lazy-pages engine: serves the userfaultfd faults of restored processes from a
+ * PageSource, and pulls every other page in the background until all are in.
+ *
+ * Faults come first: the faulting page plus a window after it (doubling while faults are
+ * sequential, back to one page otherwise), fetched on the fault lane and installed with
+ * one batched call that wakes the waiting threads. The background fetches the remaining
+ * pages in large chunks, starting near the latest fault, a few requests in flight.
+ * REMOVE and UNMAP drop pages that must never be installed; REMAP moves them; FORK adds
+ * the child, which misses what its parent missed.
+ */
+import { FaultLoop, Userfaultfd, type Fault, type FaultBatch, type UffdEvent } from '@lazymig/uffd-rs';
+import { silentLogger, type Logger } from '../log.js';
+import type { PageSource } from './page-source.js';
+import { DONE, PageSpace, type LazyRange, type Run } from './page-space.js';
+
+export interface LazyTarget {
+  /** pid of the restored process (for logs and kills). */
+  pid: number;
+  /** pid the pages belong to on the source. */
+  sourcePid: number;
+  uffd: Userfaultfd;
+  /** Pages to fetch, by address in the restored process (= address in the dumped one). */
+  ranges: ReadonlyArray<{ start: number; pages: number }>;
+}
+
+export interface LazyEngineOptions {
+  pageSize: number;
+  log?: Logger;
+  /** Largest fault window in pages. Default 64. */
+  maxWindow?: number;
+  /** Background request size in pages. Default 512 (2 MiB of 4 KiB pages). */
+  chunkPages?: number;
+  /** Background requests in flight. Default 8. */
+  inFlight?: number;
+  onProgress?: (s: LazyStats) => void;
+}
+
+export interface LazyStats {
+  pagesTotal: number;
+  pagesByFault: number;
+  pagesByPrefetch: number;
+  pagesByBackground: number;
+  zeroFaults: number;
+  faults: number;
+  bytes: number;
+  remaining: number;
+}
+
+export interface LazySummary extends LazyStats {
+  faultServiceUs: { p50: number; p99: number; count: number };
+  totalMs: number;
+}
+
+interface Proc {
+  pid: number;
+  sourcePid: number;
+  uffd: Userfaultfd;
+  space: PageSpace;
+  lastFaultPage: number;
+  window: number;
+  /** Address of the latest fault: background work starts near it. */
+  hint: number;
+  alive: boolean;
+}
+
+function percentile(sorted: Float64Array, p: number): number {
+  if (sorted.length === 0) return 0;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+export class LazyPagesEngine {
+  readonly stats: LazyStats = {
+    pagesTotal: 0, pagesByFault: 0, pagesByPrefetch: 0, pagesByBackground: 0, zeroFaults: 0, faults: 0, bytes: 0, remaining: 0,
+  };
+  readonly #source: PageSource;
+  readonly #P: number;
+  readonly #log: Logger;
+  readonly #maxWindow: number;
+  readonly #chunk: number;
+  readonly #inFlightMax: number;
+  readonly #onProgress: ((s: LazyStats) => void) | undefined;
+  readonly #procs = new Map<number, Proc>(); // by uffd fd
+  readonly #loop: FaultLoop;
+  #inFlight = 0;
+  #rr = 0;
+  #t0 = performance.now();
+  #serviceUs: number[] = [];
+  #finished = false;
+  #sealed = false;
+  #resolve!: (s: LazySummary) => void;
+  #reject!: (e: Error) => void;
+  readonly done: Promise<LazySummary>;
+
+  constructor(source: PageSource, opts: LazyEngineOptions) {
+    this.#source = source;
+    this.#P = opts.pageSize;
+    this.#log = opts.log ?? silentLogger;
+    this.#maxWindow = opts.maxWindow ?? 64;
+    this.#chunk = opts.chunkPages ?? 512;
+    this.#inFlightMax = opts.inFlight ?? 8;
+    this.#onProgress = opts.onProgress;
+    this.done = new Promise((res, rej) => {
+      this.#resolve = res;
+      this.#reject = rej;
+    });
+    this.#loop = new FaultLoop((b) => this.#onBatch(b));
+  }
+
+  add(t: LazyTarget): void {
+    const space = new PageSpace(this.#P);
+    for (const r of t.ranges) space.add(r.start, r.start, r.pages);
+    this.#adopt(t.pid, t.sourcePid, t.uffd, space);
+    this.stats.pagesTotal += space.remaining;
+  }
+
+  #adopt(pid: number, sourcePid: number, uffd: Userfaultfd, space: PageSpace): void {
+    const p: Proc = { pid, sourcePid, uffd, space, lastFaultPage: -2, window: 1, hint: 0, alive: true };
+    this.#procs.set(uffd.fd, p);
+    this.#loop.add(uffd);
+    this.#log.info('serving process', { pid, sourcePid, lazyPages: space.remaining, uffd: uffd.fd });
+  }
+
+  /** Starts background transfer; faults are served from add() on. */
+  start(): void {
+    this.#t0 = performance.now();
+    this.#pump();
+  }
+
+  /** Every process has been added: once their pages are in, the transfer is complete. */
+  seal(): void {
+    this.#sealed = true;
+    this.#pump();
+  }
+
+  /** The restored processes still being served. */
+  get pids(): number[] {
+    return [...this.#procs.values()].filter((p) => p.alive && p.pid > 0).map((p) => p.pid);
+  }
+
+  /** Stops serving (the caller kills the processes: a process left without its pages would hang). */
+  async abort(err: Error): Promise<void> {
+    if (this.#finished) return;
+    this.#finished = true;
+    await this.#loop.stop();
+    this.#reject(err);
+  }
+
+  #remaining(): number {
+    let n = 0;
+    for (const p of this.#procs.values()) if (p.alive) n += p.space.remaining;
+    return n;
+  }
+
+  #onBatch(b: FaultBatch): void {
+    // Events first: a fault in the batch may be about a range an event just changed.
+    for (const e of b.events) this.#onEvent(e);
+    const t = performance.now();
+    for (const f of b.faults) this.#onFault(f, t);
+    this.#pump();
+  }
+
+  #onEvent(e: UffdEvent): void {
+    const p = this.#procs.get(e.fd);
+    if (!p) return;
+    switch (e.kind) {
+      case 'remove':
+      case 'unmap': {
+        const n = p.space.drop(e.start, e.end);
+        if (n > 0) this.#log.debug(`${e.kind} drops lazy pages`, { pid: p.pid, start: e.start, end: e.end, pages: n });
+        return;
+      }
+      case 'remap':
+        p.space.remap(e.from, e.to, e.len);
+        return;
+      case 'fork': {
+        const child = Userfaultfd.adopt(e.childFd);
+        const space = p.space.fork();
+        this.stats.pagesTotal += space.remaining;
+        this.#adopt(-1, p.sourcePid, child, space);
+        return;
+      }
+      case 'error':
+        this.#log.error('userfaultfd error', { pid: p.pid, code: e.code, message: e.message });
+        this.#gone(p);
+        return;
+    }
+  }
+
+  #onFault(f: Fault, t: number): void {
+    const p = this.#procs.get(f.fd);
+    if (!p || !p.alive) return;
+    this.stats.faults++;
+    const page = f.address;
+    p.hint = page;
+    const r = p.space.find(page);
+    const idx = r ? (page - r.dst) / this.#P : -1;
+    if (!r || r.state[idx] === DONE) {
+      // Not a page of the source: never touched before the dump, or dropped since. Zero it;
+      // if a racing install got there first, just wake the thread.
+      const o = p.uffd.zeropage(page, this.#P);
+      if (o.status === 'exists') p.uffd.wake(page, this.#P);
+      else if (o.status === 'gone') this.#gone(p);
+      if (o.status === 'ok') this.stats.zeroFaults++;
+      this.#serviceUs.push((performance.now() - t) * 1000);
+      return;
+    }
+    const pageNo = page / this.#P;
+    p.window = pageNo === p.lastFaultPage + 1 || pageNo === p.lastFaultPage + p.window ? Math.min(p.window * 2, this.#maxWindow) : 1;
+    p.lastFaultPage = pageNo;
+    const run = p.space.claim(r, idx, p.window, true);
+    if (!run) return;
+    this.#fetch(p, run, 'fault', t);
+  }
+
+  #fetch(p: Proc, run: Run, lane: 'fault' | 'background', faultT?: number): void {
+    const src = run.range.src + run.first * this.#P;
+    if (lane === 'background') this.#inFlight++;
+    this.#source.fetch(p.sourcePid, src, run.count, lane).then(
+      (data) => {
+        if (lane === 'background') this.#inFlight--;
+        this.#install(p, run, data, lane);
+        if (faultT !== undefined) this.#serviceUs.push((performance.now() - faultT) * 1000);
+        this.#pump();
+      },
+      (err: Error) => {
+        if (lane === 'background') this.#inFlight--;
+        void this.#fail(new Error(`fetching pid ${p.sourcePid} 0x${src.toString(16)}+${run.count} pages: ${err.message}`));
+      },
+    );
+  }
+
+  /** Installs the pages of a reply that are still wanted, in one batched call. */
+  #install(p: Proc, run: Run, data: Uint8Array, lane: 'fault' | 'background'): void {
+    if (!p.alive || this.#finished) return;
+    const { range, first, count } = run;
+    const ranges: number[] = [];
+    let i = 0;
+    while (i < count) {
+      if (range.state[first + i] === DONE) {
+        i++;
+        continue;
+      }
+      let j = i;
+      while (j < count && range.state[first + j] !== DONE) j++;
+      ranges.push(range.dst + (first + i) * this.#P, i * this.#P, (j - i) * this.#P, 0);
+      i = j;
+    }
+    if (ranges.length === 0) return;
+    const res = p.uffd.installBatch(data, new Float64Array(ranges));
+    if (res.gone > 0) return this.#gone(p);
+    if (res.again > 0) {
+      // The address space is changing under us: an event is on its way. Fetch again later.
+      p.space.release(range, first, count);
+      return;
+    }
+    const installed = this.#finishRuns(p, range, ranges);
+    this.stats.bytes += installed * this.#P;
+    if (lane === 'background') this.stats.pagesByBackground += installed;
+    else {
+      this.stats.pagesByFault += Math.min(1, installed);
+      this.stats.pagesByPrefetch += Math.max(0, installed - 1);
+    }
+  }
+
+  #finishRuns(p: Proc, range: LazyRange, flat: number[]): number {
+    let n = 0;
+    for (let k = 0; k < flat.length; k += 4) {
+      const first = (flat[k]! - range.dst) / this.#P;
+      n += p.space.finish(range, first, flat[k + 2]! / this.#P);
+    }
+    return n;
+  }
+
+  #gone(p: Proc): void {
+    if (!p.alive) return;
+    p.alive = false;
+    this.#log.info('process gone; its remaining pages are dropped', { pid: p.pid, remaining: p.space.remaining });
+    this.#loop.remove(p.uffd.fd);
+    p.uffd.close();
+  }
+
+  /** Keeps background requests in flight; finishes when nothing is left. */
+  #pump(): void {
+    if (this.#finished) return;
+    const procs = [...this.#procs.values()].filter((p) => p.alive && p.space.remaining > 0);
+    while (this.#inFlight < this.#inFlightMax && procs.length > 0) {
+      const p = procs[this.#rr++ % procs.length]!;
+      const run = p.space.nextMissing(p.hint, this.#chunk);
+      if (!run) {
+        procs.splice(procs.indexOf(p), 1);
+        continue;
+      }
+      this.#fetch(p, run, 'background');
+    }
+    this.stats.remaining = this.#remaining();
+    this.#onProgress?.(this.stats);
+    if (this.#sealed && this.stats.remaining === 0 && this.#inFlight === 0) void this.#complete();
+  }
+
+  async #complete(): Promise<void> {
+    if (this.#finished) return;
+    this.#finished = true;
+    try {
+      await this.#source.complete();
+      // Every page is in: closing the uffds now cannot turn a missing page into a zero page.
+      await this.#loop.stop();
+      for (const p of this.#procs.values()) if (!p.uffd.closed) p.uffd.close();
+      const sorted = Float64Array.from(this.#serviceUs).sort();
+      this.#resolve({
+        ...this.stats,
+        faultServiceUs: { p50: percentile(sorted, 50), p99: percentile(sorted, 99), count: sorted.length },
+        totalMs: performance.now() - this.#t0,
+      });
+    } catch (err) {
+      this.#reject(err as Error);
+    }
+  }
+
+  async #fail(err: Error): Promise<void> {
+    if (this.#finished) return;
+    this.#log.error('lazy transfer failed', { error: err.message });
+    await this.abort(err);
+  }
+}

@@ -1,0 +1,157 @@
+/**
+ * Which lazy pages of one restored process are still to come.
+ *
+ * Each range keeps one state byte per page. A range knows both where its pages live now
+ * (dst, in the restored process) and where they came from (src, in the dumped process):
+ * the two differ once the process mremap()s a lazy range.
+ */
+export const MISSING = 0;
+export const REQUESTED = 1;
+/** Installed, or dropped (unmapped / MADV_DONTNEED'd / moved away): never to be installed. */
+export const DONE = 2;
+
+export interface LazyRange {
+  dst: number;
+  src: number;
+  pages: number;
+  state: Uint8Array;
+  /** First page that may still be MISSING (everything before it is not). */
+  scan: number;
+}
+
+export interface Run {
+  range: LazyRange;
+  first: number;
+  count: number;
+}
+
+export class PageSpace {
+  readonly ranges: LazyRange[] = [];
+  /** Pages not yet DONE. */
+  remaining = 0;
+
+  constructor(readonly pageSize: number) {}
+
+  add(dst: number, src: number, pages: number, state?: Uint8Array): LazyRange {
+    const r: LazyRange = { dst, src, pages, state: state ?? new Uint8Array(pages), scan: 0 };
+    for (let i = 0; i < pages; i++) if (r.state[i] !== DONE) this.remaining++;
+    let i = this.ranges.length;
+    while (i > 0 && this.ranges[i - 1]!.dst > dst) i--;
+    this.ranges.splice(i, 0, r);
+    return r;
+  }
+
+  /** The range holding address, or undefined. */
+  find(address: number): LazyRange | undefined {
+    let lo = 0;
+    let hi = this.ranges.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const r = this.ranges[mid]!;
+      if (address < r.dst) hi = mid - 1;
+      else if (address >= r.dst + r.pages * this.pageSize) lo = mid + 1;
+      else return r;
+    }
+    return undefined;
+  }
+
+  /**
+   * Claims up to max pages from page `first` on, while they are MISSING (or REQUESTED, when
+   * a fault must not wait for a background reply), marking them REQUESTED.
+   */
+  claim(range: LazyRange, first: number, max: number, overtake: boolean): Run | null {
+    let n = 0;
+    while (n < max && first + n < range.pages) {
+      const s = range.state[first + n]!;
+      if (s === DONE || (s === REQUESTED && !overtake)) break;
+      range.state[first + n] = REQUESTED;
+      n++;
+    }
+    return n === 0 ? null : { range, first, count: n };
+  }
+
+  /** Next MISSING run at or after `hint` (wrapping around), up to max pages. */
+  nextMissing(hint: number, max: number): Run | null {
+    const n = this.ranges.length;
+    if (n === 0 || this.remaining === 0) return null;
+    let start = this.ranges.findIndex((r) => hint < r.dst + r.pages * this.pageSize);
+    if (start < 0) start = 0;
+    for (let k = 0; k < n; k++) {
+      const r = this.ranges[(start + k) % n]!;
+      const from = k === 0 && hint > r.dst ? Math.max(r.scan, Math.floor((hint - r.dst) / this.pageSize)) : r.scan;
+      for (let i = from; i < r.pages; i++) {
+        if (r.state[i] === MISSING) {
+          if (from === r.scan) r.scan = i;
+          return this.claim(r, i, max, false);
+        }
+      }
+      if (from === r.scan) r.scan = r.pages;
+      else {
+        // Pages before the hint still to look at.
+        for (let i = r.scan; i < from; i++) if (r.state[i] === MISSING) return this.claim(r, i, max, false);
+      }
+    }
+    return null;
+  }
+
+  /** Marks pages DONE; returns how many were not DONE before. */
+  finish(range: LazyRange, first: number, count: number): number {
+    let n = 0;
+    for (let i = first; i < first + count; i++) {
+      if (range.state[i] !== DONE) {
+        range.state[i] = DONE;
+        n++;
+      }
+    }
+    this.remaining -= n;
+    return n;
+  }
+
+  /** A REQUESTED run that could not be installed goes back to MISSING. */
+  release(range: LazyRange, first: number, count: number): void {
+    for (let i = first; i < first + count; i++) if (range.state[i] === REQUESTED) range.state[i] = MISSING;
+    range.scan = Math.min(range.scan, first);
+  }
+
+  /** Everything in [start, end) is gone from the process: nothing may be installed there. */
+  drop(start: number, end: number): number {
+    let n = 0;
+    for (const r of this.ranges) {
+      const rEnd = r.dst + r.pages * this.pageSize;
+      if (rEnd <= start || r.dst >= end) continue;
+      const a = Math.max(0, Math.floor((start - r.dst) / this.pageSize));
+      const b = Math.min(r.pages, Math.ceil((end - r.dst) / this.pageSize));
+      n += this.finish(r, a, b - a);
+    }
+    return n;
+  }
+
+  /** The process moved [from, from+len) to `to`: pages still to come move with it. */
+  remap(from: number, to: number, len: number): void {
+    const end = from + len;
+    const moved: Array<{ dst: number; src: number; state: Uint8Array }> = [];
+    for (const r of this.ranges) {
+      const rEnd = r.dst + r.pages * this.pageSize;
+      if (rEnd <= from || r.dst >= end) continue;
+      const a = Math.max(0, Math.floor((from - r.dst) / this.pageSize));
+      const b = Math.min(r.pages, Math.ceil((end - r.dst) / this.pageSize));
+      const state = r.state.slice(a, b);
+      // In-flight requests of the old place are not installed at the new one: fetch again.
+      for (let i = 0; i < state.length; i++) if (state[i] === REQUESTED) state[i] = MISSING;
+      moved.push({ dst: to + (r.dst + a * this.pageSize - from), src: r.src + a * this.pageSize, state });
+      this.finish(r, a, b - a);
+    }
+    for (const m of moved) this.add(m.dst, m.src, m.state.length, m.state);
+  }
+
+  /** A copy for a forked child: what the parent still misses, the child misses too. */
+  fork(): PageSpace {
+    const child = new PageSpace(this.pageSize);
+    for (const r of this.ranges) {
+      const state = r.state.slice();
+      for (let i = 0; i < state.length; i++) if (state[i] === REQUESTED) state[i] = MISSING;
+      child.add(r.dst, r.src, r.pages, state);
+    }
+    return child;
+  }
+}

@@ -1,0 +1,232 @@
+/**
+ * Syscalls by name inside a stopped thread, through the native injector: `remote.mmap(...)`
+ * instead of `injector.call(9, [...])`, and a failure throws an error that names the pid,
+ * the call with its arguments, and the errno by name.
+ *
+ * A process being rebuilt has a control area (see stub.ts): a `syscall` gadget plus scratch
+ * memory where arguments that are pointers (paths, structs) are written first.
+ */
+import { SyscallInjector, processVmRead, processVmWrite } from '@lazymig/uffd-rs';
+import { RestoreError, errnoText, hex } from './errors.js';
+
+/** x86-64 syscall numbers used by restore. */
+export const SYS = {
+  read: 0, write: 1, open: 2, close: 3, lseek: 8, mmap: 9, mprotect: 10, munmap: 11, brk: 12,
+  rt_sigaction: 13, rt_sigprocmask: 14, ioctl: 16, mremap: 25, madvise: 28, dup2: 33, pause: 34,
+  getpid: 39, clone: 56, fork: 57, fcntl: 72, chdir: 80, umask: 95, getppid: 110, setsid: 112,
+  setresuid: 117, setresgid: 119, setgroups: 116, personality: 135, prctl: 157, gettid: 186,
+  sched_setaffinity: 203, set_tid_address: 218, exit_group: 231, set_robust_list: 273, dup3: 292,
+  prlimit64: 302, rseq: 334, close_range: 436, pidfd_open: 434, userfaultfd: 323,
+} as const;
+
+export const PROT = { READ: 1, WRITE: 2, EXEC: 4 } as const;
+export const MAP = {
+  SHARED: 0x01, PRIVATE: 0x02, FIXED: 0x10, ANONYMOUS: 0x20, GROWSDOWN: 0x100, NORESERVE: 0x4000,
+  FIXED_NOREPLACE: 0x100000,
+} as const;
+export const MREMAP = { MAYMOVE: 1, FIXED: 2, DONTUNMAP: 4 } as const;
+export const O = { RDONLY: 0, WRONLY: 1, RDWR: 2, CREAT: 0o100, EXCL: 0o200, NOCTTY: 0o400, TRUNC: 0o1000, CLOEXEC: 0o2000000 } as const;
+export const PR = { SET_NAME: 15, SET_MM: 35, SET_MM_MAP: 14, SET_MM_MAP_SIZE: 15 } as const;
+
+export class RemoteSyscallError extends RestoreError {
+  constructor(
+    readonly pid: number,
+    readonly tid: number,
+    readonly syscall: string,
+    readonly errno: number,
+    detail?: string,
+  ) {
+    super(`pid ${pid}${tid !== pid ? ` (tid ${tid})` : ''}: ${syscall} failed: ${errnoText(errno)}${detail ? `: ${detail}` : ''}`, 'syscall');
+  }
+}
+
+function fmtArg(a: bigint | number): string {
+  const n = typeof a === 'bigint' ? a : BigInt(a);
+  return n > 4096n || n < -4096n ? hex(n < 0n ? n + (1n << 64n) : n) : n.toString();
+}
+
+/**
+ * Scratch memory inside the target for pointer arguments. Writes go through
+ * process_vm_writev; `reset()` starts over (arguments only live for one call).
+ */
+export class Scratch {
+  private used = 0;
+  constructor(
+    readonly pid: number,
+    readonly addr: number,
+    readonly size: number,
+  ) {}
+
+  reset(): void {
+    this.used = 0;
+  }
+
+  /** Copies `data` in (8-byte aligned) and returns its address in the target. */
+  put(data: Uint8Array): number {
+    const at = this.addr + this.used;
+    if (this.used + data.length > this.size) throw new RestoreError(`pid ${this.pid}: scratch area overflow (${data.length} bytes)`, 'process');
+    if (data.length > 0) processVmWrite(this.pid, new Float64Array([at, data.length]), data);
+    this.used += (data.length + 7) & ~7;
+    return at;
+  }
+
+  putString(s: string): number {
+    return this.put(Buffer.from(s + '\0', 'utf8'));
+  }
+
+  /** Room for the kernel to write into; returns its address. */
+  reserve(len: number): number {
+    const at = this.addr + this.used;
+    if (this.used + len > this.size) throw new RestoreError(`pid ${this.pid}: scratch area overflow (${len} bytes)`, 'process');
+    this.used += (len + 7) & ~7;
+    return at;
+  }
+
+  read(addr: number, len: number): Buffer {
+    const b = Buffer.alloc(len);
+    processVmRead(this.pid, new Float64Array([addr, len]), b);
+    return b;
+  }
+}
+
+/** Counts every injected syscall of a restore (the summary reports it). */
+export const injectionStats = { calls: 0 };
+
+export class Remote {
+  private inj: SyscallInjector;
+  private done = 0;
+
+  constructor(
+    readonly pid: number,
+    readonly tid: number,
+    gadget: number,
+    public scratch: Scratch | null = null,
+  ) {
+    this.inj = new SyscallInjector(tid, gadget, { timeoutMs: 10_000 });
+  }
+
+  /** Go on with another gadget (the stub's own `syscall` is unmapped at some point). */
+  useGadget(gadget: number): void {
+    this.done += this.inj.count;
+    this.inj = new SyscallInjector(this.tid, gadget, { timeoutMs: 10_000 });
+  }
+
+  get count(): number {
+    return this.done + this.inj.count;
+  }
+
+  get pendingSignals(): number[] {
+    return this.inj.pendingSignals;
+  }
+
+  /** The raw return value: a negative errno is returned. */
+  raw(nr: number, args: Array<bigint | number> = []): bigint {
+    injectionStats.calls++;
+    try {
+      return this.inj.call(nr, args);
+    } catch (err) {
+      const e = err as Error & { code?: string };
+      throw new RestoreError(`pid ${this.pid}${this.tid !== this.pid ? ` (tid ${this.tid})` : ''}: injecting syscall ${nr}: ${e.message}`, 'process', { cause: err });
+    }
+  }
+
+  /** Runs `nr` and throws a RemoteSyscallError naming `name(args)` on failure. */
+  call(name: string, nr: number, args: Array<bigint | number> = [], detail?: string): bigint {
+    const r = this.raw(nr, args);
+    if (r < 0n && r > -4096n) throw new RemoteSyscallError(this.pid, this.tid, `${name}(${args.map(fmtArg).join(', ')})`, Number(-r), detail);
+    return r;
+  }
+
+  private need(): Scratch {
+    if (!this.scratch) throw new RestoreError(`pid ${this.pid}: no scratch area yet`, 'process');
+    this.scratch.reset();
+    return this.scratch;
+  }
+
+  mmap(addr: number, len: number, prot: number, flags: number, fd = -1, off = 0, detail?: string): number {
+    return Number(this.call('mmap', SYS.mmap, [addr, len, prot, flags, fd, off], detail));
+  }
+  munmap(addr: number, len: number): void {
+    this.call('munmap', SYS.munmap, [addr, len]);
+  }
+  mprotect(addr: number, len: number, prot: number): void {
+    this.call('mprotect', SYS.mprotect, [addr, len, prot]);
+  }
+  madvise(addr: number, len: number, advice: number): bigint {
+    return this.raw(SYS.madvise, [addr, len, advice]);
+  }
+  mremap(addr: number, oldLen: number, newLen: number, flags: number, newAddr: number, detail?: string): number {
+    return Number(this.call('mremap', SYS.mremap, [addr, oldLen, newLen, flags, newAddr], detail));
+  }
+  open(path: string, flags: number, mode = 0): number {
+    const p = this.need().putString(path);
+    return Number(this.call('open', SYS.open, [p, flags, mode], path));
+  }
+  close(fd: number): void {
+    this.call('close', SYS.close, [fd]);
+  }
+  dup3(from: number, to: number, flags: number): void {
+    this.call('dup3', SYS.dup3, [from, to, flags]);
+  }
+  fcntl(fd: number, cmd: number, arg: number): number {
+    return Number(this.call('fcntl', SYS.fcntl, [fd, cmd, arg]));
+  }
+  lseek(fd: number, off: bigint, whence: number): void {
+    this.call('lseek', SYS.lseek, [fd, off, whence]);
+  }
+  closeRange(first: number, last: number): void {
+    this.call('close_range', SYS.close_range, [first, last, 0]);
+  }
+  chdir(path: string): void {
+    const p = this.need().putString(path);
+    this.call('chdir', SYS.chdir, [p], path);
+  }
+  umask(mask: number): void {
+    this.call('umask', SYS.umask, [mask]);
+  }
+  setsid(): void {
+    this.call('setsid', SYS.setsid, []);
+  }
+  personality(p: number): void {
+    this.call('personality', SYS.personality, [p]);
+  }
+  prctl(option: number, a2: bigint | number, a3: bigint | number = 0, a4: bigint | number = 0, a5: bigint | number = 0, detail?: string): bigint {
+    return this.call('prctl', SYS.prctl, [option, a2, a3, a4, a5], detail);
+  }
+  setName(comm: string): void {
+    const b = Buffer.alloc(16);
+    b.write(comm.slice(0, 15), 'utf8');
+    const p = this.need().put(b);
+    this.prctl(PR.SET_NAME, p, 0, 0, 0, `comm ${comm}`);
+  }
+  prlimit(resource: number, soft: bigint, hard: bigint): void {
+    const b = Buffer.alloc(16);
+    b.writeBigUInt64LE(soft, 0);
+    b.writeBigUInt64LE(hard, 8);
+    const p = this.need().put(b);
+    this.call('prlimit64', SYS.prlimit64, [0, resource, p, 0]);
+  }
+  schedSetaffinity(pid: number, cpus: readonly number[]): void {
+    const words = Math.max(1, Math.ceil((Math.max(...cpus, 0) + 1) / 64));
+    const b = Buffer.alloc(words * 8);
+    for (const c of cpus) b[c >> 3]! |= 1 << (c & 7);
+    const p = this.need().put(b);
+    this.call('sched_setaffinity', SYS.sched_setaffinity, [pid, b.length, p]);
+  }
+  setTidAddress(addr: bigint): void {
+    this.call('set_tid_address', SYS.set_tid_address, [addr]);
+  }
+  setRobustList(head: bigint, len: bigint): void {
+    this.call('set_robust_list', SYS.set_robust_list, [head, len]);
+  }
+  rseq(ptr: bigint, len: number, flags: number, sig: number): void {
+    this.call('rseq', SYS.rseq, [ptr, len, flags, sig]);
+  }
+  fork(): number {
+    return Number(this.call('fork', SYS.fork, []));
+  }
+  /** clone(flags, stack, parent_tid, child_tid, tls): returns the new tid. */
+  clone(flags: number, stack: number): number {
+    return Number(this.call('clone', SYS.clone, [flags, stack, 0, 0, 0]));
+  }
+}

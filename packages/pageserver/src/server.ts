@@ -1,0 +1,169 @@
+/**
+ * The source side: serves the lazy pages of a frozen tree (or of images) to the
+ * destination over WebSocket.
+ *
+ * Each connection authenticates with the token dump wrote into the images dir, then asks
+ * for page ranges; every range is checked against the dumped lazy ranges before a byte is
+ * read. The destination opens one connection per priority lane, so a fault reply never
+ * queues behind background data in a socket buffer. A session that goes away leaves the
+ * tree frozen and the server listening for the next attempt; only `complete` ends it.
+ */
+import { timingSafeEqual } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { silentLogger, type Logger, type PageReader } from '@lazymig/core-ts';
+import {
+  allocPagesFrame, decodeClient, encodeServer, ProtocolError, PROTOCOL_VERSION, type ClientMessage,
+} from './protocol/messages.js';
+import type { LazyRanges } from './protocol/lazy-ranges.js';
+
+/** Largest request served, in pages (a bigger one is refused): bounds a reply's memory. */
+export const MAX_REQUEST_PAGES = 4096;
+/** Time a connection has to say hello. */
+const HELLO_TIMEOUT_MS = 5_000;
+
+export interface PageServerOptions {
+  address: string;
+  port: number;
+  token: string;
+  ranges: LazyRanges;
+  reader: PageReader;
+  pageSize: number;
+  /**
+   * The destination holds every page. Called once; `bye` is sent after it resolves, and the
+   * server then stops listening.
+   */
+  onComplete: () => Promise<void> | void;
+  log?: Logger;
+}
+
+export interface PageServerStats {
+  sessions: number;
+  requests: number;
+  pagesSent: number;
+  bytesSent: number;
+  refused: number;
+}
+
+export class PageServer {
+  readonly stats: PageServerStats = { sessions: 0, requests: 0, pagesSent: 0, bytesSent: 0, refused: 0 };
+  readonly #opts: PageServerOptions;
+  readonly #log: Logger;
+  readonly #wss: WebSocketServer;
+  readonly #token: Buffer;
+  #completed = false;
+  #resolveDone!: () => void;
+  /** Resolves once the destination has confirmed it holds every page and onComplete ran. */
+  readonly done: Promise<void>;
+
+  private constructor(opts: PageServerOptions, wss: WebSocketServer) {
+    this.#opts = opts;
+    this.#log = opts.log ?? silentLogger;
+    this.#wss = wss;
+    this.#token = Buffer.from(opts.token);
+    this.done = new Promise((r) => (this.#resolveDone = r));
+    wss.on('connection', (ws, req) => this.#accept(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
+  }
+
+  static async listen(opts: PageServerOptions): Promise<PageServer> {
+    const wss = await new Promise<WebSocketServer>((resolve, reject) => {
+      const s = new WebSocketServer({ host: opts.address, port: opts.port, perMessageDeflate: false, maxPayload: 1 << 16 });
+      s.once('listening', () => resolve(s));
+      s.once('error', (err) => reject(new Error(`page server: cannot listen on ${opts.address}:${opts.port}: ${err.message}`)));
+    });
+    return new PageServer(opts, wss);
+  }
+
+  get port(): number {
+    return (this.#wss.address() as AddressInfo).port;
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.#wss.clients) c.terminate();
+    await new Promise<void>((r) => this.#wss.close(() => r()));
+  }
+
+  #accept(ws: WebSocket, peer: string): void {
+    const log = this.#log;
+    let authed = false;
+    const refuse = (reason: string): void => {
+      this.stats.refused++;
+      log.warn('connection refused', { peer, reason });
+      ws.send(encodeServer({ type: 'reject', reason }), () => ws.close(4001, reason.slice(0, 120)));
+    };
+    const timer = setTimeout(() => {
+      if (!authed) refuse('no hello in time');
+    }, HELLO_TIMEOUT_MS);
+    ws.on('close', () => {
+      clearTimeout(timer);
+      if (authed) log.info('session ended', { peer, completed: this.#completed });
+    });
+    ws.on('error', (err) => log.warn('connection error', { peer, error: err.message }));
+    ws.on('message', (data, isBinary) => {
+      if (!isBinary || !(data instanceof Buffer)) return refuse('frames must be binary');
+      let msg: ClientMessage;
+      try {
+        msg = decodeClient(data);
+      } catch (err) {
+        return refuse(err instanceof ProtocolError ? err.message : String(err));
+      }
+      if (!authed) {
+        if (msg.type !== 'hello') return refuse('the first message must be hello');
+        if (msg.version !== PROTOCOL_VERSION) return refuse(`protocol version ${msg.version} is not supported (this server speaks ${PROTOCOL_VERSION})`);
+        const got = Buffer.from(msg.token);
+        if (got.length !== this.#token.length || !timingSafeEqual(got, this.#token)) return refuse('wrong token');
+        authed = true;
+        clearTimeout(timer);
+        this.stats.sessions++;
+        log.info('session started', { peer });
+        ws.send(encodeServer({ type: 'welcome', version: PROTOCOL_VERSION }));
+        return;
+      }
+      switch (msg.type) {
+        case 'hello':
+          return refuse('hello sent twice');
+        case 'request':
+          return this.#serve(ws, msg);
+        case 'complete':
+          return void this.#complete(ws, peer);
+      }
+    });
+  }
+
+  #serve(ws: WebSocket, m: Extract<ClientMessage, { type: 'request' }>): void {
+    this.stats.requests++;
+    const { pid, address, pages, id } = m;
+    if (pages > MAX_REQUEST_PAGES || !this.#opts.ranges.contains(pid, address, pages)) {
+      const reason = `pid ${pid} 0x${address.toString(16)}+${pages} pages is not a lazy range of the dump`;
+      this.#log.warn('request refused', { pid, address: `0x${address.toString(16)}`, pages });
+      ws.send(encodeServer({ type: 'error', id, reason }));
+      return;
+    }
+    const bytes = pages * this.#opts.pageSize;
+    const { frame, data } = allocPagesFrame(id, pid, address, pages, bytes);
+    try {
+      this.#opts.reader.readInto(pid, address, data);
+    } catch (err) {
+      const reason = `reading pid ${pid} at 0x${address.toString(16)}: ${(err as Error).message}`;
+      this.#log.error('read failed', { pid, address: `0x${address.toString(16)}`, error: (err as Error).message });
+      ws.send(encodeServer({ type: 'error', id, reason }));
+      return;
+    }
+    ws.send(frame, { binary: true });
+    this.stats.pagesSent += pages;
+    this.stats.bytesSent += frame.length;
+  }
+
+  async #complete(ws: WebSocket, peer: string): Promise<void> {
+    if (this.#completed) return;
+    this.#completed = true;
+    this.#log.info('destination holds every page', { peer, pages: this.stats.pagesSent });
+    try {
+      await this.#opts.onComplete();
+    } finally {
+      ws.send(encodeServer({ type: 'bye' }), () => {
+        this.#resolveDone();
+      });
+    }
+  }
+}
