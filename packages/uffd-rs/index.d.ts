@@ -120,8 +120,9 @@ export declare class Userfaultfd {
    * UFFDIO_API. Must come first and succeeds once per uffd. Requesting a feature this
    * kernel lacks throws a SystemError (EINVAL) naming it.
    * With eventFork/Remap/Remove/Unmap enabled, the thread causing the event (fork, mremap,
-   * madvise, munmap) blocks until someone reads it: keep a FaultLoop on the uffd (or close
-   * it) before doing such things from the JS thread.
+   * madvise, munmap) blocks until someone reads it: keep a 'thread'-mode FaultLoop on the
+   * uffd (or close it) before doing such things from the JS thread (with an 'event-loop'
+   * FaultLoop, do them from another thread: the JS thread is the reader).
    */
   handshake(features?: UffdFeature[]): HandshakeResult
   /** UFFDIO_REGISTER; returns the ioctls available on the range. */
@@ -184,18 +185,57 @@ export interface FaultBatch {
   events: UffdEvent[]
 }
 
+/**
+ * Who reads the uffds:
+ * - 'thread' (default): a native thread epolls them and hands batches to the JS thread
+ *   (one thread-safe-function call in flight; faults arriving meanwhile are coalesced
+ *   into the next batch).
+ * - 'event-loop': Node's own event loop polls them (a libuv `uv_poll_t` per uffd); the JS
+ *   thread reads them when readable and calls onBatch synchronously, in the same tick.
+ */
+export type FaultLoopMode = 'thread' | 'event-loop'
+
 export interface FaultLoopOptions {
-  /** Pin the loop thread to this CPU. */
+  /** Default 'thread'. See FaultLoop for what each mode guarantees. */
+  mode?: FaultLoopMode
+  /** Pin the loop thread to this CPU ('thread' mode only: a RangeError in 'event-loop' mode, pin the JS thread instead). */
   cpu?: number
 }
 
 /**
- * A native thread epolls the added uffds and delivers what it reads to `onBatch` on the
- * JS thread, one batch at a time (everything that arrived while the previous batch was
- * being handled). A running loop keeps Node alive (see unref()); a stopped one does not.
+ * Reads the added uffds and delivers what it reads to `onBatch` on the JS thread, one
+ * batch at a time. A running loop keeps Node alive (see unref()); a stopped one does not.
+ * An exception thrown by onBatch is an uncaught exception (as from any event handler).
+ *
+ * Ordering of non-cooperative events (remove/unmap/remap) against page installs — reading
+ * an event is what lets the target's madvise/munmap/mremap proceed:
+ *
+ * - 'event-loop': the read happens on the JS thread, immediately before onBatch receives
+ *   the event, with no other JS in between. So every copy/zeropage/installBatch made by
+ *   any JS code is ordered with it: one made before the read returns status 'again' (the
+ *   kernel refuses installs while an event is unread: retry later, by which time onBatch
+ *   has told you about the event); one made after the read runs after onBatch has seen
+ *   the event. A handler that records removed/unmapped/moved ranges in onBatch therefore
+ *   never installs stale page data (e.g. a network reply for a page the target has just
+ *   MADV_DONTNEEDed and expects to read as zeros). Lower latency too: no thread hop.
+ *   Caveats: the JS thread must never itself cause an event on a watched uffd (madvise,
+ *   munmap, mremap or fork of registered memory *of this process* with the matching event
+ *   feature): the kernel would block it until the event is read, by itself — a deadlock.
+ *   Faults wait while JS runs other synchronous code (as in 'thread' mode, since JS
+ *   installs the pages anyway). A uffd can be in only one event-loop FaultLoop per thread
+ *   (EEXIST). Needs Node's libuv (the node binary exports it).
+ * - 'thread': the loop thread reads (and so acknowledges) events before JS hears of them:
+ *   between the read and onBatch, the target may already have zapped a range, and an
+ *   install JS makes meanwhile (from data requested earlier) succeeds and puts stale
+ *   data there. Use it only when the uffds have no remove/unmap/remap events enabled, or
+ *   when installs are made only from within onBatch after handling the batch's events.
+ *   Its advantages: the JS thread may itself cause events (the loop thread reads them),
+ *   the loop can be pinned to a CPU, and reading goes on while JS is busy (up to 65536
+ *   faults are buffered).
  */
 export declare class FaultLoop {
   constructor(onBatch: (batch: FaultBatch) => void, opts?: FaultLoopOptions)
+  readonly mode: FaultLoopMode
   /** Watches a uffd (it must have done its handshake). The fd is switched to O_NONBLOCK. */
   add(uffd: Userfaultfd | number): void
   /** Stops watching; when it returns, the loop no longer reads that fd. */
@@ -203,9 +243,10 @@ export declare class FaultLoop {
   unref(): this
   ref(): this
   /**
-   * Stops the thread without waiting for outstanding faults (they stay pending in the
-   * kernel, on uffds the caller still owns). Resolves once the thread has exited; no
-   * onBatch call happens after stop() was called. Idempotent.
+   * Stops without waiting for outstanding faults (they stay pending in the kernel, on
+   * uffds the caller still owns). No onBatch call happens after stop() was called (also
+   * when called from within onBatch). Resolves once the loop thread has exited ('thread')
+   * or at once ('event-loop': the poll handles are closed synchronously). Idempotent.
    */
   stop(): Promise<void>
 }
@@ -331,4 +372,32 @@ export declare const testing: {
    * touched one at a time by a native thread.
    */
   benchRustHandler(opts: { pages?: number; handlerCpu?: number; toucherCpu?: number }): Promise<BenchRustResult>
+  /**
+   * madvise / munmap / mremap done by a new native thread, resolved when the call returns.
+   * With uffd events enabled the calling thread blocks until the event is read, which in
+   * 'event-loop' mode is done by the JS thread: so there, use these, not the sync ones.
+   */
+  madviseOnThread(addr: number, len: number, advice: 'dontneed' | 'remove' | 'willneed' | 'nohugepage'): Promise<void>
+  unmapOnThread(addr: number, len: number): Promise<void>
+  mremapOnThread(addr: number, oldLen: number, newLen: number, newAddr?: number): Promise<number>
+  /**
+   * Forks this process from a native thread. The child reads the first 8 bytes at each
+   * address (registered-missing pages fault into the child's uffd, which a uffd with
+   * 'eventFork' delivers as a fork event), sends them back over a pipe and exits; the
+   * child is killed after `timeoutMs` (default 10 s). Only that pid is reaped, so Node's
+   * child_process is unaffected.
+   */
+  forkTouch(opts: { addresses: number[] | Float64Array | BigUint64Array; timeoutMs?: number }): Promise<ForkTouchResult>
 }
+
+export interface ForkTouchResult {
+  pid: number
+  /** What the child read, per address (fewer when it was killed). */
+  values: BigUint64Array
+  /** Exit status, or null when killed by a signal. */
+  exitCode: number | null
+  signal: number | null
+  timedOut: boolean
+}
+
+export * from './ptrace.js'

@@ -109,12 +109,19 @@ function decodeFaults(flat) {
 
 export class FaultLoop {
   #handle
+  #mode
   #stopped = null
   #uffds = new Map()
 
   constructor(onBatch, opts) {
     if (typeof onBatch !== 'function') throw new TypeError('onBatch must be a function')
     this.#handle = native.loopCreate((flat, events) => onBatch({ faults: decodeFaults(flat), events }), opts)
+    this.#mode = opts?.mode ?? 'thread'
+  }
+
+  /** 'thread' or 'event-loop'. */
+  get mode() {
+    return this.#mode
   }
 
   add(uffd) {
@@ -182,6 +189,12 @@ export const testing = Object.freeze({
   setAffinity: (cpus) => native.testSetAffinity(cpus),
   getAffinity: () => native.testGetAffinity(),
   benchRustHandler: (opts) => native.testBenchRustHandler(opts),
+  madviseOnThread: (addr, len, advice) => native.testOnThread('madvise', addr, len, advice).then(() => undefined),
+  unmapOnThread: (addr, len) => native.testOnThread('munmap', addr, len).then(() => undefined),
+  mremapOnThread: (addr, oldLen, newLen, newAddr) => native.testOnThread('mremap', addr, oldLen, newLen, newAddr),
+  forkTouch: (opts) => native.testForkTouch(opts),
 })
 
 export { STATUS as OUTCOME_STATUSES }
+
+export * from './ptrace.js'

@@ -4,13 +4,13 @@
 // name, e.g. 'ESRCH'), `errno`, `syscall` (e.g. 'PTRACE_SEIZE', 'process_vm_readv'),
 // `address` when one is involved, and `tid` / `pid` / `fd` / `path` naming whom it was
 // about; the message reads e.g. `PTRACE_SEIZE tid 1234: ESRCH (No such process)`.
-// Bad arguments throw TypeError / RangeError. See SystemError below.
+// Bad arguments throw TypeError / RangeError. See PtraceSystemError below.
 //
 // Every ptrace call (including SyscallInjector) must come from the JS main thread: the
 // kernel ties a tracee to the tracer thread that seized it.
 
-/** What every kernel failure of this module throws. */
-export interface SystemError extends Error {
+/** What every kernel failure of this module throws: index.d.ts SystemError plus whom it was about. */
+export interface PtraceSystemError extends Error {
   code: string
   errno: number
   syscall: string
@@ -115,7 +115,14 @@ export interface SyscallInjectorOptions {
  * restore() puts the saved registers back; the thread stays stopped. If the thread had been
  * stopped inside a syscall that must restart (saved rax = -512/-513/-514/-516), restore()
  * parks it in a PTRACE_EVENT_STOP again (one more round trip), so the kernel's own restart
- * logic runs when it is resumed: a frozen clock_nanosleep goes on sleeping, not failing.
+ * logic runs when it is resumed: a frozen clock_nanosleep goes on sleeping to its original
+ * deadline, not failing. Exception: after an injected nanosleep, clock_nanosleep, futex,
+ * poll, ppoll, restart_syscall or rt_sigreturn the thread's restart block may be ours, so a
+ * saved -516 (ERESTART_RESTARTBLOCK) is turned into a re-run of the frozen syscall with its
+ * own arguments instead (rip -= 2, rax = orig_rax; a relative sleep starts over): getRegs
+ * then differs from the saved registers in rip and rax.
+ * The gadget is checked (EINVAL when the 2 bytes there are not 0f 05); a thread that is not
+ * ptrace-stopped by this thread is ESRCH.
  */
 export declare class SyscallInjector {
   constructor(tid: number, gadget: number, opts?: SyscallInjectorOptions)
@@ -163,7 +170,8 @@ export type UnixSocketMessage = { connFd: number; payload: Buffer; fds: number[]
  * A listening unix socket served by a native thread: every message (payload + SCM_RIGHTS fds)
  * from any connection reaches onMessage on the JS thread (threadsafe function); replies go
  * back with unixSocket.send(connFd, ...). The received fds belong to onMessage (closeFd them).
- * After `{ connFd, closed: true }` returns, connFd is closed and must not be used again.
+ * After `{ connFd, closed: true }` returns, connFd is closed and must not be used again
+ * (closed events come only for connections that sent at least one message).
  * A stale socket file at `path` (nobody listening) is replaced; a live server or a non-socket
  * file there is EADDRINUSE. While open, the server keeps Node alive (like net.Server).
  * close() stops the thread, closes everything, unlinks the path, and leaves nothing keeping

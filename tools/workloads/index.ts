@@ -13,7 +13,9 @@ export type WorkloadName = 'memhog' | 'appender' | 'threads' | 'forker' | 'sleep
 export const WORKLOAD_NAMES: readonly WorkloadName[] = ['memhog', 'appender', 'threads', 'forker', 'sleeper'];
 type ProgramName = WorkloadName | 'supervise';
 
-const SRC_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), 'src');
+// The C sources sit beside this file; the compiled copy of it runs from tools/dist/workloads.
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const SRC_DIR = fs.existsSync(path.join(HERE, 'src')) ? path.join(HERE, 'src') : path.join(HERE, '..', '..', 'workloads', 'src');
 const CFLAGS = ['-O2', '-g', '-pthread', '-Wall', '-Wextra'];
 const BUILD_TIMEOUT_MS = 60_000;
 

@@ -3,10 +3,12 @@ import { EXIT, UsageError } from './usage-error.js';
 import { checkCommand } from './commands/check.js';
 import { showCommand } from './commands/show.js';
 import { dumpCommand } from './commands/dump.js';
+import { restoreCommand } from './commands/restore.js';
 import { lazyPagesCommand } from './commands/lazy-pages.js';
 import { pageServerCommand } from './commands/page-server.js';
+import { demoCommand } from './commands/demo.js';
 
-const commands: Command[] = [checkCommand, dumpCommand, lazyPagesCommand, pageServerCommand, showCommand];
+const commands: Command[] = [checkCommand, dumpCommand, restoreCommand, lazyPagesCommand, pageServerCommand, showCommand, demoCommand];
 
 function mainHelp(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

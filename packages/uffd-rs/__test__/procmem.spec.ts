@@ -2,9 +2,9 @@
 import test, { type ExecutionContext } from 'ava'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
-import { startWorkload, type Workload } from '../../../tools/workloads/index.ts'
-import { SyscallInjector, closeFd, findSyscallGadget, pidfdGetfd, pidfdOpen, processVmRead, processVmWrite, type SystemError } from '../ptrace.js'
-import { SYS, freeze, gadgetOf, maps } from './ptrace-helpers.ts'
+import { startWorkload, type Workload } from '../../../tools/workloads/index.js'
+import { SyscallInjector, closeFd, findSyscallGadget, pidfdGetfd, pidfdOpen, processVmRead, processVmWrite, type PtraceSystemError } from '../ptrace.js'
+import { SYS, freeze, gadgetOf, maps } from './ptrace-helpers.js'
 
 async function workload(t: ExecutionContext, ...args: Parameters<typeof startWorkload>): Promise<Workload> {
   const w = await startWorkload(...args)
@@ -77,12 +77,9 @@ test('processVmWrite round trip into a scratch mapping made by injection', async
   injectors.push(inj)
   const len = 64 * 4096
   const scratch = Number(inj.call(SYS.mmap, [0, len, 3, 0x22, -1, 0]))
+  let mapped = true
   t.teardown(() => {
-    try {
-      inj.call(SYS.munmap, [scratch, len])
-    } catch {
-      /* gone */
-    }
+    if (mapped) inj.call(SYS.munmap, [scratch, len])
   })
   const data = Buffer.alloc(len)
   for (let i = 0; i < len; i++) data[i] = (i * 7 + (i >> 12)) & 0xff
@@ -93,11 +90,12 @@ test('processVmWrite round trip into a scratch mapping made by injection', async
   const back = Buffer.alloc(len)
   t.is(processVmRead(w.pid, new Float64Array(ranges), back), len)
   t.true(back.equals(data))
-  // And a checksum computed by the target itself would need code; instead read it linearly.
+  // Read linearly: the first chunk of `data` went to page 1 (the first odd page).
   const linear = Buffer.alloc(4096)
   processVmRead(w.pid, new Float64Array([scratch + 4096, 4096]), linear)
   t.true(linear.equals(data.subarray(0, 4096)), 'page 1 got the first chunk')
   t.is(inj.call(SYS.munmap, [scratch, len]), 0n)
+  mapped = false
 })
 
 test('EFAULT names the address; ESRCH names the pid; bad arguments are RangeError/TypeError', async (t) => {
@@ -105,23 +103,23 @@ test('EFAULT names the address; ESRCH names the pid; bad arguments are RangeErro
   const { region, size } = memhogRegion(w)
   const buf = Buffer.alloc(8192)
   // The guard page before the region is PROT_NONE.
-  const e1 = t.throws(() => processVmRead(w.pid, new Float64Array([region - 4096, 4096]), buf)) as SystemError
+  const e1 = t.throws(() => processVmRead(w.pid, new Float64Array([region - 4096, 4096]), buf)) as PtraceSystemError
   t.is(e1.code, 'EFAULT')
   t.is(e1.syscall, 'process_vm_readv')
   t.is(e1.address, region - 4096)
   t.is(e1.pid, w.pid)
   t.regex(e1.message, new RegExp(`^process_vm_readv pid ${w.pid} at 0x${(region - 4096).toString(16)}: EFAULT`))
   // Straddling the end: the short read fails at the first byte not read.
-  const e2 = t.throws(() => processVmRead(w.pid, new Float64Array([region + size - 4096, 8192]), buf)) as SystemError
+  const e2 = t.throws(() => processVmRead(w.pid, new Float64Array([region + size - 4096, 8192]), buf)) as PtraceSystemError
   t.is(e2.code, 'EFAULT')
   t.is(e2.address, region + size)
-  const e3 = t.throws(() => processVmWrite(w.pid, new Float64Array([0x1000, 8]), buf)) as SystemError
+  const e3 = t.throws(() => processVmWrite(w.pid, new Float64Array([0x1000, 8]), buf)) as PtraceSystemError
   t.is(e3.code, 'EFAULT')
   t.is(e3.syscall, 'process_vm_writev')
   const pidMax = Number(fs.readFileSync('/proc/sys/kernel/pid_max', 'utf8'))
   let ghost = pidMax - 1
   while (fs.existsSync(`/proc/${ghost}`)) ghost--
-  const e4 = t.throws(() => processVmRead(ghost, new Float64Array([region, 8]), buf)) as SystemError
+  const e4 = t.throws(() => processVmRead(ghost, new Float64Array([region, 8]), buf)) as PtraceSystemError
   t.is(e4.code, 'ESRCH')
   t.is(e4.message, `process_vm_readv pid ${ghost}: ESRCH (No such process)`)
   t.throws(() => processVmRead(w.pid, new Float64Array([region, 16384]), buf), { instanceOf: RangeError })
@@ -170,14 +168,14 @@ test('pidfdGetfd copies the appender fds: same file, own offset semantics', asyn
     t.is(fs.readSync(ro, c, 0, 1, null), 1)
     t.is(c[0], whole[1])
   }
-  const e1 = t.throws(() => pidfdGetfd(pidfd, 999)) as SystemError
+  const e1 = t.throws(() => pidfdGetfd(pidfd, 999)) as PtraceSystemError
   t.is(e1.code, 'EBADF')
   t.is(e1.syscall, 'pidfd_getfd')
   t.regex(e1.message, /target fd 999/)
-  const e2 = t.throws(() => pidfdOpen(0x3fffffff)) as SystemError
+  const e2 = t.throws(() => pidfdOpen(0x3fffffff)) as PtraceSystemError
   t.true(e2.code === 'ESRCH' || e2.code === 'EINVAL')
   t.is(e2.pid, 0x3fffffff)
-  const e3 = t.throws(() => closeFd(0x7ffffff0)) as SystemError
+  const e3 = t.throws(() => closeFd(0x7ffffff0)) as PtraceSystemError
   t.is(e3.code, 'EBADF')
   t.notRegex(w.readLog(), /FAILED/)
 })

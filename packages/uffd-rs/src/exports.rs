@@ -3,7 +3,7 @@
 //! index.js wraps these raw functions in classes; nothing else should call them.
 
 use crate::export;
-use crate::fault_loop::{FaultLoop, LoopOptions};
+use crate::fault_loop::{FaultLoop, LoopOptions, Mode};
 use crate::napi::promise::Deferred;
 use crate::napi::tsfn::spawn_promise;
 use crate::napi::value::Typed;
@@ -45,6 +45,8 @@ pub const TABLE: &[Export] = &[
     export!("testSetAffinity\0" => test_set_affinity),
     export!("testGetAffinity\0" => test_get_affinity),
     export!("testBenchRustHandler\0" => test_bench_rust_handler),
+    export!("testOnThread\0" => test_on_thread),
+    export!("testForkTouch\0" => test_fork_touch),
 ];
 
 /// Values set on the module object next to the functions.
@@ -267,7 +269,18 @@ fn loop_create(env: Env, a: &Args) -> JsResult<Value> {
     }
     let opts = env.opts(a.opt(1)?, "options")?;
     let cpu = env.opt_u64(opts, c"cpu")?.map(|c| c as usize);
-    env.external(FaultLoop::start(env, cb, LoopOptions { cpu })?)
+    let mode = match env.opt_prop(opts, c"mode")? {
+        None => Mode::Thread,
+        Some(v) => match env.to_string(v, "option 'mode'")?.as_str() {
+            "thread" => Mode::Thread,
+            "event-loop" => Mode::EventLoop,
+            other => return range_error(format!("option 'mode' must be 'thread' or 'event-loop', got '{other}'")),
+        },
+    };
+    if mode == Mode::EventLoop && cpu.is_some() {
+        return range_error("option 'cpu' pins the loop thread: it only applies to mode 'thread' (pin the JS thread instead)");
+    }
+    env.external(FaultLoop::start(env, cb, LoopOptions { cpu, mode })?)
 }
 
 fn loop_handle(env: Env, a: &Args) -> JsResult<std::sync::Arc<FaultLoop>> {
@@ -276,13 +289,13 @@ fn loop_handle(env: Env, a: &Args) -> JsResult<std::sync::Arc<FaultLoop>> {
 
 fn loop_add(env: Env, a: &Args) -> JsResult<Value> {
     let l = loop_handle(env, a)?;
-    sys(l.add(env.to_fd(a.get(1, "fd")?)?))?;
+    sys(l.add(env, env.to_fd(a.get(1, "fd")?)?))?;
     env.undefined()
 }
 
 fn loop_remove(env: Env, a: &Args) -> JsResult<Value> {
     let l = loop_handle(env, a)?;
-    sys(l.remove(env.to_fd(a.get(1, "fd")?)?))?;
+    sys(l.remove(env, env.to_fd(a.get(1, "fd")?)?))?;
     env.undefined()
 }
 
@@ -397,18 +410,69 @@ fn test_unmap(env: Env, a: &Args) -> JsResult<Value> {
     env.undefined()
 }
 
-fn test_madvise(env: Env, a: &Args) -> JsResult<Value> {
-    let addr = addr_arg(env, a, 0, "addr")?;
-    let len = addr_arg(env, a, 1, "len")?;
-    let advice = match env.to_string(a.get(2, "advice")?, "advice")?.as_str() {
+fn advice_arg(env: Env, v: Value) -> JsResult<i32> {
+    Ok(match env.to_string(v, "advice")?.as_str() {
         "dontneed" => libc::MADV_DONTNEED,
         "remove" => libc::MADV_REMOVE,
         "willneed" => libc::MADV_WILLNEED,
         "nohugepage" => libc::MADV_NOHUGEPAGE,
         other => return range_error(format!("advice must be 'dontneed', 'remove', 'willneed' or 'nohugepage', got '{other}'")),
-    };
+    })
+}
+
+fn test_madvise(env: Env, a: &Args) -> JsResult<Value> {
+    let addr = addr_arg(env, a, 0, "addr")?;
+    let len = addr_arg(env, a, 1, "len")?;
+    let advice = advice_arg(env, a.get(2, "advice")?)?;
     sys(testing::madvise(addr, len, advice))?;
     env.undefined()
+}
+
+/// testOnThread(op, addr, ...): madvise(addr, len, advice) / munmap(addr, len) /
+/// mremap(addr, oldLen, newLen, newAddr?) on a new native thread; resolves with the new
+/// address for mremap, 0 otherwise.
+fn test_on_thread(env: Env, a: &Args) -> JsResult<Value> {
+    let op = env.to_string(a.get(0, "op")?, "op")?;
+    let addr = addr_arg(env, a, 1, "addr")?;
+    let len = addr_arg(env, a, 2, "len")?;
+    let plan = match op.as_str() {
+        "madvise" => testing::MmOp::Madvise { addr, len, advice: advice_arg(env, a.get(3, "advice")?)? },
+        "munmap" => testing::MmOp::Unmap { addr, len },
+        "mremap" => testing::MmOp::Mremap {
+            addr,
+            old_len: len,
+            new_len: addr_arg(env, a, 3, "newLen")?,
+            new_addr: match a.opt(4)? {
+                None => None,
+                Some(v) => Some(env.to_u64(v, "newAddr")?),
+            },
+        },
+        other => return range_error(format!("op must be 'madvise', 'munmap' or 'mremap', got '{other}'")),
+    };
+    spawn_promise(env, "lazymig-mm", move || plan.run(), |env, r| env.num(sys(r)?))
+}
+
+fn test_fork_touch(env: Env, a: &Args) -> JsResult<Value> {
+    let opts = env.opts(Some(a.get(0, "options")?), "options")?;
+    let addresses = match env.opt_prop(opts, c"addresses")? {
+        Some(v) => u64_list(env, v, "addresses")?,
+        None => return type_error("forkTouch needs addresses"),
+    };
+    let plan = testing::ForkTouchPlan { addresses, timeout_ms: env.opt_u64(opts, c"timeoutMs")?.unwrap_or(10_000) };
+    spawn_promise(env, "lazymig-fork", move || testing::fork_touch(&plan), |env, r| {
+        let r = sys(r)?;
+        let opt = |x: Option<i32>| match x {
+            Some(v) => env.f64(v as f64),
+            None => env.null(),
+        };
+        env.object_with(&[
+            (c"pid", env.f64(r.pid as f64)?),
+            (c"values", env.biguint64_array(&r.values)?),
+            (c"exitCode", opt(r.exit_code)?),
+            (c"signal", opt(r.signal)?),
+            (c"timedOut", env.bool(r.timed_out)?),
+        ])
+    })
 }
 
 fn test_mremap(env: Env, a: &Args) -> JsResult<Value> {

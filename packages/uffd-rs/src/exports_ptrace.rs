@@ -576,6 +576,7 @@ fn unix_server_start(env: Env, a: &Args) -> JsResult<Value> {
                 ),
             };
             unix_socket::finish(listener);
+            let conns = conns.into_iter().map(|c| c.fd).collect();
             tsfn.call(Event::Stopped { conns, error });
             // tsfn released here: nothing of the server keeps Node alive any more.
         })

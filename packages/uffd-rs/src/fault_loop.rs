@@ -1,11 +1,20 @@
-//! The fault loop: one native thread epolls any number of uffds plus an eventfd (stop),
-//! reads uffd_msgs in bulk and hands them to JS in batches.
+//! The fault loop, in one of two modes:
 //!
+//! - `Mode::Thread`: one native thread epolls any number of uffds plus an eventfd (stop),
+//!   reads uffd_msgs in bulk and hands them to JS in batches through a thread-safe function.
+//! - `Mode::EventLoop` (see `ev`): Node's own libuv loop polls the uffds (one `uv_poll_t`
+//!   each); when one is readable the JS thread reads it and calls onBatch right away. No
+//!   thread hop, and reading an event (which lets the target's madvise/munmap/mremap go
+//!   on) and installing pages are serialized on one thread.
+//!
+//! Thread mode delivery:
 //! Delivery keeps at most one thread-safe call in flight: messages accumulate in
 //! `Pending` and the JS-side handler takes everything that arrived by the time it runs.
 //! That bounds Node's queue to one entry, coalesces faults on the same page, and costs one
 //! JS wake-up per batch rather than per fault. The JS thread never blocks on the loop
 //! (it only takes a mutex the loop holds for a memcpy-sized moment).
+
+mod ev;
 
 use crate::napi::tsfn::{Handler, Tsfn};
 use crate::napi::{Env, JsResult, Tagged, Value};
@@ -83,11 +92,16 @@ pub struct Shared {
     stop_state: Mutex<StopState>,
 }
 
-/// The JS-visible handle (an external). Dropping it (GC) stops the thread.
+/// The JS-visible handle (an external). Dropping it (GC) stops the loop.
 #[repr(C)]
 pub struct FaultLoop {
     tag: u64,
-    shared: Arc<Shared>,
+    kind: Kind,
+}
+
+enum Kind {
+    Thread(Arc<Shared>),
+    EventLoop(Arc<ev::EvLoop>),
 }
 
 impl Tagged for FaultLoop {
@@ -96,13 +110,30 @@ impl Tagged for FaultLoop {
 
 impl Drop for FaultLoop {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        self.shared.wake.signal();
+        match &self.kind {
+            Kind::Thread(shared) => {
+                shared.stop.store(true, Ordering::SeqCst);
+                shared.wake.signal();
+            }
+            // The external's finalizer runs on the JS thread, as shutdown requires.
+            Kind::EventLoop(l) => l.shutdown(true),
+        }
     }
 }
 
-/// Builds what `onBatch(faults, events)` receives. Faults are a flat Float64Array
+/// The arguments of `onBatch(faults, events)`. Faults are a flat Float64Array
 /// [fd, address, flags, tid]*n: one allocation per batch instead of one object per fault.
+fn batch_to_js(env: Env, batch: &Pending) -> JsResult<[Value; 2]> {
+    let mut flat = Vec::with_capacity(batch.faults.len() * 4);
+    for f in &batch.faults {
+        flat.extend_from_slice(&[f.fd as f64, f.address as f64, f.flags as f64, f.tid as f64]);
+    }
+    let faults = env.float64_array(&flat)?;
+    let events = env.array_of(batch.events.iter().map(|e| event_to_js(env, e)))?;
+    Ok([faults, events])
+}
+
+/// Thread mode: runs on the JS thread (thread-safe function) and takes everything pending.
 fn deliver(env: Env, cb: Option<Value>, shared: &Shared) -> JsResult<()> {
     let batch = {
         let mut p = shared.pending.lock().unwrap();
@@ -115,13 +146,7 @@ fn deliver(env: Env, cb: Option<Value>, shared: &Shared) -> JsResult<()> {
     if batch.is_empty() || shared.stop.load(Ordering::SeqCst) {
         return Ok(());
     }
-    let mut flat = Vec::with_capacity(batch.faults.len() * 4);
-    for f in &batch.faults {
-        flat.extend_from_slice(&[f.fd as f64, f.address as f64, f.flags as f64, f.tid as f64]);
-    }
-    let faults = env.float64_array(&flat)?;
-    let events = env.array_of(batch.events.iter().map(|e| event_to_js(env, e)))?;
-    env.call(cb, &[faults, events])?;
+    env.call(cb, &batch_to_js(env, &batch)?)?;
     Ok(())
 }
 
@@ -143,13 +168,30 @@ fn event_to_js(env: Env, e: &LoopEvent) -> JsResult<Value> {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Thread,
+    EventLoop,
+}
+
 pub struct LoopOptions {
+    /// Thread mode only.
     pub cpu: Option<usize>,
+    pub mode: Mode,
 }
 
 impl FaultLoop {
-    /// Creates the loop and starts its thread. `on_batch` is called on the JS thread.
+    /// Creates the loop (and in thread mode starts its thread). `on_batch` is called on
+    /// the JS thread.
     pub fn start(env: Env, on_batch: Value, opts: LoopOptions) -> JsResult<Arc<FaultLoop>> {
+        let kind = match opts.mode {
+            Mode::Thread => Kind::Thread(Self::start_thread(env, on_batch, opts.cpu)?),
+            Mode::EventLoop => Kind::EventLoop(ev::EvLoop::start(env, on_batch)?),
+        };
+        Ok(Arc::new(FaultLoop { tag: Self::TAG, kind }))
+    }
+
+    fn start_thread(env: Env, on_batch: Value, cpu: Option<usize>) -> JsResult<Arc<Shared>> {
         // SAFETY: epoll_create1 returns a new fd that we own.
         let ep = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) } as libc::c_long, "epoll_create1")?;
         let epoll = unsafe { OwnedFd::from_raw_fd(ep as RawFd) };
@@ -183,7 +225,7 @@ impl FaultLoop {
         let thread_shared = shared.clone();
         let spawned = std::thread::Builder::new().name("lazymig-faults".into()).spawn(move || {
             let s = thread_shared;
-            if let Some(cpu) = opts.cpu {
+            if let Some(cpu) = cpu {
                 let _ = crate::sys::pin_current_thread(&[cpu]);
             }
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&s)));
@@ -195,59 +237,89 @@ impl FaultLoop {
             shared.tsfn.lock().unwrap().take();
             return Err(crate::napi::JsError::Plain(format!("cannot start the fault loop thread: {e}")));
         }
-        Ok(Arc::new(FaultLoop { tag: Self::TAG, shared }))
+        Ok(shared)
     }
 
     /// Watches `fd`. It is switched to O_NONBLOCK (on its open file description, i.e. for
-    /// every holder): the loop must never block in read.
-    pub fn add(&self, fd: RawFd) -> SysResult<()> {
-        // SAFETY: fcntl on an fd number; a bad fd fails with EBADF.
-        unsafe {
-            let fl = cvt(libc::fcntl(fd, libc::F_GETFL) as libc::c_long, "fcntl")? as i32;
-            if fl & libc::O_NONBLOCK == 0 {
-                cvt(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) as libc::c_long, "fcntl")?;
+    /// every holder): the loop must never block in read. JS thread only (`env`).
+    pub fn add(&self, _env: Env, fd: RawFd) -> SysResult<()> {
+        set_nonblocking(fd)?;
+        match &self.kind {
+            Kind::Thread(shared) => {
+                let mut fds = shared.fds.lock().unwrap();
+                epoll_ctl(shared.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, fd as u64)?;
+                fds.insert(fd);
+                Ok(())
             }
+            Kind::EventLoop(l) => l.add(fd),
         }
-        let mut fds = self.shared.fds.lock().unwrap();
-        epoll_ctl(self.shared.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, fd as u64)?;
-        fds.insert(fd);
-        Ok(())
     }
 
     /// Stops watching `fd`. Returns once the loop no longer touches it, so it can be closed.
-    pub fn remove(&self, fd: RawFd) -> SysResult<()> {
-        let mut fds = self.shared.fds.lock().unwrap();
-        let known = fds.remove(&fd);
-        match epoll_ctl(self.shared.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, 0) {
-            Ok(()) => Ok(()),
-            // Already closed (epoll forgets closed files by itself): done either way.
-            Err(e) if known && (e.errno == libc::EBADF || e.errno == libc::ENOENT) => Ok(()),
-            Err(e) => Err(e),
+    pub fn remove(&self, _env: Env, fd: RawFd) -> SysResult<()> {
+        match &self.kind {
+            Kind::Thread(shared) => {
+                let mut fds = shared.fds.lock().unwrap();
+                let known = fds.remove(&fd);
+                match epoll_ctl(shared.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, 0) {
+                    Ok(()) => Ok(()),
+                    // Already closed (epoll forgets closed files by itself): done either way.
+                    Err(e) if known && (e.errno == libc::EBADF || e.errno == libc::ENOENT) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Kind::EventLoop(l) => l.remove(fd),
         }
     }
 
-    /// Asks the thread to stop; `on_stopped` runs on the JS thread once it has exited
-    /// and released its thread-safe function (immediately if that already happened).
+    /// Stops the loop; `on_stopped` runs on the JS thread once the loop thread has exited
+    /// and released its thread-safe function (immediately if that already happened, and
+    /// always immediately in event-loop mode: closing the poll handles is synchronous).
     pub fn stop(&self, env: Env, on_stopped: Box<dyn FnOnce(Env) + Send>) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        self.shared.wake.signal();
-        self.shared.drained.notify_all();
-        let mut s = self.shared.stop_state.lock().unwrap();
-        if s.finished {
-            drop(s);
-            on_stopped(env);
-        } else {
-            s.waiters.push(on_stopped);
+        match &self.kind {
+            Kind::Thread(shared) => {
+                shared.stop.store(true, Ordering::SeqCst);
+                shared.wake.signal();
+                shared.drained.notify_all();
+                let mut s = shared.stop_state.lock().unwrap();
+                if s.finished {
+                    drop(s);
+                    on_stopped(env);
+                } else {
+                    s.waiters.push(on_stopped);
+                }
+            }
+            Kind::EventLoop(l) => {
+                l.shutdown(true);
+                on_stopped(env);
+            }
         }
     }
 
     /// Whether a running loop keeps Node's event loop alive (default: yes).
     pub fn set_ref(&self, env: Env, keep_alive: bool) -> JsResult<()> {
-        match &*self.shared.tsfn.lock().unwrap() {
-            Some(t) => t.set_ref(env, keep_alive),
-            None => Ok(()),
+        match &self.kind {
+            Kind::Thread(shared) => match &*shared.tsfn.lock().unwrap() {
+                Some(t) => t.set_ref(env, keep_alive),
+                None => Ok(()),
+            },
+            Kind::EventLoop(l) => {
+                l.set_ref(keep_alive);
+                Ok(())
+            }
         }
     }
+}
+
+fn set_nonblocking(fd: RawFd) -> SysResult<()> {
+    // SAFETY: fcntl on an fd number; a bad fd fails with EBADF.
+    unsafe {
+        let fl = cvt(libc::fcntl(fd, libc::F_GETFL) as libc::c_long, "fcntl")? as i32;
+        if fl & libc::O_NONBLOCK == 0 {
+            cvt(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) as libc::c_long, "fcntl")?;
+        }
+    }
+    Ok(())
 }
 
 fn epoll_ctl(ep: RawFd, op: i32, fd: RawFd, token: u64) -> SysResult<()> {
@@ -289,41 +361,12 @@ fn run(s: &Shared) {
             if !fds.contains(&fd) {
                 continue;
             }
-            let mut got_any = false;
-            let mut failed: Option<SysError> = None;
-            // A few reads per fd per wake-up keep one busy uffd from starving the others;
-            // epoll is level-triggered and comes back for the rest.
-            for _ in 0..4 {
-                // SAFETY: buf is READ_MSGS * 32 writable bytes.
-                let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), READ_MSGS * UFFD_MSG_SIZE) };
-                if r < 0 {
-                    let e = errno::last_errno();
-                    if e != libc::EAGAIN && e != libc::EINTR {
-                        failed = Some(SysError::new("read", e).because(format!("uffd {fd}")));
-                    }
-                    break;
-                }
-                let count = r as usize / UFFD_MSG_SIZE;
-                got_any |= count > 0;
-                for m in &buf[..count] {
-                    match UffdMsg::parse(m) {
-                        UffdMsg::PageFault { flags, address, tid } => faults.push(Fault { fd, address: address & page_mask, flags, tid }),
-                        UffdMsg::Fork { child_fd } => events.push(LoopEvent::Fork { fd, child_fd: child_fd as RawFd }),
-                        UffdMsg::Remap { from, to, len } => events.push(LoopEvent::Remap { fd, from, to, len }),
-                        UffdMsg::Remove { start, end } => events.push(LoopEvent::Remove { fd, start, end }),
-                        UffdMsg::Unmap { start, end } => events.push(LoopEvent::Unmap { fd, start, end }),
-                        UffdMsg::Unknown { event } => events.push(LoopEvent::Error {
-                            fd,
-                            error: SysError::new("read", libc::EPROTO).because(format!("unknown uffd event {event:#x}")),
-                        }),
-                    }
-                }
-                if count < READ_MSGS {
-                    break;
-                }
-            }
+            let (got_any, mut failed) = match read_pending(fd, &mut buf, page_mask, &mut faults, &mut events) {
+                Ok(got) => (got, None),
+                Err(e) => (false, Some(e)),
+            };
             if failed.is_none() && !got_any && revents & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0 {
-                failed = Some(SysError::new("epoll_wait", libc::EIO).because(format!("uffd {fd} reported an error condition (not initialized with handshake()?)")));
+                failed = Some(error_condition("epoll_wait", fd));
             }
             drop(fds);
             if let Some(error) = failed {
@@ -353,4 +396,47 @@ fn run(s: &Shared) {
             }
         }
     }
+}
+
+/// Reads the uffd_msgs pending on `fd` (non-blocking, so until EAGAIN) into `faults` and
+/// `events`. At most a few buffers per call keep one busy uffd from starving the others:
+/// both epoll and libuv are level-triggered and come back for the rest. Returns whether
+/// anything was read; an error other than EAGAIN/EINTR means the fd must be dropped.
+fn read_pending(fd: RawFd, buf: &mut [[u8; UFFD_MSG_SIZE]], page_mask: u64, faults: &mut Vec<Fault>, events: &mut Vec<LoopEvent>) -> Result<bool, SysError> {
+    let mut got_any = false;
+    for _ in 0..4 {
+        // SAFETY: buf is buf.len() * UFFD_MSG_SIZE writable bytes.
+        let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len() * UFFD_MSG_SIZE) };
+        if r < 0 {
+            let e = errno::last_errno();
+            if e != libc::EAGAIN && e != libc::EINTR {
+                return Err(SysError::new("read", e).because(format!("uffd {fd}")));
+            }
+            break;
+        }
+        let count = r as usize / UFFD_MSG_SIZE;
+        got_any |= count > 0;
+        for m in &buf[..count] {
+            match UffdMsg::parse(m) {
+                UffdMsg::PageFault { flags, address, tid } => faults.push(Fault { fd, address: address & page_mask, flags, tid }),
+                UffdMsg::Fork { child_fd } => events.push(LoopEvent::Fork { fd, child_fd: child_fd as RawFd }),
+                UffdMsg::Remap { from, to, len } => events.push(LoopEvent::Remap { fd, from, to, len }),
+                UffdMsg::Remove { start, end } => events.push(LoopEvent::Remove { fd, start, end }),
+                UffdMsg::Unmap { start, end } => events.push(LoopEvent::Unmap { fd, start, end }),
+                UffdMsg::Unknown { event } => events.push(LoopEvent::Error {
+                    fd,
+                    error: SysError::new("read", libc::EPROTO).because(format!("unknown uffd event {event:#x}")),
+                }),
+            }
+        }
+        if count < buf.len() {
+            break;
+        }
+    }
+    Ok(got_any)
+}
+
+/// A uffd polled as in error (EPOLLERR) with nothing to read.
+fn error_condition(op: &'static str, fd: RawFd) -> SysError {
+    SysError::new(op, libc::EIO).because(format!("uffd {fd} reported an error condition (not initialized with handshake()?)"))
 }

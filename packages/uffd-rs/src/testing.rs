@@ -224,3 +224,152 @@ pub fn bench_rust_handler(plan: BenchPlan) -> SysResult<BenchResult> {
     let _ = unmap(region, len);
     result
 }
+
+/// A memory-map change run on a new native thread (`onThread` in JS): with uffd events
+/// enabled, the thread doing madvise/munmap/mremap on a registered range blocks until the
+/// event is read, and in event-loop mode the reader is the JS thread, so it must not be
+/// the one doing it.
+pub enum MmOp {
+    Madvise { addr: u64, len: u64, advice: i32 },
+    Unmap { addr: u64, len: u64 },
+    Mremap { addr: u64, old_len: u64, new_len: u64, new_addr: Option<u64> },
+}
+
+impl MmOp {
+    /// Returns the new address for mremap, 0 otherwise.
+    pub fn run(&self) -> SysResult<u64> {
+        match *self {
+            MmOp::Madvise { addr, len, advice } => madvise(addr, len, advice).map(|_| 0),
+            MmOp::Unmap { addr, len } => unmap(addr, len).map(|_| 0),
+            MmOp::Mremap { addr, old_len, new_len, new_addr } => mremap(addr, old_len, new_len, new_addr),
+        }
+    }
+}
+
+pub struct ForkTouchPlan {
+    pub addresses: Vec<u64>,
+    /// The child is killed (SIGKILL) if it has not finished by then.
+    pub timeout_ms: u64,
+}
+
+pub struct ForkTouchResult {
+    pub pid: i32,
+    /// What the child read at each address (fewer if it was killed).
+    pub values: Vec<u64>,
+    /// exit status, or None if killed by a signal.
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+}
+
+/// Forks this process from the calling (native) thread; the child reads the first 8 bytes
+/// at each address (a registered-missing page faults into the *child's* uffd, which the
+/// parent receives in a UFFD_EVENT_FORK), writes them to a pipe and `_exit`s. The parent
+/// side reads the pipe and reaps exactly that pid (waitpid(pid), never -1, so Node's
+/// child_process, which waits for its own pids only, is unaffected and cannot steal ours).
+///
+/// With eventFork enabled on a uffd of this process, fork() itself blocks until the fork
+/// event is read: never call this on the JS thread (it isn't: it runs from spawn_promise).
+pub fn fork_touch(plan: &ForkTouchPlan) -> SysResult<ForkTouchResult> {
+    check_mapped("forkTouch", plan.addresses.iter().copied())?;
+    let mut p = [0 as libc::c_int; 2];
+    // SAFETY: p has room for two fds.
+    cvt(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long, "pipe2")?;
+    let (rd, wr) = (p[0], p[1]);
+    // Everything the child needs is allocated before fork: after it, only
+    // async-signal-safe calls (another thread may have held the allocator's lock).
+    let mut out = vec![0u8; plan.addresses.len() * 8];
+    let addrs = plan.addresses.as_ptr();
+    let n = plan.addresses.len();
+    // SAFETY: fork; the child only does volatile reads of mapped memory, write(2) and
+    // _exit(2).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        let e = SysError::last("fork");
+        // SAFETY: our fds.
+        unsafe {
+            libc::close(rd);
+            libc::close(wr);
+        }
+        return Err(e);
+    }
+    if pid == 0 {
+        // SAFETY (child): see above; addresses were checked mapped before the fork.
+        unsafe {
+            libc::close(rd);
+            let buf = out.as_mut_ptr();
+            for i in 0..n {
+                let v = std::ptr::read_volatile(*addrs.add(i) as *const u64);
+                std::ptr::copy_nonoverlapping(v.to_ne_bytes().as_ptr(), buf.add(i * 8), 8);
+                // One write per value, so a parent that times out knows how far we got.
+                let mut off = 0usize;
+                while off < 8 {
+                    let w = libc::write(wr, buf.add(i * 8 + off).cast(), 8 - off);
+                    if w <= 0 {
+                        libc::_exit(3);
+                    }
+                    off += w as usize;
+                }
+            }
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: the parent's copy of the write end.
+    unsafe { libc::close(wr) };
+    let deadline = now_ns() + plan.timeout_ms * 1_000_000;
+    let mut got = 0usize;
+    let mut timed_out = false;
+    loop {
+        let now = now_ns();
+        if now >= deadline {
+            timed_out = true;
+            break;
+        }
+        let mut pfd = libc::pollfd { fd: rd, events: libc::POLLIN, revents: 0 };
+        let ms = ((deadline - now) / 1_000_000).clamp(1, i32::MAX as u64) as i32;
+        // SAFETY: one pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r < 0 {
+            if crate::sys::errno::last_errno() == libc::EINTR {
+                continue;
+            }
+            break;
+        }
+        if r == 0 {
+            continue;
+        }
+        if got == out.len() {
+            break;
+        }
+        // SAFETY: out[got..] is writable.
+        let k = unsafe { libc::read(rd, out.as_mut_ptr().add(got).cast(), out.len() - got) };
+        if k < 0 && crate::sys::errno::last_errno() == libc::EINTR {
+            continue;
+        }
+        if k <= 0 {
+            break; // EOF: the child is done (or died)
+        }
+        got += k as usize;
+    }
+    if timed_out {
+        // SAFETY: our own child, not yet reaped (so the pid cannot have been reused).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    // SAFETY: our fd.
+    unsafe { libc::close(rd) };
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for exactly our child.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        if r < 0 && crate::sys::errno::last_errno() != libc::EINTR {
+            return Err(SysError::last("waitpid"));
+        }
+    }
+    let values = out[..got / 8 * 8].chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect();
+    let (exit_code, signal) =
+        if libc::WIFEXITED(status) { (Some(libc::WEXITSTATUS(status)), None) } else { (None, Some(libc::WTERMSIG(status))) };
+    Ok(ForkTouchResult { pid, values, exit_code, signal, timed_out })
+}

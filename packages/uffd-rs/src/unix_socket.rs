@@ -326,9 +326,16 @@ fn epoll_ctl(ep: RawFd, op: i32, fd: RawFd) -> OsResult<()> {
     if unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) } != 0 { Err(OsError::last("epoll_ctl", Subject::Fd(fd))) } else { Ok(()) }
 }
 
+/// A connection of the server thread; `announced` once JS has seen its fd number (in a
+/// message): only those get a closed event, the others are closed right here.
+pub struct Conn {
+    pub fd: OwnedFd,
+    pub announced: bool,
+}
+
 /// The server thread's body: runs until `stop` is signalled or a fatal error. `conns` holds
 /// the connections still open when it returns (also when it panics).
-pub fn serve(listener: &Listener, stop: &EventFd, conns: &mut Vec<OwnedFd>, emit: &dyn Fn(Event) -> bool) -> OsResult<()> {
+pub fn serve(listener: &Listener, stop: &EventFd, conns: &mut Vec<Conn>, emit: &dyn Fn(Event) -> bool) -> OsResult<()> {
     // SAFETY: plain syscall; owned right away.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if ep < 0 {
@@ -372,7 +379,7 @@ pub fn serve(listener: &Listener, stop: &EventFd, conns: &mut Vec<OwnedFd>, emit
                     // SAFETY: fresh fd from accept4.
                     let owned = unsafe { OwnedFd::from_raw_fd(c) };
                     epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, c)?;
-                    conns.push(owned);
+                    conns.push(Conn { fd: owned, announced: false });
                 }
                 continue;
             }
@@ -381,14 +388,19 @@ pub fn serve(listener: &Listener, stop: &EventFd, conns: &mut Vec<OwnedFd>, emit
                 let r = recv_once(fd, SERVER_MAX_MESSAGE, true);
                 match r {
                     Ok(Received::Message { payload, fds }) => {
+                        if let Some(c) = conns.iter_mut().find(|c| c.fd.as_raw_fd() == fd) {
+                            c.announced = true;
+                        }
                         emit(Event::Message { conn: fd, payload, fds });
                     }
                     Ok(Received::Empty) => break,
                     Ok(Received::Closed) | Err(_) => {
                         let _ = epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_DEL, fd);
-                        if let Some(i) = conns.iter().position(|c| c.as_raw_fd() == fd) {
+                        if let Some(i) = conns.iter().position(|c| c.fd.as_raw_fd() == fd) {
                             let conn = conns.swap_remove(i);
-                            emit(Event::Closed { conn });
+                            if conn.announced {
+                                emit(Event::Closed { conn: conn.fd });
+                            }
                         }
                         break;
                     }

@@ -55,7 +55,9 @@ export function toImageFd(f: ProcFdEntry): FdEntry {
 
 /** Everything in pid that the dump must turn away, each naming the pid and the fd or mapping. */
 export function dumpRefusals(pid: number, maps: readonly SmapsVma[], fds: readonly ProcFdEntry[]): Refusal[] {
-  const out = findRefusals(pid, { maps, fds });
+  // The kernel's own mappings ([vvar], [vvar_vclock] are VM_PFNMAP) are rebuilt by restore, not dumped.
+  const special = new Set(['vdso', 'vvar', 'vvar_vclock', 'vsyscall']);
+  const out = findRefusals(pid, { maps: maps.filter((v) => !special.has(v.kind)), fds });
   const refusedFds = new Set(out.filter((r) => r.what === 'fd').map((r) => r.object));
   for (const f of fds) {
     const kind = imageFdKind(f);

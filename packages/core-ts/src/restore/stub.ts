@@ -138,9 +138,11 @@ export function startStub(timeoutMs = 5_000): Promise<StartedStub> {
       reaperGone = true;
       clearTimeout(timer);
       if (!pid) reject(new RestoreError(`the restore stub ${bin} exited before it forked`, 'process'));
-      // The exit line comes before the reaper exits; a reaper that was killed reports nothing.
-      setImmediate(() => resolveExit({ code: null, signal: null }));
-      void released;
+    });
+    // After the pipe is drained: the exit line (if any) has been seen; a killed reaper reports nothing.
+    child.on('close', () => {
+      reaperGone = true;
+      if (!released) resolveExit({ code: null, signal: null });
     });
   });
 }

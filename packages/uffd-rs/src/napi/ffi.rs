@@ -18,12 +18,21 @@ pub struct OpaqueCallbackInfo { _p: [u8; 0] }
 pub struct OpaqueDeferred { _p: [u8; 0] }
 #[repr(C)]
 pub struct OpaqueTsfn { _p: [u8; 0] }
+#[repr(C)]
+pub struct OpaqueRef { _p: [u8; 0] }
+#[repr(C)]
+pub struct OpaqueHandleScope { _p: [u8; 0] }
+#[repr(C)]
+pub struct OpaqueAsyncContext { _p: [u8; 0] }
 
 pub type napi_env = *mut OpaqueEnv;
 pub type napi_value = *mut OpaqueValue;
 pub type napi_callback_info = *mut OpaqueCallbackInfo;
 pub type napi_deferred = *mut OpaqueDeferred;
 pub type napi_threadsafe_function = *mut OpaqueTsfn;
+pub type napi_ref = *mut OpaqueRef;
+pub type napi_handle_scope = *mut OpaqueHandleScope;
+pub type napi_async_context = *mut OpaqueAsyncContext;
 
 /// `napi_status` is a C enum; only the values we react to are named.
 pub type napi_status = c_int;
@@ -58,6 +67,8 @@ pub const NAPI_TSFN_RELEASE: napi_threadsafe_function_release_mode = 0;
 
 pub type napi_callback = unsafe extern "C" fn(env: napi_env, info: napi_callback_info) -> napi_value;
 pub type napi_finalize = unsafe extern "C" fn(env: napi_env, data: *mut c_void, hint: *mut c_void);
+/// `void (*)(void* arg)`, for napi_add_env_cleanup_hook.
+pub type napi_cleanup_hook = unsafe extern "C" fn(arg: *mut c_void);
 pub type napi_threadsafe_function_call_js =
     unsafe extern "C" fn(env: napi_env, js_callback: napi_value, context: *mut c_void, data: *mut c_void);
 
@@ -118,6 +129,26 @@ unsafe extern "C" {
     // Native objects owned by JS.
     pub fn napi_create_external(env: napi_env, data: *mut c_void, finalize: Option<napi_finalize>, hint: *mut c_void, result: *mut napi_value) -> napi_status;
     pub fn napi_get_value_external(env: napi_env, value: napi_value, result: *mut *mut c_void) -> napi_status;
+
+    // References (keep a JS value alive across callbacks) and handle scopes (needed when
+    // calling into JS from a libuv callback rather than from a Node-API callback).
+    pub fn napi_create_reference(env: napi_env, value: napi_value, initial_refcount: u32, result: *mut napi_ref) -> napi_status;
+    pub fn napi_delete_reference(env: napi_env, r: napi_ref) -> napi_status;
+    pub fn napi_get_reference_value(env: napi_env, r: napi_ref, result: *mut napi_value) -> napi_status;
+    pub fn napi_open_handle_scope(env: napi_env, result: *mut napi_handle_scope) -> napi_status;
+    pub fn napi_close_handle_scope(env: napi_env, scope: napi_handle_scope) -> napi_status;
+    pub fn napi_get_global(env: napi_env, result: *mut napi_value) -> napi_status;
+
+    // Calling JS from the event loop (outside any JS frame): make_callback runs the
+    // function inside a callback scope, so promise jobs and process.nextTick callbacks
+    // run when it returns, as after any Node event handler. `async_context` may be NULL.
+    pub fn napi_make_callback(env: napi_env, async_context: napi_async_context, recv: napi_value, func: napi_value, argc: usize, argv: *const napi_value, result: *mut napi_value) -> napi_status;
+    /// Reports `err` as an uncaught exception ('uncaughtException', or exit).
+    pub fn napi_fatal_exception(env: napi_env, err: napi_value) -> napi_status;
+
+    // Environment teardown (process exit, worker termination).
+    pub fn napi_add_env_cleanup_hook(env: napi_env, fun: napi_cleanup_hook, arg: *mut c_void) -> napi_status;
+    pub fn napi_remove_env_cleanup_hook(env: napi_env, fun: napi_cleanup_hook, arg: *mut c_void) -> napi_status;
 
     // Promises.
     pub fn napi_create_promise(env: napi_env, deferred: *mut napi_deferred, promise: *mut napi_value) -> napi_status;

@@ -6,12 +6,14 @@
 //! - `callback`: the export table + trampoline (errors and panics become JS exceptions).
 //! - `promise`: deferreds settled later on the JS thread.
 //! - `tsfn`: thread-safe functions and promises settled from native threads.
+//! - `uv`: the few libuv functions (from the node binary) the event-loop fault loop uses.
 
 pub mod callback;
 pub mod error;
 pub mod ffi;
 pub mod promise;
 pub mod tsfn;
+pub mod uv;
 pub mod value;
 
 pub use callback::{Args, Export};

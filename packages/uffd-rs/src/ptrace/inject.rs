@@ -41,6 +41,8 @@ pub struct Injector {
     broken: Option<String>,
     /// An injected syscall may have replaced the thread's restart block.
     restart_block_clobbered: bool,
+    /// Left at a syscall-enter stop by a failed call: resuming would run that syscall.
+    at_entry: bool,
 }
 
 impl Injector {
@@ -62,7 +64,7 @@ impl Injector {
                 .at(gadget)
                 .because(format!("no `syscall` instruction (0f 05) at the gadget: found {:02x} {:02x}", insn[0], insn[1])));
         }
-        let mut inj = Injector { tid, gadget, saved, count: 0, pending: Vec::new(), timeout, moved: false, broken: None, restart_block_clobbered: false };
+        let mut inj = Injector { tid, gadget, saved, count: 0, pending: Vec::new(), timeout, moved: false, broken: None, restart_block_clobbered: false, at_entry: false };
         // At a signal-delivery stop the first resume (with signal 0) would discard the
         // signal: remember it like any signal that arrives during the calls.
         if let Ok(si) = get_siginfo(tid)
@@ -138,10 +140,28 @@ impl Injector {
             }
             ok
         };
-        if !recovered {
+        if recovered {
+            // Interrupted on its way to the entry stop, it is there now; from the exit wait,
+            // it has left the syscall.
+            self.at_entry = what == "entry";
+        } else {
             self.broken = Some(format!("thread stuck in injected syscall {nr}"));
         }
         self.err(libc::ETIMEDOUT, if recovered { format!("{msg}; interrupted it") } else { format!("{msg}; the thread could not be stopped again") })
+    }
+
+    /// Stopped at a syscall entry (a call failed half-way): the kernel would run whatever
+    /// orig_rax says on resume. orig_rax = -1 skips it; go on to its exit stop.
+    fn leave_entry(&mut self) -> OsResult<()> {
+        if self.at_entry {
+            let mut r = get_regs(self.tid)?;
+            r.set_orig_rax(u64::MAX);
+            set_regs(self.tid, &r)?;
+            let deadline = Instant::now() + self.timeout;
+            self.run_to_syscall_stop(u64::MAX, deadline, "exit")?;
+            self.at_entry = false;
+        }
+        Ok(())
     }
 
     /// Runs syscall `nr` with up to 6 arguments; returns the raw rax (negative errno on failure).
@@ -156,6 +176,7 @@ impl Injector {
         for (i, &idx) in Regs::ARG_INDEX.iter().enumerate() {
             r.0[idx] = args.get(i).copied().unwrap_or(0);
         }
+        self.leave_entry()?;
         if CLOBBER_RESTART_BLOCK.contains(&nr) {
             self.restart_block_clobbered = true;
         }
@@ -166,6 +187,7 @@ impl Injector {
             })?;
             self.moved = true;
             self.run_to_syscall_stop(nr, deadline, "entry")?;
+            self.at_entry = true;
             let at = get_regs(self.tid)?;
             if at.orig_rax() != nr || at.rip() != self.gadget.wrapping_add(2) {
                 self.broken = Some("thread left the gadget".into());
@@ -181,6 +203,7 @@ impl Injector {
                 ));
             }
             self.run_to_syscall_stop(nr, deadline, "exit")?;
+            self.at_entry = false;
             let rax = get_regs(self.tid)?.rax();
             if is_restart_code(rax) {
                 // A signal interrupted it; the next resume delivers (and we absorb) the
@@ -201,6 +224,7 @@ impl Injector {
         if !self.moved {
             return Ok(());
         }
+        self.leave_entry()?;
         let in_syscall = self.saved.orig_rax() as i64 >= 0;
         if in_syscall && self.saved.rax() as i64 == -516 && self.restart_block_clobbered {
             // restart_syscall would find our restart block: re-run the frozen syscall with

@@ -1,0 +1,162 @@
+/**
+ * `lazymig demo`: a real lazy migration on this one machine. Two network namespaces joined
+ * by a veth pair play the source and destination hosts; a memhog that keeps verifying its
+ * memory is migrated with the four commands a user would type, and its own log shows it
+ * going on where it stopped.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { cp, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createTwoHosts, type Host, type TwoHosts } from '@lazymig/tools/topology';
+import { startWorkload, waitForLogLine, type Workload } from '@lazymig/tools/workloads';
+import type { Command } from '../command.js';
+import { EXIT, UsageError } from '../usage-error.js';
+
+const LAZYMIG = fileURLToPath(new URL('../../bin/lazymig', import.meta.url));
+const PORT = 27000;
+
+interface Step {
+  name: string;
+  atMs: number;
+}
+
+function say(text: string): void {
+  process.stdout.write(text + '\n');
+}
+
+/** A lazymig command inside one of the hosts, its stderr shown with a prefix. */
+function inHost(hosts: TwoHosts, host: Host, label: string, args: string[]): { child: ChildProcess; exited: Promise<number> } {
+  const child = hosts.spawnIn(host, [process.execPath, LAZYMIG, ...args], { stdio: ['ignore', 'inherit', 'pipe'] });
+  let buf = '';
+  child.stderr?.on('data', (d: Buffer) => {
+    buf += d.toString();
+    let i: number;
+    while ((i = buf.search(/[\n\r]/)) >= 0) {
+      const line = buf.slice(0, i).replace(/\x1b\[K/g, '');
+      buf = buf.slice(i + 1);
+      if (line.trim()) say(`  [${label}] ${line}`);
+    }
+  });
+  const exited = new Promise<number>((resolve) => child.on('close', (code, signal) => resolve(code ?? (signal ? 128 : 1))));
+  return { child, exited };
+}
+
+async function waitFor(what: string, cond: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+  const end = performance.now() + timeoutMs;
+  while (performance.now() < end) {
+    if (await cond()) return;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+export async function runDemo(mib: number): Promise<number> {
+  const work = await mkdtemp(join(tmpdir(), 'lazymig-demo-'));
+  const srcImages = join(work, 'src-images');
+  const dstImages = join(work, 'dst-images');
+  const pidfile = join(work, 'restored.pid');
+  let hosts: TwoHosts | undefined;
+  let hog: Workload | undefined;
+  const children: ChildProcess[] = [];
+  let restoredPid: number | undefined;
+  let interrupted = false;
+  const onSignal = (): void => {
+    interrupted = true;
+    say('\ninterrupted: cleaning up');
+    for (const c of children) c.kill('SIGTERM');
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const steps: Step[] = [];
+  const t0 = performance.now();
+  const mark = (name: string): void => {
+    steps.push({ name, atMs: performance.now() - t0 });
+  };
+
+  try {
+    say(`lazymig demo: migrating a ${mib} MiB memhog from one network namespace to another\n`);
+    hosts = await createTwoHosts();
+    say(`source host ${hosts.src.address} (netns ${hosts.src.ns}), destination host ${hosts.dst.address} (netns ${hosts.dst.ns})`);
+    hog = await startWorkload('memhog', [String(mib), '--interval-ms', '20'], { logDir: work });
+    say(`memhog pid ${hog.pid} filled ${mib} MiB and verifies it every pass; log: ${hog.logPath}`);
+    await hog.waitForLine(/verify ok pass=3 /, 30_000);
+
+    say(`\n[src]# lazymig dump --tree ${hog.pid} --images-dir ${srcImages} --lazy-pages --address ${hosts.src.address} --port ${PORT}`);
+    mark('dump started');
+    const dumper = inHost(hosts, hosts.src, 'src dump', ['dump', '--tree', String(hog.pid), '--images-dir', srcImages, '--lazy-pages', '--address', hosts.src.address, '--port', String(PORT)]);
+    children.push(dumper.child);
+    await waitFor('the images', async () => (await readFile(join(srcImages, 'inventory.img')).then(() => true, () => false)) || dumper.child.exitCode !== null, 60_000);
+    if (dumper.child.exitCode !== null) throw new Error(`dump failed (exit ${dumper.child.exitCode})`);
+    mark('frozen, images written');
+
+    say(`\n[src]# scp -r ${srcImages} dst:${dstImages}      (here: cp -r)`);
+    await cp(srcImages, dstImages, { recursive: true });
+    mark('images copied');
+
+    say(`\n[dst]# lazymig lazy-pages --page-server --address ${hosts.src.address} --port ${PORT} --images-dir ${dstImages}`);
+    const daemon = inHost(hosts, hosts.dst, 'dst lazy-pages', ['lazy-pages', '--page-server', '--address', hosts.src.address, '--port', String(PORT), '--images-dir', dstImages]);
+    children.push(daemon.child);
+    await waitFor('lazy-pages.socket', async () => (await readFile(join(dstImages, 'lazy-pages.socket')).then(() => true, (e: NodeJS.ErrnoException) => e.code !== 'ENOENT')) || daemon.child.exitCode !== null, 30_000);
+    if (daemon.child.exitCode !== null) throw new Error(`lazy-pages failed (exit ${daemon.child.exitCode})`);
+
+    say(`\n[dst]# lazymig restore --images-dir ${dstImages} --lazy-pages --restore-detached --pidfile ${pidfile}`);
+    const logBefore = (await readFile(hog.logPath, 'utf8')).length;
+    const restorer = inHost(hosts, hosts.dst, 'dst restore', ['restore', '--images-dir', dstImages, '--lazy-pages', '--restore-detached', '--pidfile', pidfile]);
+    children.push(restorer.child);
+    const rc = await restorer.exited;
+    if (rc !== 0) throw new Error(`restore failed (exit ${rc})`);
+    mark('resumed on the destination');
+    restoredPid = Number((await readFile(pidfile, 'utf8')).trim());
+    say(`restored memhog runs as pid ${restoredPid}`);
+
+    const [daemonRc, dumpRc] = await Promise.all([daemon.exited, dumper.exited]);
+    mark('all pages in, source gone');
+    if (daemonRc !== 0) throw new Error(`lazy-pages exited ${daemonRc}`);
+    if (dumpRc !== 0) throw new Error(`the source's page server exited ${dumpRc}`);
+
+    const after = await waitForLogLine(hog.logPath, /verify ok pass=\d+ /, 30_000, { since: logBefore });
+    mark('memhog verified its whole memory on the destination');
+    say(`\nmemhog's own log around the migration:`);
+    const log = (await readFile(hog.logPath, 'utf8')).split('\n');
+    const cut = (await readFile(hog.logPath, 'utf8')).slice(0, logBefore).split('\n').length - 1;
+    for (const l of log.slice(Math.max(0, cut - 3), cut)) say(`  before | ${l}`);
+    for (const l of log.slice(cut, cut + 4)) if (l) say(`  after  | ${l}`);
+    void after;
+
+    say('\ntimeline:');
+    for (const s of steps) say(`  ${s.atMs.toFixed(0).padStart(7)} ms  ${s.name}`);
+    return EXIT.ok;
+  } catch (err) {
+    if (interrupted) return 130;
+    say(`demo failed: ${(err as Error).message}`);
+    return EXIT.failed;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+    if (restoredPid) {
+      try {
+        process.kill(restoredPid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+    hog?.kill();
+    await hosts?.destroy();
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+export const demoCommand: Command = {
+  name: 'demo',
+  summary: 'migrate a memhog between two network namespaces on this machine, and show the timeline',
+  options: { mib: { type: 'string' } },
+  optionHelp: { mib: 'memhog size in MiB (default 256)' },
+  async run({ values }) {
+    const mib = values.mib === undefined ? 256 : Number(values.mib);
+    if (!Number.isInteger(mib) || mib < 1 || mib > 8192) throw new UsageError(`--mib must be 1..8192, got ${String(values.mib)}`);
+    return runDemo(mib);
+  },
+};

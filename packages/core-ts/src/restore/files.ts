@@ -1,0 +1,82 @@
+/**
+ * Open files, working directory, umask, resource limits: what the process sees of the
+ * file system and its limits.
+ *
+ * Every fd the stub inherited is closed, then each dumped fd is opened by path (with its
+ * flags, at its offset) and moved to its number. A terminal (--shell-job) is this restore's
+ * own terminal, duplicated from what the stub inherited.
+ */
+import { isatty } from 'node:tty';
+import { RLIMIT_NAMES, type CoreImage, type FdEntry, type Rlimit } from '../image/index.js';
+import { RLIM_INFINITY, readLimits } from '../proc/index.js';
+import { RestoreError } from './errors.js';
+import { O, type Remote } from './remote.js';
+
+const F_DUPFD = 0;
+const SEEK_SET = 0;
+const OPEN_FLAGS_DROP = O.CREAT | O.EXCL | O.TRUNC;
+
+/** Which of this process's fds 0..2 is a terminal (the stub inherited them); null if none. */
+export function ourTerminalFd(): number | null {
+  for (const fd of [0, 1, 2]) if (isatty(fd)) return fd;
+  return null;
+}
+
+export function restoreFds(remote: Remote, fds: readonly FdEntry[], shellJob: boolean): void {
+  const max = fds.reduce((m, f) => Math.max(m, f.fd), -1);
+  let term = -1;
+  if (fds.some((f) => f.kind === 'tty')) {
+    const src = shellJob ? ourTerminalFd() : null;
+    if (src === null)
+      throw new RestoreError(`pid ${remote.pid}: it had a terminal open; restore --shell-job from a terminal to give it this one`, 'options');
+    term = remote.fcntl(src, F_DUPFD, max + 1);
+  }
+  // close_range(0, ~0U) around the terminal we keep.
+  if (term < 0) remote.closeRange(0, 0xffffffff);
+  else {
+    if (term > 0) remote.closeRange(0, term - 1);
+    remote.closeRange(term + 1, 0xffffffff);
+  }
+  for (const f of fds) {
+    const cloexec = (f.flags & O.CLOEXEC) !== 0;
+    let got: number;
+    if (f.kind === 'tty') got = remote.fcntl(term, F_DUPFD, 0);
+    else got = remote.open(f.path, f.flags & ~OPEN_FLAGS_DROP, 0);
+    if (got !== f.fd) {
+      remote.dup3(got, f.fd, cloexec ? O.CLOEXEC : 0);
+      remote.close(got);
+    } else if (f.kind === 'tty' && cloexec) remote.fcntl(f.fd, 2 /* F_SETFD */, 1);
+    if (f.kind === 'file' && f.offset !== 0n) remote.lseek(f.fd, f.offset, SEEK_SET);
+  }
+  if (term >= 0) remote.close(term);
+}
+
+function limitValue(v: Rlimit['soft']): bigint {
+  return v === 'unlimited' ? RLIM_INFINITY : v;
+}
+
+/**
+ * Resource limits as dumped, within what this restore may set: without CAP_SYS_RESOURCE a
+ * hard limit cannot be raised, so it stays at the current one (and the soft one under it).
+ */
+export function restoreLimits(remote: Remote, core: CoreImage, warn: (msg: string) => void): void {
+  const now = readLimits(remote.pid);
+  core.rlimits.forEach((l, i) => {
+    const cur = now.find((x) => x.index === i);
+    if (!cur) return;
+    let soft = limitValue(l.soft);
+    let hard = limitValue(l.hard);
+    if (soft === cur.soft && hard === cur.hard) return;
+    if (hard > cur.hard) {
+      warn(`pid ${remote.pid}: RLIMIT_${RLIMIT_NAMES[i]!.toUpperCase()} hard limit ${hard === RLIM_INFINITY ? 'unlimited' : hard} cannot be raised here; kept at ${cur.hard === RLIM_INFINITY ? 'unlimited' : cur.hard}`);
+      hard = cur.hard;
+      if (soft > hard) soft = hard;
+    }
+    remote.prlimit(i, soft, hard);
+  });
+}
+
+export function restoreFsState(remote: Remote, core: CoreImage): void {
+  remote.chdir(core.cwd);
+  remote.umask(core.umask);
+}

@@ -1,0 +1,184 @@
+/**
+ * The dumped address space, rebuilt inside the stub:
+ *  1. unmap the stub (everything but the control area and the kernel's special mappings);
+ *  2. map every VMA at its address with MAP_FIXED_NOREPLACE (a range that is taken is an
+ *     error, never silently replaced): anonymous ones fresh (zero pages need nothing), file
+ *     ones from their path (opened once per file in the target);
+ *  3. fill present pages with process_vm_writev in large batches; VMAs that get pages are
+ *     mapped writable first (process_vm_writev respects protections) and mprotected after;
+ *  4. madvise state.
+ * Lazy ranges are left empty: they are handed to a userfaultfd (LazyHook in restore.ts).
+ */
+import { processVmWrite } from '@lazymig/uffd-rs';
+import {
+  MADV_KNOWN, MADV_MERGEABLE, MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, PROT_WRITE,
+  type PagemapEntry, type PagesReader, type Vma,
+} from '../image/index.js';
+import { readMaps, type ProcVma } from '../proc/index.js';
+import { RestoreError, errnoName, hex } from './errors.js';
+import { SPECIAL_KINDS, type Range } from './plan.js';
+import { MAP, O, RemoteSyscallError, type Remote } from './remote.js';
+
+/** Pages per process_vm_writev batch (16 MiB; at most IOV_MAX ranges). */
+const FILL_BATCH_PAGES = 4096;
+const MAX_IOVECS = 1024;
+
+/** Unmaps everything of the stub except `keep` and the vdso/vvar group. */
+export function unmapStub(remote: Remote, keep: Range): ProcVma[] {
+  const maps = readMaps(remote.pid);
+  for (const v of maps) {
+    if (v.kind === 'vsyscall' || (SPECIAL_KINDS as readonly string[]).includes(v.kind)) continue;
+    if (v.start >= keep.start && v.end <= keep.end) continue;
+    remote.munmap(v.start, v.end - v.start);
+  }
+  return maps;
+}
+
+function describeOccupant(pid: number, start: number, end: number): string {
+  try {
+    const who = readMaps(pid).filter((v) => v.start < end && start < v.end);
+    return who.map((v) => `${hex(v.start)}-${hex(v.end)} ${v.path || v.kind}`).join(', ') || 'nothing visible';
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** Which VMAs receive page contents (and so must be writable while they are filled). */
+function vmasWithPages(vmas: readonly Vma[], entries: readonly PagemapEntry[], pageSize: number): Set<Vma> {
+  const out = new Set<Vma>();
+  let i = 0;
+  for (const e of entries) {
+    if (e.kind !== 'present') continue;
+    const end = e.start + e.pages * pageSize;
+    while (i < vmas.length && vmas[i]!.end <= e.start) i++;
+    for (let j = i; j < vmas.length && vmas[j]!.start < end; j++) out.add(vmas[j]!);
+  }
+  return out;
+}
+
+export interface MapResult {
+  /** VMAs mapped with PROT_WRITE added, to mprotect back once filled */
+  widened: Vma[];
+  mapped: number;
+}
+
+/** Maps every dumped VMA (but the special ones) at its address. */
+export function mapVmas(remote: Remote, vmas: readonly Vma[], entries: readonly PagemapEntry[], pageSize: number): MapResult {
+  const filled = vmasWithPages(vmas, entries, pageSize);
+  const widened: Vma[] = [];
+  const fds = new Map<string, number>();
+  let mapped = 0;
+  try {
+    // One fd per file: read-write only if a shared writable mapping needs it.
+    const needsRw = new Set(vmas.filter((v) => v.file && v.flags & MAP_SHARED && v.prot & PROT_WRITE).map((v) => v.file!.path));
+    for (const v of vmas) {
+      if (v.kind === 'vsyscall' || (SPECIAL_KINDS as readonly string[]).includes(v.kind)) continue;
+      const len = v.end - v.start;
+      const widen = filled.has(v) && !(v.prot & PROT_WRITE);
+      const prot = v.prot | (widen ? PROT_WRITE : 0);
+      let flags = (v.flags & (MAP_SHARED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_GROWSDOWN | MAP_NORESERVE)) | MAP.FIXED_NOREPLACE;
+      let fd = -1;
+      if (v.kind === 'file' && v.file) {
+        const path = v.file.path;
+        let f = fds.get(path);
+        if (f === undefined) {
+          f = remote.open(path, (needsRw.has(path) ? O.RDWR : O.RDONLY) | O.CLOEXEC);
+          fds.set(path, f);
+        }
+        fd = f;
+        flags &= ~MAP_ANONYMOUS;
+      } else flags |= MAP_ANONYMOUS;
+      try {
+        const at = remote.mmap(v.start, len, prot, flags, fd, v.kind === 'file' ? v.pgoff : 0, v.file?.path ?? v.kind);
+        if (at !== v.start) throw new RestoreError(`pid ${remote.pid}: mapping ${hex(v.start)}-${hex(v.end)} landed at ${hex(at)}`, 'address-taken');
+      } catch (err) {
+        if (err instanceof RemoteSyscallError && errnoName(err.errno) === 'EEXIST')
+          throw new RestoreError(
+            `pid ${remote.pid}: the dumped mapping ${hex(v.start)}-${hex(v.end)} (${v.file?.path ?? v.kind}) cannot be restored: the range is taken by ${describeOccupant(remote.pid, v.start, v.end)}`,
+            'address-taken',
+            { cause: err },
+          );
+        throw err;
+      }
+      if (widen) widened.push(v);
+      mapped++;
+    }
+  } finally {
+    for (const fd of fds.values()) remote.raw(3, [fd]);
+  }
+  return { widened, mapped };
+}
+
+export interface FillProgress {
+  bytes: number;
+  totalBytes: number;
+}
+
+/**
+ * Copies every present page from the pages file into the process: runs that are contiguous
+ * in the file are read with one pread (each page checked against its CRC) and written with
+ * one process_vm_writev of many ranges.
+ */
+export function fillPages(pid: number, reader: PagesReader, entries: readonly PagemapEntry[], onProgress?: (p: FillProgress) => void): number {
+  const P = reader.pageSize;
+  const totalBytes = entries.reduce((n, e) => n + (e.kind === 'present' ? e.pages * P : 0), 0);
+  const buf = Buffer.allocUnsafe(FILL_BATCH_PAGES * P);
+  let ranges: number[] = [];
+  let batchOffset = -1;
+  let batchPages = 0;
+  let written = 0;
+  const flush = (): void => {
+    if (batchPages === 0) return;
+    const view = buf.subarray(0, batchPages * P);
+    reader.readAtSync(batchOffset, batchPages, view);
+    try {
+      processVmWrite(pid, new Float64Array(ranges), view);
+    } catch (err) {
+      throw new RestoreError(`pid ${pid}: writing ${batchPages} pages at ${hex(ranges[0]!)}: ${(err as Error).message}`, 'process', { cause: err });
+    }
+    written += view.length;
+    onProgress?.({ bytes: written, totalBytes });
+    ranges = [];
+    batchPages = 0;
+    batchOffset = -1;
+  };
+  for (const e of entries) {
+    if (e.kind !== 'present') continue;
+    for (let done = 0; done < e.pages; ) {
+      const room = FILL_BATCH_PAGES - batchPages;
+      const fileOff = e.offset + done * P;
+      if (batchPages > 0 && (batchOffset + batchPages * P !== fileOff || ranges.length / 2 >= MAX_IOVECS || room === 0)) {
+        flush();
+        continue;
+      }
+      const n = Math.min(e.pages - done, FILL_BATCH_PAGES - batchPages);
+      if (batchPages === 0) batchOffset = fileOff;
+      const addr = e.start + done * P;
+      const last = ranges.length - 2;
+      if (last >= 0 && ranges[last]! + ranges[last + 1]! === addr) ranges[last + 1] = ranges[last + 1]! + n * P;
+      else ranges.push(addr, n * P);
+      batchPages += n;
+      done += n;
+    }
+  }
+  flush();
+  return written / P;
+}
+
+/** Puts back the protections widened for filling, then the madvise state. */
+export function finishVmas(remote: Remote, vmas: readonly Vma[], widened: readonly Vma[], warn: (msg: string) => void): void {
+  for (const v of widened) remote.mprotect(v.start, v.end - v.start, v.prot);
+  for (const v of vmas) {
+    if (!v.madvise || v.kind === 'vsyscall' || (SPECIAL_KINDS as readonly string[]).includes(v.kind)) continue;
+    for (const advice of MADV_KNOWN) {
+      if (!(v.madvise & (1 << advice))) continue;
+      const r = remote.madvise(v.start, v.end - v.start, advice);
+      if (r < 0n) {
+        const msg = `pid ${remote.pid}: madvise(${hex(v.start)}-${hex(v.end)}, ${advice}) failed: ${errnoName(Number(-r))}`;
+        // KSM may be compiled out: the process works the same without it.
+        if (advice === MADV_MERGEABLE) warn(msg);
+        else throw new RestoreError(msg, 'syscall');
+      }
+    }
+  }
+}

@@ -1,0 +1,120 @@
+/**
+ * Threads and per-thread state.
+ *
+ * Extra threads are cloned inside the rebuilt process (CLONE_VM|CLONE_THREAD|...) by the
+ * leader; a new thread starts in the control area's pause loop on the control stack and is
+ * seized there. Then each thread gets what is its own: signal mask (ptrace), rseq, robust
+ * list and clear-child-tid (syscalls injected into that thread), and last of all its
+ * registers and extended state.
+ */
+import { ptrace, type Regs } from '@lazymig/uffd-rs';
+import type { SigAction, ThreadState } from '../image/index.js';
+import { RestoreError } from './errors.js';
+import type { ControlArea } from './control.js';
+import { Remote } from './remote.js';
+
+const CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000; // VM FS FILES SIGHAND THREAD SYSVSEM
+const STOP_TIMEOUT_MS = 5_000;
+const SIGKILL = 9;
+const SIGSTOP = 19;
+const KSIGACTION_SIZE = 32;
+
+/** Seizes a thread (of a process we created) and waits until it is stopped. */
+export function seizeStopped(tid: number): void {
+  ptrace.seize(tid, { exitKill: true });
+  ptrace.interrupt(tid);
+  for (;;) {
+    const st = ptrace.waitStop(tid, STOP_TIMEOUT_MS);
+    if (st.kind === 'exited' || st.kind === 'killed')
+      throw new RestoreError(`tid ${tid} ${st.kind === 'exited' ? `exited with ${st.code}` : `was killed by signal ${st.signal}`} before it could be rebuilt`, 'process');
+    if (st.kind === 'stopped' && st.event === 0 && !st.groupStop && st.signal !== 0) {
+      // a signal on its way: keep it from the stub (it is not the restored process's yet)
+      ptrace.cont(tid, 0);
+      ptrace.interrupt(tid);
+      continue;
+    }
+    if (st.kind === 'syscall') {
+      ptrace.cont(tid, 0);
+      continue;
+    }
+    return;
+  }
+}
+
+/** Clones one thread for each non-leader of the image; returns their remotes in image order. */
+export function cloneThreads(leader: Remote, threads: readonly ThreadState[], area: ControlArea): Remote[] {
+  const out: Remote[] = [];
+  for (const t of threads.slice(1)) {
+    const tid = leader.clone(CLONE_THREAD_FLAGS, area.stackTop);
+    seizeStopped(tid);
+    out.push(new Remote(leader.pid, tid, area.gadget, leader.scratch));
+    void t;
+  }
+  return out;
+}
+
+/** Every handler but SIGKILL's and SIGSTOP's (the stub has only defaults: those are skipped). */
+export function restoreSigactions(remote: Remote, actions: readonly SigAction[]): void {
+  const scratch = remote.scratch!;
+  actions.forEach((a, i) => {
+    const sig = i + 1;
+    if (sig === SIGKILL || sig === SIGSTOP) return;
+    if (a.handler === 0n && a.flags === 0n && a.restorer === 0n && a.mask === 0n) return;
+    const b = Buffer.alloc(KSIGACTION_SIZE);
+    b.writeBigUInt64LE(a.handler, 0);
+    b.writeBigUInt64LE(a.flags, 8);
+    b.writeBigUInt64LE(a.restorer, 16);
+    b.writeBigUInt64LE(a.mask, 24);
+    scratch.reset();
+    const at = scratch.put(b);
+    remote.call(`rt_sigaction(${sig})`, 13, [sig, at, 0, 8]);
+  });
+}
+
+/** What a thread sets for itself: rseq, robust list, clear-child-tid; and its signal mask. */
+export function restoreThreadState(remote: Remote, t: ThreadState): void {
+  ptrace.setSigmask(remote.tid, t.sigmask);
+  if (t.robustList.head !== 0n && t.robustList.len !== 0n) remote.setRobustList(t.robustList.head, t.robustList.len);
+  remote.setTidAddress(t.clearChildTid);
+  if (t.rseq) {
+    const r = remote.raw(334, [t.rseq.ptr, t.rseq.len, 0, t.rseq.sig]);
+    if (r === -38n) throw new RestoreError(`pid ${remote.pid}: the kernel has no rseq, the dumped thread ${t.tid} used it`, 'unsupported');
+    if (r < 0n) remote.call('rseq', 334, [t.rseq.ptr, t.rseq.len, 0, t.rseq.sig]);
+  }
+}
+
+const RESTART_CODES = new Set([-512n, -513n, -514n, -516n]);
+
+function signed(v: bigint): bigint {
+  return BigInt.asIntN(64, v);
+}
+
+/**
+ * The registers a thread resumes with: the dumped ones, except that a thread frozen inside
+ * a syscall the kernel would restart (-ERESTART*) is set up to run it again (rip back over
+ * the 2-byte `syscall`, rax = its number), and orig_rax = -1 so the kernel applies no
+ * restart logic of its own to registers set at a syscall-exit stop.
+ */
+export function finalRegs(t: ThreadState): Regs {
+  const r: Regs = { ...t.regs };
+  if (signed(r.orig_rax) >= 0n && RESTART_CODES.has(signed(r.rax))) {
+    r.rip = r.rip - 2n;
+    r.rax = r.orig_rax;
+  }
+  r.orig_rax = -1n;
+  return r;
+}
+
+/** Checks the dumped extended state fits this CPU (the stub's thread has the host's size). */
+export function checkXstate(tid: number, threads: readonly ThreadState[], pid: number): void {
+  const here = ptrace.getXstate(tid).length;
+  for (const t of threads) {
+    if (t.xstate.length !== here)
+      throw new RestoreError(`pid ${pid}: thread ${t.tid}'s extended register state is ${t.xstate.length} bytes, this CPU's is ${here} (another CPU model)`, 'unsupported');
+  }
+}
+
+export function setFinalState(tid: number, t: ThreadState): void {
+  ptrace.setXstate(tid, t.xstate);
+  ptrace.setRegs(tid, finalRegs(t));
+}

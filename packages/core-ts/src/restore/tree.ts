@@ -1,0 +1,76 @@
+/**
+ * The process tree, as stubs: the root is a fresh stub, every other process is forked
+ * (injected fork) from its already-created parent, before any memory is replaced, so each
+ * restored child's parent is its restored parent. A forked child starts in the control
+ * area's pause loop and is seized there.
+ */
+import { findSyscallGadget } from '@lazymig/uffd-rs';
+import type { LoadedImages, ProcessImage } from '../image/index.js';
+import { readMaps } from '../proc/index.js';
+import { mapControlArea, type ControlArea } from './control.js';
+import { RestoreError } from './errors.js';
+import { Remote, Scratch } from './remote.js';
+import { seizeStopped } from './threads.js';
+
+export interface StubProcess {
+  image: ProcessImage;
+  /** pid of the process being rebuilt */
+  pid: number;
+  /** its main thread (tid == pid), injected through the control area */
+  leader: Remote;
+  /** parent in the tree (restored pids), null for the root */
+  parentPid: number | null;
+  /** every thread we seized in it (the leader first) */
+  tids: number[];
+  /** remotes of the extra threads once cloned, image order */
+  threads: Remote[];
+}
+
+/** The root stub, seized, with the control area mapped through the stub's own gadget. */
+export function prepareRoot(pid: number, image: ProcessImage, area: ControlArea, setsid: boolean): StubProcess {
+  seizeStopped(pid);
+  const text = readMaps(pid).filter((v) => v.perms.exec && v.kind === 'file');
+  let gadget: number | null = null;
+  for (const v of text) {
+    gadget = findSyscallGadget(pid, v.start, v.end - v.start);
+    if (gadget !== null) break;
+  }
+  if (gadget === null) throw new RestoreError(`pid ${pid}: the stub has no syscall instruction`, 'process');
+  const leader = new Remote(pid, pid, gadget);
+  mapControlArea(leader, area);
+  leader.useGadget(area.gadget);
+  leader.scratch = new Scratch(pid, area.scratch, area.scratchSize);
+  if (setsid) leader.setsid();
+  return { image, pid, leader, parentPid: null, tids: [pid], threads: [] };
+}
+
+/** Forks every descendant of `root` in the images, parents before children. */
+export function forkTree(images: LoadedImages, root: StubProcess, area: ControlArea, created: (p: StubProcess) => void): StubProcess[] {
+  const byDumped = new Map<number, StubProcess>([[root.image.pid, root]]);
+  const out = [root];
+  for (const t of images.inventory.tree) {
+    if (t.pid === root.image.pid) continue;
+    const parent = byDumped.get(t.ppid);
+    if (!parent) throw new RestoreError(`pid ${t.pid}: its parent ${t.ppid} is not restored before it (the images' tree is out of order)`, 'unsupported');
+    const image = images.processes.find((p) => p.pid === t.pid)!;
+    const pid = parent.leader.fork();
+    // Known to the caller at once, so a failure from here on kills it too.
+    const p: StubProcess = {
+      image,
+      pid,
+      leader: null as unknown as Remote,
+      parentPid: parent.pid,
+      tids: [],
+      threads: [],
+    };
+    created(p);
+    seizeStopped(pid);
+    p.tids.push(pid);
+    p.leader = new Remote(pid, pid, area.gadget, new Scratch(pid, area.scratch, area.scratchSize));
+    byDumped.set(t.pid, p);
+    out.push(p);
+  }
+  return out;
+}
+
+
