@@ -1,0 +1,150 @@
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { processVmRead, PAGE_SIZE } from '@lazymig/uffd-rs';
+import { startWorkload } from '../../../tools/workloads/index.js';
+import { dump, DumpRefusedError, openPagesReader, readImages, readMaps, readStatus, TOKEN_FILE } from '../src/index.js';
+
+async function tempDir(t: { teardown(fn: () => unknown): void }): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'lazymig-dump-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+test('a memhog dumped with leave-running: the images hold exactly its memory, and it runs on', async (t) => {
+  const dir = await tempDir(t);
+  // No rewrites: the memory stays what the dump saw, so it can be compared afterwards.
+  const w = await startWorkload('memhog', ['16', '--rewrite-pages', '0', '--interval-ms', '10']);
+  t.teardown(() => w.kill());
+  await w.waitForLine(/verify ok pass=2 /, 20_000);
+  const region = Number(w.ready.groups?.['region'] ?? /region=(0x[0-9a-f]+)/.exec(w.ready[0])![1]);
+  const size = Number(/ size=(\d+)/.exec(w.ready[0])![1]);
+  const zero = Number(/ zero=(0x[0-9a-f]+)/.exec(w.ready[0])![1]);
+  const mapsBefore = readMaps(w.pid);
+
+  const r = await dump({ pid: w.pid, imagesDir: join(dir, 'img'), mode: 'leave-running' });
+  t.is(r.processes, 1);
+  t.is(r.threads, 1);
+  t.is(r.frozen, null);
+
+  const mark = w.logSize();
+  await w.waitForLine(/verify ok pass=\d+/, 10_000, { since: mark });
+  t.is(w.lastMatch(/verify FAILED/), undefined);
+
+  const images = await readImages(join(dir, 'img'), { verifyPages: 'full' });
+  const p = images.processes[0]!;
+  t.is(p.pid, w.pid);
+  t.is(p.core.comm, 'memhog');
+  t.deepEqual(
+    p.core.vmas.map((v) => [v.start, v.end]),
+    mapsBefore.filter((v) => v.kind !== 'vsyscall').map((v) => [v.start, v.end]).concat(
+      mapsBefore.filter((v) => v.kind === 'vsyscall').map((v) => [v.start, v.end]),
+    ),
+    'every VMA of /proc/PID/maps, in order',
+  );
+  const thread = p.core.threads[0]!;
+  t.is(thread.tid, w.pid);
+  t.is(thread.sigmask, readStatus(w.pid).sigBlk);
+  t.true(thread.xstate.length >= 576);
+  t.not(thread.rseq, null, 'glibc registers rseq');
+  // SIGINT..SIGTERM handlers: memhog installs none, so all are SIG_DFL (0) or SIG_IGN (1).
+  t.is(p.core.sigactions.length, 64);
+
+  // The region's pages are present in the images and equal the live memory.
+  const reader = await openPagesReader(images, p.pid);
+  t.teardown(() => reader.close());
+  const fromImages = await reader.read(region, size / PAGE_SIZE);
+  const live = Buffer.alloc(size);
+  processVmRead(w.pid, new Float64Array([region, size]), live);
+  t.true(Buffer.compare(fromImages, live) === 0, 'pages file = process memory');
+  // The read-only-touched region is the zero page: recorded, not stored.
+  const z = p.pagemap.entries.find((e) => e.start <= zero && zero < e.start + e.pages * PAGE_SIZE);
+  t.is(z?.kind, 'zero');
+});
+
+test('a lazy dump keeps anonymous pages out of the images and leaves the tree frozen', async (t) => {
+  const dir = await tempDir(t);
+  const w = await startWorkload('memhog', ['32', '--interval-ms', '10']);
+  t.teardown(() => w.kill());
+  await w.waitForLine(/verify ok pass=1 /, 20_000);
+  const r = await dump({ pid: w.pid, imagesDir: join(dir, 'img'), mode: 'lazy', pageServer: { address: '127.0.0.1', port: 1 } });
+  t.teardown(() => r.frozen?.kill());
+  t.not(r.frozen, null);
+  t.true(r.pages.lazy >= (32 << 20) / PAGE_SIZE, `lazy pages ${r.pages.lazy}`);
+  t.true(r.pages.present < 256, `only a few pages go eagerly (stack top, rseq, COW'd file pages): ${r.pages.present}`);
+  t.true(existsSync(join(dir, 'img', TOKEN_FILE)));
+  // Frozen: its log does not move while we wait for a pass that would normally come.
+  const mark = w.logSize();
+  await t.throwsAsync(w.waitForLine(/verify ok/, 300, { since: mark }));
+  const images = await readImages(join(dir, 'img'));
+  t.true(images.inventory.lazy);
+  t.deepEqual(images.inventory.pageServer, { address: '127.0.0.1', port: 1 });
+  r.frozen!.kill();
+  const exit = await w.exited;
+  t.is(exit.signal, 'SIGKILL');
+});
+
+test('multi-threaded and forking trees: every thread and process is in the images', async (t) => {
+  const dir = await tempDir(t);
+  const th = await startWorkload('threads', ['3']);
+  t.teardown(() => th.kill());
+  await th.waitForLine(/tick counter=2 /, 20_000);
+  const r1 = await dump({ pid: th.pid, imagesDir: join(dir, 'threads'), mode: 'leave-running' });
+  t.is(r1.threads, 4);
+  const img1 = await readImages(join(dir, 'threads'));
+  const tids = /tids=([\d,]+)/.exec(th.ready[0])![1]!.split(',').map(Number);
+  t.deepEqual(img1.processes[0]!.core.threads.map((x) => x.tid).sort(), [th.pid, ...tids].sort());
+  const mark = th.logSize();
+  await th.waitForLine(/tick counter=\d+ /, 10_000, { since: mark });
+
+  const fk = await startWorkload('forker', []);
+  t.teardown(() => fk.kill());
+  await fk.waitForLine(/child counter=2 /, 20_000);
+  const child = Number(/child=(\d+)/.exec(fk.ready[0])![1]);
+  const r2 = await dump({ pid: fk.pid, imagesDir: join(dir, 'forker'), mode: 'leave-running' });
+  t.is(r2.processes, 2);
+  const img2 = await readImages(join(dir, 'forker'));
+  t.deepEqual(img2.inventory.tree.map((e) => [e.pid, e.children]), [[fk.pid, [child]], [child, []]]);
+  t.is(img2.inventory.tree[1]!.ppid, fk.pid);
+  const m2 = fk.logSize();
+  await fk.waitForLine(/child counter=\d+ .*ppid=\d+/, 10_000, { since: m2 });
+});
+
+test('an open file is recorded with its flags and offset', async (t) => {
+  const dir = await tempDir(t);
+  const file = join(dir, 'out.txt');
+  const w = await startWorkload('appender', [file, '--interval-ms', '20']);
+  t.teardown(() => w.kill());
+  await w.waitForLine(/appended counter=3 /, 20_000);
+  const fd = Number(/append_fd=(\d+)/.exec(w.ready[0])![1]);
+  const r = await dump({ pid: w.pid, imagesDir: join(dir, 'img'), mode: 'leave-running' });
+  t.is(r.processes, 1);
+  const img = await readImages(join(dir, 'img'));
+  const entry = img.processes[0]!.core.fds.find((f) => f.fd === fd)!;
+  t.is(entry.kind, 'file');
+  t.is(entry.path, file);
+  t.truthy(entry.flags & 0o2000, 'O_APPEND');
+  t.true(entry.offset > 0n);
+});
+
+test('a process with a socket is refused before anything changes, naming pid and fd', async (t) => {
+  const dir = await tempDir(t);
+  const py = spawn('python3', ['-c', 'import socket,time,sys\ns=socket.socket()\nprint("ready", flush=True)\ntime.sleep(60)'], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  t.teardown(() => py.kill('SIGKILL'));
+  await new Promise<void>((resolve) => py.stdout.once('data', () => resolve()));
+  const err = await t.throwsAsync(dump({ pid: py.pid!, imagesDir: join(dir, 'img') }), { instanceOf: DumpRefusedError });
+  t.regex(err.message, new RegExp(`^pid ${py.pid}: fd \\d+ -> socket:\\[\\d+\\]: sockets are not supported`));
+  t.false(existsSync(join(dir, 'img')), 'no images dir');
+  t.is(py.exitCode, null, 'still running');
+  t.is(readStatus(py.pid!).tracerPid, 0, 'never traced');
+});
+
+test('a pid that does not exist is a clear error', async (t) => {
+  const dir = await tempDir(t);
+  await t.throwsAsync(dump({ pid: 4194303, imagesDir: join(dir, 'img') }), { message: /pid 4194303: no such process/ });
+});
