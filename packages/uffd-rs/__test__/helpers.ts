@@ -125,6 +125,11 @@ export class Region {
     this.#owned.fill(false, first, first + count)
   }
 
+  /** Pages [first, first+count) were unmapped by the test itself: not ours to unmap any more. */
+  forgetPages(first: number, count: number): void {
+    this.#owned.fill(false, first, first + count)
+  }
+
   /** For tests that move the whole mapping elsewhere (and own the new one). */
   forgetMapping(): void {
     this.#owned.fill(false)

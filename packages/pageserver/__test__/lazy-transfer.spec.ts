@@ -1,0 +1,101 @@
+/**
+ * The whole lazy path inside one test process, without restore: a memhog is dumped lazily
+ * and stays frozen; its page server serves it over loopback; a region of this process at
+ * the same address plays the restored memory, registered with a userfaultfd; the
+ * lazy-pages engine fills it from faults (a native thread touching pages) and from the
+ * background. At the end the region equals the frozen memory, and the source is killed.
+ */
+import test from 'ava';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PAGE_SIZE, Userfaultfd, processVmRead, testing } from '@lazymig/uffd-rs';
+import { dump, LazyPagesEngine, lazyRanges, readImages } from '@lazymig/core-ts';
+import { startWorkload } from '../../../tools/workloads/index.js';
+import { PageClient, readToken, serveFrozenTree } from '../src/index.js';
+
+test('a frozen memhog region arrives intact through page server, client and engine', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'lazymig-xfer-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const w = await startWorkload('memhog', ['8', '--interval-ms', '10']);
+  t.teardown(() => w.kill());
+  await w.waitForLine(/verify ok pass=1 /, 20_000);
+  const region = Number(/region=(0x[0-9a-f]+)/.exec(w.ready[0])![1]);
+  const size = Number(/ size=(\d+)/.exec(w.ready[0])![1]);
+
+  const r = await dump({ pid: w.pid, imagesDir: join(dir, 'img'), mode: 'lazy', pageServer: { address: '127.0.0.1', port: 1 } });
+  t.teardown(() => r.frozen?.kill());
+  const expected = Buffer.alloc(size);
+  processVmRead(w.pid, new Float64Array([region, size]), expected);
+
+  const images = await readImages(join(dir, 'img'));
+  const server = await serveFrozenTree({ images, frozen: r.frozen!, token: r.token!, address: '127.0.0.1', port: 0 });
+  t.teardown(() => server.close());
+
+  // The "restored" memory: our own mapping moved to the memhog's address.
+  const mine = testing.mapAnonymous(size);
+  let at: number;
+  try {
+    at = testing.mremap(mine, size, size, region);
+  } catch (err) {
+    testing.unmap(mine, size);
+    t.log(`address 0x${region.toString(16)} is taken in this process: ${(err as Error).message}`);
+    t.pass('skipped: address collision (ASLR)');
+    return;
+  }
+  t.teardown(() => testing.unmap(at, size));
+  const uffd = Userfaultfd.open();
+  uffd.handshake(['eventRemove', 'eventUnmap']);
+  uffd.register(region, size, { missing: true });
+
+  const p = images.processes[0]!;
+  const ranges = lazyRanges(images.inventory, p).filter((x) => x.start >= region && x.start < region + size);
+  const client = await PageClient.connect({ address: '127.0.0.1', port: server.port, token: await readToken(join(dir, 'img')) });
+  t.teardown(() => client.close());
+  const engine = new LazyPagesEngine(client, { pageSize: PAGE_SIZE });
+  engine.add({ pid: process.pid, sourcePid: p.pid, uffd, ranges });
+  engine.start();
+  // Faults while the background runs: every 7th page, from the end backwards.
+  const touched = [];
+  for (let a = region + size - PAGE_SIZE; a >= region; a -= 7 * PAGE_SIZE) touched.push(a);
+  const touch = testing.touch({ addresses: touched });
+  engine.seal();
+  const [summary, seen] = await Promise.all([engine.done, touch]);
+
+  const got = Buffer.alloc(size);
+  for (let off = 0; off < size; off += 8) got.writeBigUInt64LE(testing.readU64(region + off), off);
+  t.true(got.equals(expected), 'the region equals the frozen memory');
+  for (let i = 0; i < touched.length; i++) t.is(seen.values[i], expected.readBigUInt64LE(touched[i]! - region));
+  t.is(summary.remaining, 0);
+  t.is(summary.pagesByFault + summary.pagesByPrefetch + summary.pagesByBackground, summary.pagesTotal);
+  t.true(summary.pagesTotal >= size / PAGE_SIZE);
+  await server.done;
+  const exit = await w.exited;
+  t.is(exit.signal, 'SIGKILL', 'the source was killed once every page was in');
+});
+
+test('a wrong token is refused with a reason, and pages outside the lazy ranges are not served', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'lazymig-xfer-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const w = await startWorkload('memhog', ['4', '--interval-ms', '10']);
+  t.teardown(() => w.kill());
+  await w.waitForLine(/verify ok pass=1 /, 20_000);
+  const r = await dump({ pid: w.pid, imagesDir: join(dir, 'img'), mode: 'lazy', pageServer: { address: '127.0.0.1', port: 1 } });
+  t.teardown(() => r.frozen?.kill());
+  const images = await readImages(join(dir, 'img'));
+  const server = await serveFrozenTree({ images, frozen: r.frozen!, token: r.token!, address: '127.0.0.1', port: 0 });
+  t.teardown(() => server.close());
+
+  await t.throwsAsync(PageClient.connect({ address: '127.0.0.1', port: server.port, token: 'f'.repeat(64), retryForMs: 0 }), {
+    message: /refused us: wrong token/,
+  });
+  const client = await PageClient.connect({ address: '127.0.0.1', port: server.port, token: r.token! });
+  t.teardown(() => client.close());
+  // The stack's guard gap below the lowest VMA is never a lazy range.
+  await t.throwsAsync(client.fetch(w.pid, 0x1000, 1, 'fault'), { message: /not a lazy range of the dump/ });
+  const vdso = images.processes[0]!.core.vmas.find((v) => v.kind === 'vdso')!;
+  await t.throwsAsync(client.fetch(w.pid, vdso.start, 1, 'fault'), { message: /not a lazy range/ });
+  // The source is still frozen and intact: a disconnect does not end it.
+  await client.close();
+  t.is(w.exitInfo(), undefined);
+});
