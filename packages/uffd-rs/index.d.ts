@@ -318,6 +318,18 @@ export interface PageRegion {
  */
 export declare function pagemapScan(start: number, len: number, opts?: PagemapScanOptions): PageRegion[]
 
+/**
+ * CRC32C (Castagnoli) of `data`, continuing `seed` (a finished CRC32C; 0, the default, starts
+ * a new one): crc32c(b, crc32c(a)) === crc32c(a ++ b). SSE4.2 when the CPU has it.
+ */
+export declare function crc32c(data: Uint8Array, seed?: number): number
+/**
+ * The CRC32C of each `pageSize`-byte page of `data` into out[outOffset ..], in one call.
+ * Returns crc32c(data, seed) (computed from the page CRCs, without a second pass).
+ * data.length must be a multiple of pageSize; out must not overlap data.
+ */
+export declare function crc32cPages(data: Uint8Array, pageSize: number, out: Uint32Array, outOffset?: number, seed?: number): number
+
 export interface TouchOptions {
   /** Addresses to touch (8-byte aligned), in order... */
   addresses?: number[] | Float64Array | BigUint64Array
@@ -381,20 +393,34 @@ export declare const testing: {
   unmapOnThread(addr: number, len: number): Promise<void>
   mremapOnThread(addr: number, oldLen: number, newLen: number, newAddr?: number): Promise<number>
   /**
-   * Forks this process from a native thread. The child reads the first 8 bytes at each
-   * address (registered-missing pages fault into the child's uffd, which a uffd with
-   * 'eventFork' delivers as a fork event), sends them back over a pipe and exits; the
-   * child is killed after `timeoutMs` (default 10 s). Only that pid is reaped, so Node's
-   * child_process is unaffected.
+   * Starts a fork-test target: a child process T that makes its own uffd with 'eventFork',
+   * maps `pages` (default 4, >= 2) pages registered missing and sends the uffd here (as
+   * `uffd`, already handshaken, owned by the caller: wrap it with Userfaultfd.adopt). On
+   * `go()`, T forks G (the fork event arrives on `uffd`, with G's uffd as childFd; T's fork
+   * waits until it is read). G reads the first u64 of every page, reports and exits; then T
+   * reads page 1 itself, reports and exits. The registered memory is T's, so this
+   * process's own forks (child_process) are unaffected. Killed after `timeoutMs` (10 s).
    */
-  forkTouch(opts: { addresses: number[] | Float64Array | BigUint64Array; timeoutMs?: number }): Promise<ForkTouchResult>
+  forkTarget(opts?: { pages?: number; timeoutMs?: number }): ForkTarget
 }
 
-export interface ForkTouchResult {
+export interface ForkTarget {
   pid: number
-  /** What the child read, per address (fewer when it was killed). */
-  values: BigUint64Array
-  /** Exit status, or null when killed by a signal. */
+  uffd: number
+  /** Address of the registered pages in T (and G). */
+  start: number
+  go(): void
+  done: Promise<ForkTargetResult>
+}
+
+export interface ForkTargetResult {
+  /** What G read at the start of each page (fewer if it was killed). */
+  childValues: BigUint64Array
+  /** G's wait status as T saw it (0 = exited with 0). */
+  childStatus: bigint | null
+  /** What T read at page 1 after G had exited. */
+  targetValue: bigint | null
+  /** T's exit status (10.. = a setup step failed, see testing.rs), or null if killed. */
   exitCode: number | null
   signal: number | null
   timedOut: boolean

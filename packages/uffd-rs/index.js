@@ -1,6 +1,7 @@
 // @lazymig/uffd-rs: userfaultfd, the fault loop and write-protect tracking for Node.
 // The native module exports raw functions taking fds and numbers; this file wraps them in
 // the small classes of index.d.ts. Only this file loads the .node.
+import { closeSync, writeSync } from 'node:fs'
 import { createRequire } from 'node:module'
 
 const require = createRequire(import.meta.url)
@@ -177,6 +178,17 @@ export function pagemapScan(start, len, opts) {
   return native.pagemapScan(start, len, opts)
 }
 
+/** CRC32C of data, continuing seed (a finished CRC32C; 0 starts a new one). */
+export function crc32c(data, seed = 0) {
+  return native.crc32c(data, seed)
+}
+
+/** Each page's CRC32C into out[outOffset..]; returns crc32c(data, seed). */
+export function crc32cPages(data, pageSize, out, outOffset = 0, seed = 0) {
+  if (!(out instanceof Uint32Array)) throw new TypeError('out must be a Uint32Array')
+  return native.crc32cPages(data, pageSize, out, outOffset, seed)
+}
+
 export const testing = Object.freeze({
   mapAnonymous: (len) => native.testMapAnonymous(len),
   unmap: (addr, len) => native.testUnmap(addr, len),
@@ -192,7 +204,26 @@ export const testing = Object.freeze({
   madviseOnThread: (addr, len, advice) => native.testOnThread('madvise', addr, len, advice).then(() => undefined),
   unmapOnThread: (addr, len) => native.testOnThread('munmap', addr, len).then(() => undefined),
   mremapOnThread: (addr, oldLen, newLen, newAddr) => native.testOnThread('mremap', addr, oldLen, newLen, newAddr),
-  forkTouch: (opts) => native.testForkTouch(opts),
+  forkTarget: (opts = {}) => {
+    const t = native.testForkTarget(opts.pages ?? 4, opts.timeoutMs)
+    let sock = t.sock
+    const closeSock = () => {
+      if (sock >= 0) closeSync(sock)
+      sock = -1
+    }
+    t.done.finally(closeSock).catch(() => {})
+    return {
+      pid: t.pid,
+      uffd: t.uffd,
+      start: t.start,
+      done: t.done,
+      go() {
+        if (sock < 0) throw new Error('go() was already called')
+        writeSync(sock, Buffer.of(1))
+        closeSock()
+      },
+    }
+  },
 })
 
 export { STATUS as OUTCOME_STATUSES }

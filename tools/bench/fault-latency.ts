@@ -7,10 +7,12 @@
 //   (a) rust:   a handler in Rust alone (poll/read/UFFDIO_COPY), no JS: the floor
 //   (b) js-copy:  the FaultLoop delivers faults to JS, which copies one page per fault
 //   (c) js-batch: same, but JS installs a window of W pages per fault with installBatch
+//   (d) event-loop: as (b), but with FaultLoop mode 'event-loop' (Node's own libuv loop
+//       polls the uffd and the JS thread reads it: no loop thread, no thread-safe call)
 // each with the threads unpinned, and pinned all to one CPU (cross-CPU wake-ups are
 // expensive on small VMs). Ratios are to (a) with the same placement, from this run.
 // Then: background install throughput, 256 MiB in 2 MiB installBatch calls.
-import { FaultLoop, PAGE_SIZE, RangeKind, Userfaultfd, testing } from '@lazymig/uffd-rs'
+import { FaultLoop, PAGE_SIZE, RangeKind, Userfaultfd, testing, type FaultLoopMode } from '@lazymig/uffd-rs'
 
 const PS = PAGE_SIZE
 const arg = (name: string, dflt: number) => {
@@ -61,8 +63,8 @@ async function benchRust(pl: Placement, pages: number, keep: boolean) {
   if (keep) record('a rust', pl.name, r.latencyNs, pages, r.totalNs, pages)
 }
 
-/** (b)/(c): a fresh region served by a FaultLoop; window = pages installed per fault. */
-async function benchJs(pl: Placement, pages: number, window: number, keep: boolean) {
+/** (b)/(c)/(d): a fresh region served by a FaultLoop; window = pages installed per fault. */
+async function benchJs(pl: Placement, pages: number, window: number, keep: boolean, mode: FaultLoopMode = 'thread') {
   const len = pages * PS
   const start = testing.mapAnonymous(len)
   const uffd = Userfaultfd.open()
@@ -90,7 +92,8 @@ async function benchJs(pl: Placement, pages: number, window: number, keep: boole
         }
       }
     },
-    { cpu: pl.serve },
+    // In event-loop mode there is no loop thread: the JS thread (pinned above) reads.
+    mode === 'thread' ? { cpu: pl.serve } : { mode },
   )
   loop.add(uffd)
   try {
@@ -105,7 +108,8 @@ async function benchJs(pl: Placement, pages: number, window: number, keep: boole
     if (keep) {
       // Per-fault latency: only the touches that faulted (the first page of each window).
       const faulted = window === 1 ? r.latencyNs : r.latencyNs.filter((_, i) => i % window === 0)
-      record(window === 1 ? 'b js copy' : `c js batch${window}`, pl.name, faulted, pages, totalNs, faults)
+      const variant = mode === 'event-loop' ? 'd event-loop' : window === 1 ? 'b js copy' : `c js batch${window}`
+      record(variant, pl.name, faulted, pages, totalNs, faults)
     }
   } finally {
     await loop.stop()
@@ -171,10 +175,12 @@ async function main() {
   await benchRust({ name: 'warm' }, 500, false)
   await benchJs({ name: 'warm' }, 500, 1, false)
   await benchJs({ name: 'warm' }, 500, W, false)
+  await benchJs({ name: 'warm' }, 500, 1, false, 'event-loop')
   for (const pl of placements) {
     await benchRust(pl, N, true)
     await benchJs(pl, N, 1, true)
     await benchJs(pl, N, W, true)
+    await benchJs(pl, N, 1, true, 'event-loop')
   }
   console.log('\nper-fault latency (touch of a missing page until it returns), µs')
   console.log('variant        placement   faults     p50     p99   pages/s   p50 ratio to (a)')
@@ -189,8 +195,10 @@ async function main() {
   console.log(`  one 2 MiB range per call:      ${bg.contiguous.toFixed(2)} GiB/s   (first run, cold guest memory: ${bg.cold.toFixed(2)} GiB/s)`)
   console.log(`  512 one-page ranges per call:  ${bg.scattered.toFixed(2)} GiB/s   (${(bg.nsPerPage / 1000).toFixed(2)} µs/page)`)
   const b = rows.find((x) => x.variant === 'b js copy' && x.placement === 'same-cpu')
+  const d = rows.find((x) => x.variant === 'd event-loop' && x.placement === 'same-cpu')
   const a = rows.find((x) => x.variant === 'a rust' && x.placement === 'same-cpu')
   if (a && b) console.log(`\ntarget (b) p50 <= 1.5x (a), same-cpu: ${(b.p50 / a.p50).toFixed(2)}x; target background >= 2 GiB/s: ${bg.contiguous.toFixed(2)} GiB/s`)
+  if (a && d) console.log(`event-loop mode (d) p50, same-cpu: ${(d.p50 / a.p50).toFixed(2)}x (a)`)
 }
 
 await main()

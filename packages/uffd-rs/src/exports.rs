@@ -32,6 +32,8 @@ pub const TABLE: &[Export] = &[
     export!("loopRef\0" => loop_ref),
     // write-protect tracking, kernel probe
     export!("pagemapScan\0" => pagemap_scan),
+    // image checksums (CRC32C)
+    export!("crc32c\0" => crc32c_js), export!("crc32cPages\0" => crc32c_pages_js),
     export!("probe\0" => probe_kernel),
     // testing
     export!("testMapAnonymous\0" => test_map_anonymous),
@@ -46,7 +48,7 @@ pub const TABLE: &[Export] = &[
     export!("testGetAffinity\0" => test_get_affinity),
     export!("testBenchRustHandler\0" => test_bench_rust_handler),
     export!("testOnThread\0" => test_on_thread),
-    export!("testForkTouch\0" => test_fork_touch),
+    export!("testForkTarget\0" => test_fork_target),
 ];
 
 /// Values set on the module object next to the functions.
@@ -452,27 +454,44 @@ fn test_on_thread(env: Env, a: &Args) -> JsResult<Value> {
     spawn_promise(env, "lazymig-mm", move || plan.run(), |env, r| env.num(sys(r)?))
 }
 
-fn test_fork_touch(env: Env, a: &Args) -> JsResult<Value> {
-    let opts = env.opts(Some(a.get(0, "options")?), "options")?;
-    let addresses = match env.opt_prop(opts, c"addresses")? {
-        Some(v) => u64_list(env, v, "addresses")?,
-        None => return type_error("forkTouch needs addresses"),
+/// testForkTarget(pages, timeoutMs) -> { pid, uffd, start, sock, done: Promise<...> }
+fn test_fork_target(env: Env, a: &Args) -> JsResult<Value> {
+    let pages = addr_arg(env, a, 0, "pages")? as usize;
+    if !(2..=4096).contains(&pages) {
+        return range_error(format!("pages must be in [2, 4096], got {pages}"));
+    }
+    let timeout_ms = match a.opt(1)? {
+        None => 10_000,
+        Some(v) => env.to_u64(v, "timeoutMs")?,
     };
-    let plan = testing::ForkTouchPlan { addresses, timeout_ms: env.opt_u64(opts, c"timeoutMs")?.unwrap_or(10_000) };
-    spawn_promise(env, "lazymig-fork", move || testing::fork_touch(&plan), |env, r| {
+    let t = sys(testing::fork_target(pages))?;
+    let wait = t.waiter(timeout_ms);
+    let done = spawn_promise(env, "lazymig-forkwait", move || wait.run(), |env, r| {
         let r = sys(r)?;
-        let opt = |x: Option<i32>| match x {
+        let opt_i = |x: Option<i32>| match x {
             Some(v) => env.f64(v as f64),
             None => env.null(),
         };
+        let opt_u = |x: Option<u64>| match x {
+            Some(v) => env.bigint(v),
+            None => env.null(),
+        };
         env.object_with(&[
-            (c"pid", env.f64(r.pid as f64)?),
-            (c"values", env.biguint64_array(&r.values)?),
-            (c"exitCode", opt(r.exit_code)?),
-            (c"signal", opt(r.signal)?),
+            (c"childValues", env.biguint64_array(&r.child_values)?),
+            (c"childStatus", opt_u(r.child_status)?),
+            (c"targetValue", opt_u(r.target_value)?),
+            (c"exitCode", opt_i(r.exit_code)?),
+            (c"signal", opt_i(r.signal)?),
             (c"timedOut", env.bool(r.timed_out)?),
         ])
-    })
+    })?;
+    env.object_with(&[
+        (c"pid", env.f64(t.pid as f64)?),
+        (c"uffd", env.f64(t.uffd as f64)?),
+        (c"start", env.num(t.start)?),
+        (c"sock", env.f64(t.sock as f64)?),
+        (c"done", done),
+    ])
 }
 
 fn test_mremap(env: Env, a: &Args) -> JsResult<Value> {
@@ -570,4 +589,58 @@ fn test_bench_rust_handler(env: Env, a: &Args) -> JsResult<Value> {
         let r = sys(r)?;
         env.object_with(&[(c"latencyNs", env.float64_array(&r.latency_ns)?), (c"mismatches", env.num(r.mismatches)?), (c"totalNs", env.num(r.total_ns)?)])
     })
+}
+
+// ---------- CRC32C (image checksums) ----------
+
+fn crc_seed(env: Env, a: &Args, i: usize) -> JsResult<u32> {
+    match a.opt(i)? {
+        None => Ok(0),
+        Some(v) => {
+            let s = env.to_u64(v, "seed")?;
+            u32::try_from(s).or_else(|_| range_error(format!("seed must be a u32, got {s}")))
+        }
+    }
+}
+
+/// crc32c(data, seed = 0): the CRC32C of data, continuing `seed` (a finished CRC32C).
+fn crc32c_js(env: Env, a: &Args) -> JsResult<Value> {
+    let data = env.to_bytes(a.get(0, "data")?, "data")?;
+    let seed = crc_seed(env, a, 1)?;
+    env.num(crate::crc32c::update(seed, data.as_slice()) as u64)
+}
+
+/// crc32cPages(data, pageSize, out: Uint32Array (checked by index.js), outOffset, seed = 0):
+/// each page's CRC32C into out[outOffset..], returns crc32c(data, seed).
+fn crc32c_pages_js(env: Env, a: &Args) -> JsResult<Value> {
+    let data = env.to_bytes(a.get(0, "data")?, "data")?;
+    let page_size = env.to_u64(a.get(1, "pageSize")?, "pageSize")? as usize;
+    let out = env.to_bytes(a.get(2, "out")?, "out")?;
+    let out_offset = env.to_u64(a.get(3, "outOffset")?, "outOffset")? as usize;
+    let seed = crc_seed(env, a, 4)?;
+    if page_size == 0 || !data.len.is_multiple_of(page_size) {
+        return range_error(format!("data length {} is not a whole number of {page_size}-byte pages", data.len));
+    }
+    let n = data.len / page_size;
+    if !(out.ptr as usize).is_multiple_of(4) || !out.len.is_multiple_of(4) {
+        return type_error("out must be a Uint32Array");
+    }
+    let slots = out.len / 4;
+    if out_offset.checked_add(n).is_none_or(|end| end > slots) {
+        return range_error(format!("out has {slots} entries, {n} pages from index {out_offset} do not fit"));
+    }
+    if n == 0 {
+        return env.num(seed as u64);
+    }
+    let out_start = out.ptr as usize + out_offset * 4;
+    let (d0, d1) = (data.ptr as usize, data.ptr as usize + data.len);
+    if out_start < d1 && d0 < out_start + n * 4 {
+        return range_error("out must not overlap data");
+    }
+    // SAFETY: `out` is the backing store of a live typed-array argument that cannot move or
+    // be freed during this synchronous call; it is 4-aligned and [out_offset, out_offset + n)
+    // lies inside it (both checked above), and it does not overlap `data` (checked above), so
+    // this &mut is the only reference to those bytes while it lives.
+    let out_slice = unsafe { std::slice::from_raw_parts_mut((out.ptr as *mut u32).add(out_offset), n) };
+    env.num(crate::crc32c::pages(data.as_slice(), page_size, out_slice, seed) as u64)
 }

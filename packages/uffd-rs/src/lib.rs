@@ -1,6 +1,7 @@
 //! lazymig's native package: userfaultfd and the fault loop for Node, through a small
 //! hand-written Node-API layer (see `napi`). Modules below `napi` know nothing of JS.
 
+mod crc32c;
 mod exports;
 #[cfg(feature = "ptrace")]
 mod exports_ptrace;

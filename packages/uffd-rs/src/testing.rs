@@ -246,130 +246,294 @@ impl MmOp {
     }
 }
 
-pub struct ForkTouchPlan {
-    pub addresses: Vec<u64>,
-    /// The child is killed (SIGKILL) if it has not finished by then.
-    pub timeout_ms: u64,
+/// A target process for fork tests, made like a lazily-migrated one: its memory is
+/// registered with a uffd that *this* process reads. The target T (a child of this process)
+/// creates a uffd with eventFork, maps `pages` pages, registers them (missing), sends the
+/// uffd and the address over a socket (SCM_RIGHTS), then waits for one byte on the socket
+/// ("go"). On it, T forks G: the fork is reported on T's uffd (the kernel holds T's fork
+/// until that event is read) with G's uffd. G reads the first u64 of every page, writes
+/// them to a pipe and exits; T reaps G, writes G's wait status, then reads page 1 itself
+/// and writes that. Registered memory lives in T, not here, so Node's own forks
+/// (child_process) duplicate nothing registered and cause no fork events.
+pub struct ForkTarget {
+    pub pid: i32,
+    /// T's uffd, received here (owned by the caller from now on).
+    pub uffd: i32,
+    pub start: u64,
+    /// Write one byte here to let T fork (owned by the caller).
+    pub sock: i32,
+    /// Where T and G report (read by `ForkTargetWait::run`).
+    out: i32,
+    pages: usize,
 }
 
-pub struct ForkTouchResult {
-    pub pid: i32,
-    /// What the child read at each address (fewer if it was killed).
-    pub values: Vec<u64>,
-    /// exit status, or None if killed by a signal.
+pub struct ForkTargetResult {
+    /// What G read at the start of each page (fewer if it was killed).
+    pub child_values: Vec<u64>,
+    /// G's raw wait status, as seen by T.
+    pub child_status: Option<u64>,
+    /// What T read at page 1 after G had exited.
+    pub target_value: Option<u64>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub timed_out: bool,
 }
 
-/// Forks this process from the calling (native) thread; the child reads the first 8 bytes
-/// at each address (a registered-missing page faults into the *child's* uffd, which the
-/// parent receives in a UFFD_EVENT_FORK), writes them to a pipe and `_exit`s. The parent
-/// side reads the pipe and reaps exactly that pid (waitpid(pid), never -1, so Node's
-/// child_process, which waits for its own pids only, is unaffected and cannot steal ours).
-///
-/// With eventFork enabled on a uffd of this process, fork() itself blocks until the fork
-/// event is read: never call this on the JS thread (it isn't: it runs from spawn_promise).
-pub fn fork_touch(plan: &ForkTouchPlan) -> SysResult<ForkTouchResult> {
-    check_mapped("forkTouch", plan.addresses.iter().copied())?;
-    let mut p = [0 as libc::c_int; 2];
-    // SAFETY: p has room for two fds.
-    cvt(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long, "pipe2")?;
-    let (rd, wr) = (p[0], p[1]);
-    // Everything the child needs is allocated before fork: after it, only
-    // async-signal-safe calls (another thread may have held the allocator's lock).
-    let mut out = vec![0u8; plan.addresses.len() * 8];
-    let addrs = plan.addresses.as_ptr();
-    let n = plan.addresses.len();
-    // SAFETY: fork; the child only does volatile reads of mapped memory, write(2) and
-    // _exit(2).
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        let e = SysError::last("fork");
-        // SAFETY: our fds.
-        unsafe {
-            libc::close(rd);
-            libc::close(wr);
+/// T's and G's code: after fork, so raw syscalls only (no allocation, no panics: the
+/// parent may have had other threads holding locks). Exit codes 10.. name the failed step.
+unsafe fn fork_target_main(sock: i32, out: i32, pages: usize, ps: usize) -> ! {
+    // SAFETY (whole body): syscalls on our own fds and memory, in a single-threaded child.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        // Node's (libuv's) SIGCHLD handler was inherited: it would tell the parent's loop,
+        // through the shared signal pipe, that one of *its* children changed state.
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        let uffd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | UFFD_USER_MODE_ONLY) as i32;
+        if uffd < 0 {
+            libc::_exit(10);
         }
-        return Err(e);
-    }
-    if pid == 0 {
-        // SAFETY (child): see above; addresses were checked mapped before the fork.
-        unsafe {
-            libc::close(rd);
-            let buf = out.as_mut_ptr();
-            for i in 0..n {
-                let v = std::ptr::read_volatile(*addrs.add(i) as *const u64);
-                std::ptr::copy_nonoverlapping(v.to_ne_bytes().as_ptr(), buf.add(i * 8), 8);
-                // One write per value, so a parent that times out knows how far we got.
-                let mut off = 0usize;
-                while off < 8 {
-                    let w = libc::write(wr, buf.add(i * 8 + off).cast(), 8 - off);
-                    if w <= 0 {
-                        libc::_exit(3);
-                    }
-                    off += w as usize;
+        let mut api = UffdioApi { api: UFFD_API, features: feature_bit("eventFork").unwrap_or(0), ioctls: 0 };
+        if libc::ioctl(uffd, UFFDIO_API as libc::c_ulong, &mut api) != 0 {
+            libc::_exit(11);
+        }
+        let len = pages * ps;
+        let mem = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+        if mem == libc::MAP_FAILED {
+            libc::_exit(12);
+        }
+        let mut reg = UffdioRegister { range: UffdioRange { start: mem as u64, len: len as u64 }, mode: UFFDIO_REGISTER_MODE_MISSING, ioctls: 0 };
+        if libc::ioctl(uffd, UFFDIO_REGISTER as libc::c_ulong, &mut reg) != 0 {
+            libc::_exit(13);
+        }
+        if send_fd(sock, uffd, mem as u64) != 0 {
+            libc::_exit(14);
+        }
+        libc::close(uffd);
+        let mut go = 0u8;
+        if libc::read(sock, (&mut go as *mut u8).cast(), 1) != 1 {
+            libc::_exit(15);
+        }
+        let g = libc::fork();
+        if g < 0 {
+            libc::_exit(16);
+        }
+        if g == 0 {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            for i in 0..pages {
+                let v = std::ptr::read_volatile((mem as usize + i * ps) as *const u64);
+                if write_u64_fd(out, v) != 0 {
+                    libc::_exit(3);
                 }
             }
             libc::_exit(0);
         }
+        let mut st = 0;
+        while libc::waitpid(g, &mut st, 0) < 0 {}
+        if write_u64_fd(out, st as u32 as u64) != 0 {
+            libc::_exit(17);
+        }
+        let v = std::ptr::read_volatile((mem as usize + ps) as *const u64);
+        if write_u64_fd(out, v) != 0 {
+            libc::_exit(18);
+        }
+        libc::_exit(0);
     }
-    // SAFETY: the parent's copy of the write end.
-    unsafe { libc::close(wr) };
-    let deadline = now_ns() + plan.timeout_ms * 1_000_000;
-    let mut got = 0usize;
-    let mut timed_out = false;
-    loop {
-        let now = now_ns();
-        if now >= deadline {
-            timed_out = true;
-            break;
+}
+
+unsafe fn write_u64_fd(fd: i32, v: u64) -> i32 {
+    let b = v.to_ne_bytes();
+    let mut off = 0usize;
+    while off < 8 {
+        // SAFETY: b is 8 readable bytes.
+        let w = unsafe { libc::write(fd, b.as_ptr().add(off).cast(), 8 - off) };
+        if w <= 0 {
+            return -1;
         }
-        let mut pfd = libc::pollfd { fd: rd, events: libc::POLLIN, revents: 0 };
-        let ms = ((deadline - now) / 1_000_000).clamp(1, i32::MAX as u64) as i32;
-        // SAFETY: one pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r < 0 {
-            if crate::sys::errno::last_errno() == libc::EINTR {
-                continue;
-            }
-            break;
-        }
-        if r == 0 {
-            continue;
-        }
-        if got == out.len() {
-            break;
-        }
-        // SAFETY: out[got..] is writable.
-        let k = unsafe { libc::read(rd, out.as_mut_ptr().add(got).cast(), out.len() - got) };
-        if k < 0 && crate::sys::errno::last_errno() == libc::EINTR {
-            continue;
-        }
-        if k <= 0 {
-            break; // EOF: the child is done (or died)
-        }
-        got += k as usize;
+        off += w as usize;
     }
-    if timed_out {
-        // SAFETY: our own child, not yet reaped (so the pid cannot have been reused).
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+    0
+}
+
+/// sendmsg of `payload` with `fd` attached (SCM_RIGHTS). No allocation (runs after fork).
+unsafe fn send_fd(sock: i32, fd: i32, payload: u64) -> i32 {
+    // SAFETY: msghdr/cmsg built in local buffers sized with CMSG_SPACE.
+    unsafe {
+        let mut data = payload.to_ne_bytes();
+        let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: 8 };
+        let mut cbuf = [0u64; 8]; // 64 bytes, aligned, >= CMSG_SPACE(4)
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
+        if libc::sendmsg(sock, &msg, 0) == 8 { 0 } else { -1 }
     }
-    // SAFETY: our fd.
-    unsafe { libc::close(rd) };
+}
+
+/// The receiving side of `send_fd`, waiting at most `timeout_ms`.
+fn recv_fd(sock: i32, timeout_ms: i32) -> SysResult<(i32, u64)> {
+    let mut pfd = libc::pollfd { fd: sock, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd.
+    let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    if r <= 0 {
+        return Err(SysError::new("recvmsg", libc::ETIMEDOUT).because("the fork target did not send its uffd"));
+    }
+    // SAFETY: as send_fd.
+    unsafe {
+        let mut data = [0u8; 8];
+        let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: 8 };
+        let mut cbuf = [0u64; 8];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cbuf);
+        let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n != 8 {
+            return Err(if n < 0 { SysError::last("recvmsg") } else { SysError::new("recvmsg", libc::EPROTO).because("the fork target exited before sending its uffd") });
+        }
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if c.is_null() || (*c).cmsg_level != libc::SOL_SOCKET || (*c).cmsg_type != libc::SCM_RIGHTS {
+            return Err(SysError::new("recvmsg", libc::EPROTO).because("no fd received"));
+        }
+        Ok((std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>()), u64::from_ne_bytes(data)))
+    }
+}
+
+fn close_quietly(fd: i32) {
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd) };
+}
+
+fn reap(pid: i32) -> SysResult<i32> {
     let mut status = 0;
     loop {
-        // SAFETY: waits for exactly our child.
+        // SAFETY: waits for exactly our child (never -1: Node's child_process reaps its own).
         let r = unsafe { libc::waitpid(pid, &mut status, 0) };
         if r == pid {
-            break;
+            return Ok(status);
         }
         if r < 0 && crate::sys::errno::last_errno() != libc::EINTR {
             return Err(SysError::last("waitpid"));
         }
     }
-    let values = out[..got / 8 * 8].chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect();
-    let (exit_code, signal) =
-        if libc::WIFEXITED(status) { (Some(libc::WEXITSTATUS(status)), None) } else { (None, Some(libc::WTERMSIG(status))) };
-    Ok(ForkTouchResult { pid, values, exit_code, signal, timed_out })
+}
+
+/// Forks T (see `ForkTarget`) and waits (at most a few seconds) for its uffd. Runs on the
+/// JS thread: nothing registered with eventFork lives in this process, so the fork does not
+/// wait for anyone.
+pub fn fork_target(pages: usize) -> SysResult<ForkTarget> {
+    let ps = page_size();
+    let mut sp = [0i32; 2];
+    let mut pp = [0i32; 2];
+    // SAFETY: out-arrays of two fds.
+    cvt(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, sp.as_mut_ptr()) } as libc::c_long, "socketpair")?;
+    // SAFETY: as above.
+    if let Err(e) = cvt(unsafe { libc::pipe2(pp.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long, "pipe2") {
+        close_quietly(sp[0]);
+        close_quietly(sp[1]);
+        return Err(e);
+    }
+    // SAFETY: the child runs fork_target_main only (raw syscalls, then _exit).
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: child side, our fds.
+        unsafe {
+            libc::close(sp[0]);
+            libc::close(pp[0]);
+            fork_target_main(sp[1], pp[1], pages, ps);
+        }
+    }
+    close_quietly(sp[1]);
+    close_quietly(pp[1]);
+    if pid < 0 {
+        let e = SysError::last("fork");
+        close_quietly(sp[0]);
+        close_quietly(pp[0]);
+        return Err(e);
+    }
+    match recv_fd(sp[0], 5000) {
+        Ok((uffd, start)) => Ok(ForkTarget { pid, uffd, start, sock: sp[0], out: pp[0], pages }),
+        Err(e) => {
+            // SAFETY: our unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = reap(pid);
+            close_quietly(sp[0]);
+            close_quietly(pp[0]);
+            Err(e)
+        }
+    }
+}
+
+impl ForkTarget {
+    /// The part that waits (on a native thread): reads what T and G report until T is
+    /// done, killing T (and so G, by PDEATHSIG) after `timeout_ms`, then reaps T.
+    pub fn waiter(&self, timeout_ms: u64) -> ForkTargetWait {
+        ForkTargetWait { pid: self.pid, out: self.out, pages: self.pages, timeout_ms }
+    }
+}
+
+pub struct ForkTargetWait {
+    pid: i32,
+    out: i32,
+    pages: usize,
+    timeout_ms: u64,
+}
+
+impl ForkTargetWait {
+    pub fn run(self) -> SysResult<ForkTargetResult> {
+        let mut buf = vec![0u8; (self.pages + 2) * 8];
+        let deadline = now_ns() + self.timeout_ms * 1_000_000;
+        let mut got = 0usize;
+        let mut timed_out = false;
+        while got < buf.len() {
+            let now = now_ns();
+            if now >= deadline {
+                timed_out = true;
+                break;
+            }
+            let mut pfd = libc::pollfd { fd: self.out, events: libc::POLLIN, revents: 0 };
+            let ms = ((deadline - now) / 1_000_000).clamp(1, i32::MAX as u64) as i32;
+            // SAFETY: one pollfd.
+            let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if r < 0 && crate::sys::errno::last_errno() == libc::EINTR || r == 0 {
+                continue;
+            }
+            if r < 0 {
+                break;
+            }
+            // SAFETY: buf[got..] is writable.
+            let k = unsafe { libc::read(self.out, buf.as_mut_ptr().add(got).cast(), buf.len() - got) };
+            if k < 0 && crate::sys::errno::last_errno() == libc::EINTR {
+                continue;
+            }
+            if k <= 0 {
+                break; // EOF: T (and G) are gone
+            }
+            got += k as usize;
+        }
+        if timed_out {
+            // SAFETY: our own unreaped child (its pid cannot have been reused).
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        }
+        close_quietly(self.out);
+        let status = reap(self.pid)?;
+        let words: Vec<u64> = buf[..got / 8 * 8].chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect();
+        let n = self.pages.min(words.len());
+        let (exit_code, signal) =
+            if libc::WIFEXITED(status) { (Some(libc::WEXITSTATUS(status)), None) } else { (None, Some(libc::WTERMSIG(status))) };
+        Ok(ForkTargetResult {
+            child_values: words[..n].to_vec(),
+            child_status: words.get(self.pages).copied(),
+            target_value: words.get(self.pages + 1).copied(),
+            exit_code,
+            signal,
+            timed_out,
+        })
+    }
 }

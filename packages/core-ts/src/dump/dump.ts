@@ -61,6 +61,11 @@ export interface DumpResult {
   /** From the freeze until the tree was killed, resumed, or handed back frozen. */
   frozenMs: number;
   injectedSyscalls: number;
+  /**
+   * Milliseconds spent in each phase, in order: 'pre-*' before the freeze, the rest while
+   * frozen (their sum is about frozenMs). For benchmarks and `--verbose` output.
+   */
+  phaseMs: Record<string, number>;
   /** A lazy dump hands back the frozen tree: the page server serves it, then kills it. */
   frozen: FrozenTree | null;
   token: string | null;
@@ -91,7 +96,19 @@ function threadState(tid: number, asked: { clearChildTid: bigint; robustList: { 
   };
 }
 
+/** Accumulates wall time per named phase: `lap(name)` charges the time since the last lap to name. */
+class Phases {
+  readonly ms: Record<string, number> = {};
+  private t = performance.now();
+  lap(name: string): void {
+    const now = performance.now();
+    this.ms[name] = (this.ms[name] ?? 0) + (now - this.t);
+    this.t = now;
+  }
+}
+
 export async function dump(opts: DumpOptions): Promise<DumpResult> {
+  const phases = new Phases();
   const mode = opts.mode ?? 'kill';
   if (mode === 'lazy' && !opts.pageServer) throw new Error('a lazy dump needs the page server address and port');
   const readState = (pid: number) => ({ smaps: readSmaps(pid), fds: readFds(pid) });
@@ -99,7 +116,9 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   // 1. Before touching anything.
   const before: ProcessTree = readTree(opts.pid);
   refuseIfAny(before.processes, readState);
+  phases.lap('pre-check');
   const writer = await ImagesDirWriter.create(opts.imagesDir);
+  phases.lap('pre-mkdir');
 
   // 2. Freeze, and look again: the tree may have changed since.
   let frozen: FrozenTree;
@@ -110,6 +129,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     throw err;
   }
   const tFrozen = performance.now();
+  phases.lap('freeze');
   const threads = frozen.processes.reduce((n, p) => n + p.tids.length, 0);
   opts.onProgress?.({ phase: 'frozen', processes: frozen.processes.length, threads, freezeMs: frozen.freezeMs });
 
@@ -120,6 +140,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     let injectedSyscalls = 0;
     const states = new Map(frozen.processes.map((p) => [p.pid, readState(p.pid)]));
     refuseIfAny(frozen.processes, (pid) => states.get(pid)!);
+    phases.lap('smaps+fds');
 
     for (const p of frozen.processes) {
       const { smaps, fds } = states.get(p.pid)!;
@@ -133,16 +154,19 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
         const rseq = ptrace.getRseqConfig(tid);
         if (rseq) eagerAddresses.push(Number(rseq.ptr), Number(rseq.ptr) + rseq.len - 1);
       }
+      phases.lap('regs');
       const pw = await writer.pages(p.pid, PAGE_SIZE);
+      phases.lap('pages-open');
       const mem = await dumpMemory(p.pid, smaps, pw, { lazy: mode === 'lazy', eagerAddresses }, (bytes) =>
         opts.onProgress?.({ phase: 'pages', pid: p.pid, bytes }),
-      );
+      (name) => phases.lap(name));
       for (const k of ['present', 'lazy', 'zero'] as const) totals[k] += mem.pages[k];
       bytesWritten += mem.bytesWritten;
 
       // 4. Then what only the process can tell.
       const asked = askProcess(p.pid, p.tids, smaps);
       injectedSyscalls += asked.injectedSyscalls;
+      phases.lap('inject');
 
       const stat = readStat(p.pid);
       const status = readStatus(p.pid);
@@ -184,11 +208,13 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       };
       const entries: PagemapEntry[] = mem.entries;
       processes.push({ pid: p.pid, core, pagemap: { pid: p.pid, pageSize: PAGE_SIZE, entries } });
+      phases.lap('proc');
     }
 
     // 5. Images, atomically.
     const token = mode === 'lazy' ? randomBytes(32).toString('hex') : null;
     if (token) await writer.writeExtraFile(TOKEN_FILE, token + '\n', 0o600);
+    phases.lap('token');
     const dumpMode: DumpMode = mode === 'lazy' ? 'leave-stopped' : mode;
     const images = await writer.commit({
       inventory: {
@@ -205,12 +231,13 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
         tree: frozen.processes.map((p) => ({ pid: p.pid, ppid: p.ppid, tids: p.tids, children: p.children })),
       },
       processes,
-    });
+    }, { onPhase: (name) => phases.lap(name) });
     opts.onProgress?.({ phase: 'written', dir: opts.imagesDir });
 
     // 6. The tree's fate.
     if (mode === 'kill') frozen.kill();
     else if (mode === 'leave-running') frozen.resume();
+    phases.lap('release');
     return {
       images,
       processes: processes.length,
@@ -220,6 +247,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       freezeMs: frozen.freezeMs,
       frozenMs: performance.now() - tFrozen,
       injectedSyscalls,
+      phaseMs: phases.ms,
       frozen: mode === 'lazy' ? frozen : null,
       token,
     };

@@ -78,12 +78,19 @@ export function freezeTree(root: number): FrozenTree {
       }
     }
     if (kill) {
-      for (const tid of seized) {
-        try {
-          // Reap the tracee's exit notification so it does not linger as ours.
-          ptrace.waitStop(tid, 200);
-        } catch {
-          /* not ours to wait for any more */
+      // Reap each tracee's exit notification so it does not linger as ours (a traced zombie
+      // cannot be reaped by its parent). A thread-group leader is reported only once its
+      // other threads are reaped: go round until every one is, within a bound.
+      const left = new Set(seized);
+      const deadline = performance.now() + 2_000;
+      while (left.size > 0 && performance.now() < deadline) {
+        for (const tid of [...left]) {
+          try {
+            const st = ptrace.waitStop(tid, 20);
+            if (st.kind === 'exited' || st.kind === 'killed') left.delete(tid);
+          } catch (err) {
+            if (errno(err) !== 'ETIMEDOUT') left.delete(tid); // not ours to wait for any more
+          }
         }
       }
     }

@@ -113,16 +113,47 @@ export async function dumpMemory(
   pages: PagesWriter,
   plan: MemoryPlan,
   onProgress?: (bytes: number) => void,
+  onPhase?: (name: string) => void,
 ): Promise<MemoryDump> {
+  const lap = onPhase ?? ((): void => undefined);
   const P = pages.pageSize;
   const vmas = smaps.map((v) => toImageVma(pid, v));
-  const eager = new Set(plan.eagerAddresses.map((a) => Math.floor(a / P) * P));
+  lap('mem-vmas');
   const entries: PagemapEntry[] = [];
   const counts = { present: 0, lazy: 0, zero: 0 };
   let bytesWritten = 0;
-  const buf = Buffer.allocUnsafe(READ_CHUNK_PAGES * P);
+  // Eager pages of a lazy dump, sorted: a lazy run looks up the few that fall inside it
+  // instead of testing each of its pages.
+  const eager = [...new Set(plan.eagerAddresses.map((a) => Math.floor(a / P) * P))].sort((a, b) => a - b);
+
+  // Two buffers: the process's pages are read (process_vm_readv, on this thread) into one
+  // while the other is being written (thread pool). Pages are appended to the current buffer
+  // (`fill` pages so far) and the buffer is handed to the writer when full or at the end, so
+  // small runs (a lazy dump's few eager pages) cost one write, not one each.
+  const bufs = [Buffer.allocUnsafe(READ_CHUNK_PAGES * P), Buffer.allocUnsafe(READ_CHUNK_PAGES * P)];
+  const inflight: Array<Promise<number> | undefined> = [undefined, undefined];
+  let cur = 0;
+  let fill = 0;
+  const flush = (): void => {
+    if (fill === 0) return;
+    const w = pages.write(bufs[cur]!.subarray(0, fill * P));
+    w.catch(() => undefined); // awaited before the buffer is reused, or at the end
+    inflight[cur] = w;
+    bytesWritten += fill * P;
+    onProgress?.(bytesWritten);
+    cur ^= 1;
+    fill = 0;
+  };
+  const ready = async (): Promise<void> => {
+    const w = inflight[cur];
+    if (w) {
+      inflight[cur] = undefined;
+      await w;
+    }
+  };
 
   const reader = new PagemapReader(pid);
+  let ok = false;
   try {
     const pushAbsent = (start: number, n: number, kind: 'lazy' | 'zero'): void => {
       const last = entries[entries.length - 1];
@@ -131,19 +162,29 @@ export async function dumpMemory(
       counts[kind] += n;
     };
     const pushPresent = async (start: number, n: number): Promise<void> => {
-      for (let done = 0; done < n; done += READ_CHUNK_PAGES) {
-        const count = Math.min(READ_CHUNK_PAGES, n - done);
+      for (let done = 0; done < n; ) {
+        lap('mem-pagemap');
+        if (fill === 0) {
+          await ready();
+          lap('mem-write-wait');
+        }
+        const count = Math.min(READ_CHUNK_PAGES - fill, n - done);
         const addr = start + done * P;
-        const view = buf.subarray(0, count * P);
+        const view = bufs[cur]!.subarray(fill * P, (fill + count) * P);
         processVmRead(pid, new Float64Array([addr, view.length]), view);
-        const offset = await pages.write(view);
+        lap('mem-readv');
+        // Where these pages will land: after everything handed to the writer and what is
+        // already in this buffer (the writer appends in call order).
+        const offset = pages.nextOffset + fill * P;
         const last = entries[entries.length - 1];
         if (last && last.kind === 'present' && last.start + last.pages * P === addr && last.offset + last.pages * P === offset) {
           last.pages += count;
         } else entries.push({ start: addr, pages: count, kind: 'present', offset });
         counts.present += count;
-        bytesWritten += view.length;
-        onProgress?.(bytesWritten);
+        fill += count;
+        done += count;
+        if (fill === READ_CHUNK_PAGES) flush();
+        lap('mem-crc+write');
       }
     };
 
@@ -160,8 +201,15 @@ export async function dumpMemory(
           // A lazy run, with the kernel-touched pages in it dumped eagerly.
           let from = run.start;
           const end = run.start + run.pages * P;
-          for (let a = run.start; a < end; a += P) {
-            if (!eager.has(a)) continue;
+          let lo = 0;
+          let hi = eager.length;
+          while (lo < hi) {
+            const mid = (lo + hi) >>> 1;
+            if (eager[mid]! < run.start) lo = mid + 1;
+            else hi = mid;
+          }
+          for (let k = lo; k < eager.length && eager[k]! < end; k++) {
+            const a = eager[k]!;
             if (a > from) pushAbsent(from, (a - from) / P, 'lazy');
             await pushPresent(a, 1);
             from = a + P;
@@ -170,8 +218,17 @@ export async function dumpMemory(
         }
       }
     }
+    flush();
+    ok = true;
+    lap('mem-pagemap');
   } finally {
     reader.close();
+    // Whatever happens, no write may still be using a buffer when we return. A failed write
+    // is the error unless something else failed first.
+    const results = await Promise.allSettled(inflight.filter((w): w is Promise<number> => w !== undefined));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (ok && failed) throw failed.reason;
   }
+  lap('mem-write-wait');
   return { vmas, entries, pages: counts, bytesWritten };
 }

@@ -272,8 +272,9 @@ export class ImagesDirWriter {
   }
 
   /** Validate `images` against the pages written, write everything, and rename into place. */
-  async commit(images: ImageSet): Promise<LoadedImages> {
+  async commit(images: ImageSet, opts: { onPhase?: (name: string) => void } = {}): Promise<LoadedImages> {
     this.live();
+    const lap = opts.onPhase ?? (() => undefined);
     try {
       // errors name the final paths: that is what the user asked for
       const invFile = join(this.dir, FILE_NAMES.inventory);
@@ -286,6 +287,7 @@ export class ImagesDirWriter {
         const pagemap = withFile(join(this.dir, FILE_NAMES.pagemap(Number(pid))), () => normalizePagemap(p.pagemap));
         return { pid: p.pid, core, pagemap };
       });
+      lap('commit-validate');
       // 2. finish the pages files (empty ones for processes without pages)
       const pages = new Map<number, PagesFileInfo>();
       for (const [pid, w] of this.writers) pages.set(pid, await w.close());
@@ -295,17 +297,22 @@ export class ImagesDirWriter {
           pages.set(t.pid, await w.close());
         }
       }
+      lap('commit-pages-close');
       const set: ImageSet = { inventory, processes };
       checkSet(this.dir, set, pages);
+      lap('commit-validate');
       // 3. write core and pagemap files, the inventory last
       for (const p of processes) {
         await writeDurable(join(this.tmpDir, FILE_NAMES.core(p.pid)), encodeCore(p.core));
         await writeDurable(join(this.tmpDir, FILE_NAMES.pagemap(p.pid)), encodePagemap(p.pagemap));
       }
       await writeDurable(join(this.tmpDir, FILE_NAMES.inventory), encodeInventory(inventory));
+      lap('commit-write');
       await fsyncDir(this.tmpDir);
+      lap('commit-fsync-dir');
       // 4. rename into place
       await this.install();
+      lap('commit-rename');
       this.done = true;
       return { dir: this.dir, inventory, processes, pages: new Map([...pages].map(([pid, info]) => [pid, { ...info, path: join(this.dir, FILE_NAMES.pages(pid)) }])) };
     } catch (err) {

@@ -19,12 +19,13 @@
 import { readSync } from 'node:fs';
 import { open, rm, type FileHandle } from 'node:fs/promises';
 import { checkKindVersion, checkMagic } from './codec.js';
-import { crc32c, crc32cCombineWithShift, crc32cShift, crc32cUpdate } from './crc32c.js';
+import { crc32c, crc32cPages, crc32cUpdate } from './crc32c.js';
 import { asImageError, FieldError, ImageError } from './errors.js';
 import { FORMAT_VERSION, type Pagemap, type PagemapEntry, type PagesFileInfo, type PresentRange } from './types.js';
 import { checkPagemapInPagesFile } from './validate.js';
 
 export const PAGES_TRAILER_SIZE = 16;
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 const TRAILER_MAGIC = Buffer.from('PEND', 'latin1');
 /** Largest number of pages in one pages file (u32 count). */
 export const MAX_PAGES = 0xffffffff;
@@ -79,7 +80,6 @@ export class PagesWriter {
   private count = 0;
   private fileCrc: number;
   private readonly headerCrc: number;
-  private readonly shift: number;
   private chain: Promise<void> = Promise.resolve();
   private failed: unknown = undefined;
   private state: 'open' | 'closed' | 'aborted' = 'open';
@@ -93,7 +93,6 @@ export class PagesWriter {
   ) {
     this.headerCrc = crc32c(header);
     this.fileCrc = this.headerCrc;
-    this.shift = crc32cShift(pageSize);
   }
 
   static async create(path: string, opts: { pid: number; pageSize: number }): Promise<PagesWriter> {
@@ -141,11 +140,8 @@ export class PagesWriter {
       this.crcs = grown;
     }
     const offset = this.nextOffset;
-    for (let i = 0; i < n; i++) {
-      const c = crc32c(data.subarray(i * P, (i + 1) * P));
-      this.crcs[this.count + i] = c;
-      this.fileCrc = crc32cCombineWithShift(this.fileCrc, c, this.shift);
-    }
+    // Every page's CRC into the table and the running file CRC, in one native call.
+    this.fileCrc = crc32cPages(data, P, this.crcs, this.count, this.fileCrc);
     this.count += n;
     const p = this.chain.then(async () => {
       if (this.failed !== undefined) throw this.failed;
@@ -175,7 +171,9 @@ export class PagesWriter {
       if (this.failed !== undefined) throw this.failed;
       const n = this.count;
       const table = Buffer.alloc(n * 4);
-      for (let i = 0; i < n; i++) table.writeUInt32LE(this.crcs[i]!, i * 4);
+      // u32 LE: a straight copy on little-endian hosts
+      if (LITTLE_ENDIAN) table.set(new Uint8Array(this.crcs.buffer, 0, n * 4));
+      else for (let i = 0; i < n; i++) table.writeUInt32LE(this.crcs[i]!, i * 4);
       const trailer = Buffer.alloc(PAGES_TRAILER_SIZE);
       TRAILER_MAGIC.copy(trailer, 0);
       trailer.writeUInt32LE(n, 4);
@@ -320,7 +318,8 @@ export class PagesReader {
         throw new ImageError(file, `checksum mismatch: stored file CRC32C ${hex(fileCrc)}, contents give ${hex(crc)} (page data corrupted)`, 'checksum');
     }
     const crcs = new Uint32Array(n);
-    for (let i = 0; i < n; i++) crcs[i] = table.readUInt32LE(i * 4);
+    if (LITTLE_ENDIAN) new Uint8Array(crcs.buffer).set(table);
+    else for (let i = 0; i < n; i++) crcs[i] = table.readUInt32LE(i * 4);
     return { info: { path: file, pid, pageSize: P, pageCount: n, size, fileCrc }, crcs };
   }
 
@@ -339,9 +338,10 @@ export class PagesReader {
   private verifyPages(buf: Buffer, first: number, pages: number, offset: number): void {
     if (!this.verifyReads) return;
     const P = this.info.pageSize;
+    const got = new Uint32Array(pages);
+    crc32cPages(buf.subarray(0, pages * P), P, got, 0);
     for (let i = 0; i < pages; i++) {
-      const c = crc32c(buf.subarray(i * P, (i + 1) * P));
-      if (c !== this.crcs[first + i])
+      if (got[i] !== this.crcs[first + i])
         throw new ImageError(this.path, `checksum mismatch in data page ${first + i} (file offset ${offset + i * P})`, 'checksum');
     }
   }

@@ -104,7 +104,9 @@ export class LazyPagesEngine {
       this.#resolve = res;
       this.#reject = rej;
     });
-    this.#loop = new FaultLoop((b) => this.#onBatch(b));
+    // On the JS thread itself: reading an event and installing pages are then serialized, so
+    // a page is never installed into a range the process has just unmapped or zapped.
+    this.#loop = new FaultLoop((b) => this.#onBatch(b), { mode: 'event-loop' });
   }
 
   add(t: LazyTarget): void {

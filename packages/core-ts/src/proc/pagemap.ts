@@ -27,6 +27,20 @@ export const PM_UFFD_WP = 32;
 export const PM_ZERO = 64;
 
 const KPF_ZERO_PAGE = 24n;
+
+/** Our flags for each value of the top 9 bits of a pagemap entry (bits 55..63: hi >>> 23). */
+const FLAGS_OF_HI = new Uint8Array(512);
+for (let k = 0; k < 512; k++) {
+  const hi = (k << 23) >>> 0;
+  let f = 0;
+  if (hi & 0x80000000) f |= PM_PRESENT;
+  if (hi & 0x40000000) f |= PM_SWAPPED;
+  if (hi & 0x20000000) f |= PM_FILE;
+  if (hi & 0x02000000) f |= PM_UFFD_WP;
+  if (hi & 0x01000000) f |= PM_EXCLUSIVE;
+  if (hi & 0x00800000) f |= PM_SOFT_DIRTY;
+  FLAGS_OF_HI[k] = f;
+}
 const PFN_HI_MASK = 0x7fffff;
 
 export interface PageRun {
@@ -226,47 +240,46 @@ export class PagemapReader {
 
       const unknown: number[] = [];
       const zeroPfn = smallZeroPfn ?? -1;
+      const detectZero = this.detectZero;
+      // Tight loops over typed arrays: a 1 GiB VMA is 262144 entries, usually run once per
+      // dump (cold code), so per-entry work is kept to a table lookup on the flag bits.
       for (let i = 0; i < n; i++) {
-        const hi = u32[2 * i + 1] ?? 0;
-        let f = 0;
-        if (hi & 0x80000000) f |= PM_PRESENT;
-        if (hi & 0x40000000) f |= PM_SWAPPED;
-        if (hi & 0x20000000) f |= PM_FILE;
-        if (hi & 0x02000000) f |= PM_UFFD_WP;
-        if (hi & 0x01000000) f |= PM_EXCLUSIVE;
-        if (hi & 0x00800000) f |= PM_SOFT_DIRTY;
+        const hi = u32[2 * i + 1]!;
+        const f = FLAGS_OF_HI[hi >>> 23]!;
+        pageFlags[i] = f;
         // The zero page is never "normal": no file bit, no exclusive bit.
-        if (this.detectZero && (f & (PM_PRESENT | PM_FILE | PM_EXCLUSIVE | PM_SWAPPED)) === PM_PRESENT) {
-          const lo = u32[2 * i] ?? 0;
-          const pfn = lo + (hi & PFN_HI_MASK) * 0x100000000;
-          if (pfn === zeroPfn || knownZeroPfns.has(pfn)) f |= PM_ZERO;
+        if (detectZero && (f & (PM_PRESENT | PM_FILE | PM_EXCLUSIVE | PM_SWAPPED)) === PM_PRESENT) {
+          const pfn = u32[2 * i]! + (hi & PFN_HI_MASK) * 0x100000000;
+          if (pfn === zeroPfn || knownZeroPfns.has(pfn)) pageFlags[i] = f | PM_ZERO;
           else if (pfn !== 0) {
             unknownIdx[unknown.length] = i;
             unknown.push(pfn);
           }
         }
-        pageFlags[i] = f;
       }
       if (unknown.length > 0) {
         // Shared COW pages after fork look the same as zero pages until kpageflags says.
         lookupZeroPfns(unknown.slice());
         for (let k = 0; k < unknown.length; k++) {
-          if (knownZeroPfns.has(unknown[k] ?? -1)) {
-            const i = unknownIdx[k] ?? 0;
-            pageFlags[i] = (pageFlags[i] ?? 0) | PM_ZERO;
+          if (knownZeroPfns.has(unknown[k]!)) {
+            const i = unknownIdx[k]!;
+            pageFlags[i] = pageFlags[i]! | PM_ZERO;
           }
         }
       }
-      for (let i = 0; i < n; i++) {
-        const f = pageFlags[i] ?? 0;
+      for (let i = 0; i < n; ) {
+        const f = pageFlags[i]!;
+        let j = i + 1;
+        while (j < n && pageFlags[j] === f) j++;
         if (f === curFlags) {
-          runPages[runPages.length - 1] = (runPages[runPages.length - 1] ?? 0) + 1;
+          runPages[runPages.length - 1]! += j - i;
         } else {
           runStarts.push(chunkStart + i * PAGE_SIZE);
-          runPages.push(1);
+          runPages.push(j - i);
           runFlags.push(f);
           curFlags = f;
         }
+        i = j;
       }
       chunkStart += n * PAGE_SIZE;
     }

@@ -208,15 +208,17 @@ class Rebuilder {
         /* gone */
       }
     }
-    for (const p of this.created) {
-      for (const tid of p.tids) {
-        for (let i = 0; i < 4; i++) {
-          try {
-            const st = ptrace.waitStop(tid, 500);
-            if (st.kind === 'exited' || st.kind === 'killed') break;
-          } catch {
-            break;
-          }
+    // Reap our tracees' exits (a traced zombie cannot be reaped by its parent); a leader is
+    // reported only after its other threads: go round, within a bound.
+    const left = new Set(this.created.flatMap((p) => p.tids));
+    const deadline = performance.now() + 2_000;
+    while (left.size > 0 && performance.now() < deadline) {
+      for (const tid of [...left]) {
+        try {
+          const st = ptrace.waitStop(tid, 20);
+          if (st.kind === 'exited' || st.kind === 'killed') left.delete(tid);
+        } catch (err) {
+          if ((err as { code?: string }).code !== 'ETIMEDOUT') left.delete(tid);
         }
       }
     }

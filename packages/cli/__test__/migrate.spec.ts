@@ -1,0 +1,71 @@
+import test, { type ExecutionContext } from 'ava';
+import { join } from 'node:path';
+import { startWorkload, waitForLogLine, type WorkloadName } from '../../../tools/workloads/index.js';
+import { alive, copyImages, lazymigIn, readPidfile, setUp } from './migrate-helpers.js';
+
+/**
+ * Migrates a running workload with the four commands and returns what a user would look
+ * at: the workload's log before and after, and the restored pid.
+ */
+async function migrate(t: ExecutionContext, name: WorkloadName, args: string[], progress: RegExp) {
+  const env = await setUp(t);
+  const { hosts, work, port } = env;
+  const w = await startWorkload(name, args, { logDir: work });
+  t.teardown(() => w.kill());
+  await w.waitForLine(progress, 30_000);
+  const srcImages = join(work, 'src');
+  const dstImages = join(work, 'dst');
+
+  const dumper = env.track(
+    lazymigIn(hosts, hosts.src, ['dump', '--tree', String(w.pid), '--images-dir', srcImages, '--lazy-pages', '--address', hosts.src.address, '--port', String(port)]),
+  );
+  await dumper.waitForStderr(/page server listening/, 60_000);
+  const frozenAt = w.logSize();
+  await copyImages(srcImages, dstImages);
+
+  const daemon = env.track(lazymigIn(hosts, hosts.dst, ['lazy-pages', '--page-server', '--images-dir', dstImages]));
+  await daemon.waitForStderr(/waiting for restore/, 30_000);
+  const pidfile = join(work, 'restored.pid');
+  const restorer = env.track(lazymigIn(hosts, hosts.dst, ['restore', '--images-dir', dstImages, '--lazy-pages', '--restore-detached', '--pidfile', pidfile]));
+  t.is(await restorer.exited, 0, restorer.stderr());
+  const restoredPid = await readPidfile(pidfile);
+  env.trackPid(restoredPid);
+
+  t.is(await daemon.exited, 0, daemon.stderr());
+  t.is(await dumper.exited, 0, dumper.stderr());
+  t.regex(daemon.stderr(), /all \d+ lazy pages in/);
+  t.false(alive(w.pid), 'the source process is gone');
+  t.true(alive(restoredPid), 'the restored process runs');
+  return { w, restoredPid, frozenAt, daemon, dumper, env };
+}
+
+test('a memhog migrates: it verifies its whole memory on the destination and counts on', async (t) => {
+  const { w, frozenAt } = await migrate(t, 'memhog', ['64', '--interval-ms', '20'], /verify ok pass=3 /);
+  const before = /verify ok pass=(\d+) counter=(\d+)/.exec(w.readLog().slice(0, frozenAt).trim().split('\n').reverse().find((l) => l.startsWith('verify ok'))!)!;
+  // Two full passes after the migration: every page was read and checked against its pattern.
+  const after = await waitForLogLine(w.logPath, new RegExp(`verify ok pass=${Number(before[1]) + 2} `), 30_000);
+  t.truthy(after);
+  t.notRegex(w.readLog(), /verify FAILED/);
+});
+
+test('a multi-threaded workload migrates with every thread still working', async (t) => {
+  const { w, frozenAt } = await migrate(t, 'threads', ['3', '--interval-ms', '20'], /tick counter=3 /);
+  const counts = (line: string) => /counts=([\d,]+)/.exec(line)![1]!.split(',').map(Number);
+  const last = w.readLog().slice(0, frozenAt).trim().split('\n').reverse().find((l) => l.startsWith('tick'))!;
+  const c0 = counts(last);
+  const m = await waitForLogLine(w.logPath, /tick counter=\d+ counts=[\d,]+/, 30_000, { since: frozenAt });
+  await new Promise((r) => setTimeout(r, 200));
+  const lastNow = w.readLog().trim().split('\n').reverse().find((l) => l.startsWith('tick'))!;
+  const c1 = counts(lastNow);
+  t.truthy(m);
+  t.is(c1.length, c0.length);
+  for (let i = 0; i < c0.length; i++) t.true(c1[i]! > c0[i]!, `thread ${i} counts on (${c0[i]} -> ${c1[i]})`);
+});
+
+test('a parent and its child migrate together, the child still the parent\'s', async (t) => {
+  const { w, frozenAt, restoredPid, env } = await migrate(t, 'forker', ['--interval-ms', '20'], /child counter=3 /);
+  const line = await waitForLogLine(w.logPath, /child counter=\d+ pid=(\d+) ppid=(\d+)/, 30_000, { since: frozenAt });
+  env.trackPid(Number(line[1]));
+  t.is(Number(line[2]), restoredPid, "the child's getppid() is the restored parent");
+  await waitForLogLine(w.logPath, /parent counter=\d+/, 30_000, { since: frozenAt });
+});
