@@ -23,7 +23,7 @@ const flag = (name: string): string | undefined => {
 };
 const runs = Number(flag('--runs') ?? 1);
 const modes = (flag('--modes') ?? 'eager,lazy').split(',').map((m) => (m === 'eager' ? 'kill' : m)) as Array<'kill' | 'lazy'>;
-const sizes = args.filter((a, i) => !a.startsWith('--') && !args[i - 1]?.startsWith('--')).map(Number).filter((n) => n > 0);
+const sizes = args.filter((a, i) => !a.startsWith('--') && args[i - 1] !== '--runs' && args[i - 1] !== '--modes').map(Number).filter((n) => n > 0);
 const work = await mkdtemp(join(tmpdir(), 'lazymig-bench-dump-'));
 console.log('MiB    mode   dump ms  frozen ms  freeze ms  images');
 try {

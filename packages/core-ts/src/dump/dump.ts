@@ -18,12 +18,12 @@ import {
 } from '../image/index.js';
 import {
   RLIM_INFINITY, readAuxv, readComm, readCwd, readExe, readFds, readLimits, readPersonality, readRoot, readSmaps,
-  readStat, readStatus, readTree, type ProcessTree, type Refusal, type SmapsVma, type TreeProcess,
+  readStat, warmPagemapDecoder, readStatus, readTree, type ProcessTree, type Refusal, type SmapsVma, type TreeProcess,
 } from '../proc/index.js';
 import { askProcess } from './ask-process.js';
 import { dumpRefusals, toImageFd } from './fds.js';
 import { freezeTree, type FrozenTree } from './freeze.js';
-import { dumpMemory } from './memory.js';
+import { dumpMemory, startPagemapPreread, type PrereadPagemap } from './memory.js';
 import { arch, release } from 'node:os';
 
 /** The page server's auth token, written into the images dir: whoever has the images may fetch the pages. */
@@ -116,8 +116,17 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   // 1. Before touching anything.
   const before: ProcessTree = readTree(opts.pid);
   refuseIfAny(before.processes, readState);
+  warmPagemapDecoder();
   phases.lap('pre-check');
   const writer = await ImagesDirWriter.create(opts.imagesDir);
+  // The page server's token depends on nothing the freeze captures: written before it.
+  const token = mode === 'lazy' ? randomBytes(32).toString('hex') : null;
+  try {
+    if (token) await writer.writeExtraFile(TOKEN_FILE, token + '\n', 0o600);
+  } catch (err) {
+    await writer.abort();
+    throw err;
+  }
   phases.lap('pre-mkdir');
 
   // 2. Freeze, and look again: the tree may have changed since.
@@ -138,9 +147,15 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     const totals = { present: 0, lazy: 0, zero: 0 };
     let bytesWritten = 0;
     let injectedSyscalls = 0;
+    // smaps and pagemap both walk every page table (tens of ms each for GiBs): the pagemaps
+    // of big VMAs are read on the thread pool while this thread reads smaps.
+    const prereads = frozen.processes.map((p) => [p.pid, startPagemapPreread(p.pid)] as const);
     const states = new Map(frozen.processes.map((p) => [p.pid, readState(p.pid)]));
-    refuseIfAny(frozen.processes, (pid) => states.get(pid)!);
     phases.lap('smaps+fds');
+    const pagemaps = new Map<number, PrereadPagemap>();
+    for (const [pid, finish] of prereads) pagemaps.set(pid, await finish());
+    phases.lap('pagemap');
+    refuseIfAny(frozen.processes, (pid) => states.get(pid)!);
 
     for (const p of frozen.processes) {
       const { smaps, fds } = states.get(p.pid)!;
@@ -157,7 +172,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       phases.lap('regs');
       const pw = await writer.pages(p.pid, PAGE_SIZE);
       phases.lap('pages-open');
-      const mem = await dumpMemory(p.pid, smaps, pw, { lazy: mode === 'lazy', eagerAddresses }, (bytes) =>
+      const mem = await dumpMemory(p.pid, smaps, pw, { lazy: mode === 'lazy', eagerAddresses, pagemap: pagemaps.get(p.pid) }, (bytes) =>
         opts.onProgress?.({ phase: 'pages', pid: p.pid, bytes }),
       (name) => phases.lap(name));
       for (const k of ['present', 'lazy', 'zero'] as const) totals[k] += mem.pages[k];
@@ -212,9 +227,6 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     }
 
     // 5. Images, atomically.
-    const token = mode === 'lazy' ? randomBytes(32).toString('hex') : null;
-    if (token) await writer.writeExtraFile(TOKEN_FILE, token + '\n', 0o600);
-    phases.lap('token');
     const dumpMode: DumpMode = mode === 'lazy' ? 'leave-stopped' : mode;
     const images = await writer.commit({
       inventory: {

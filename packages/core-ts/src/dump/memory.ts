@@ -17,7 +17,7 @@ import {
   MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_LOCKED, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE,
   type PagemapEntry, type PagesWriter, type Vma, type VmaKind,
 } from '../image/index.js';
-import { PM_FILE, PM_PRESENT, PM_SWAPPED, PM_ZERO, PagemapReader, type SmapsVma } from '../proc/index.js';
+import { PM_FILE, PM_PRESENT, PM_SWAPPED, PM_ZERO, PagemapReader, readMaps, type PageRuns, type SmapsVma } from '../proc/index.js';
 
 const MADVISE_BITS: Record<string, number> = {
   MADV_DONTFORK,
@@ -82,6 +82,52 @@ export interface MemoryPlan {
   /** Pages the kernel touches during a lazy restore: dumped eagerly even in a lazy dump. */
   eagerAddresses: readonly number[];
   lazy: boolean;
+  /** Pagemap runs already read (see prereadPagemap), by VMA start; used when the VMA's end matches. */
+  pagemap?: PrereadPagemap;
+}
+
+export type PrereadPagemap = ReadonlyMap<number, { end: number; runs: PageRuns }>;
+
+/** VMAs at least this big have their pagemap read ahead on the thread pool (see startPagemapPreread). */
+const PREREAD_MIN_BYTES = 16 << 20;
+/** At most this much pagemap (8 bytes a page) is held in read-ahead buffers per process. */
+const PREREAD_MAX_ENTRY_BYTES = 256 << 20;
+
+/**
+ * Starts reading the pagemap of the big VMAs of frozen `pid` on the thread pool, with the
+ * layout from /proc/PID/maps (cheap: no page-table walk), so that the kernel's walk of them
+ * runs while this thread reads /proc/PID/smaps (which walks every page table too). Call the
+ * result to get the runs. dumpMemory uses them for each VMA whose bounds match smaps' and reads
+ * the others itself, so a mismatch or a failure here costs time, never correctness (errors give
+ * an empty map; dumpMemory then meets and reports them).
+ */
+export function startPagemapPreread(pid: number): () => Promise<PrereadPagemap> {
+  let reader: PagemapReader;
+  let vmas: Array<{ start: number; end: number }>;
+  try {
+    reader = new PagemapReader(pid);
+  } catch {
+    return () => Promise.resolve(new Map());
+  }
+  try {
+    vmas = readMaps(pid).filter((v) => v.kind !== 'vsyscall' && v.end - v.start >= PREREAD_MIN_BYTES);
+  } catch {
+    reader.close();
+    return () => Promise.resolve(new Map());
+  }
+  let budget = PREREAD_MAX_ENTRY_BYTES;
+  const pending: Array<Promise<[number, { end: number; runs: PageRuns }] | undefined>> = [];
+  for (const v of vmas) {
+    const entryBytes = ((v.end - v.start) / 4096) * 8;
+    if (entryBytes > budget) continue;
+    budget -= entryBytes;
+    pending.push(reader.readAsync(v.start, v.end).then(
+      (runs) => [v.start, { end: v.end, runs }] as [number, { end: number; runs: PageRuns }],
+      () => undefined,
+    ));
+  }
+  const all = Promise.all(pending).finally(() => reader.close());
+  return async () => new Map((await all).filter((e) => e !== undefined));
 }
 
 export interface MemoryDump {
@@ -190,7 +236,8 @@ export async function dumpMemory(
 
     for (const v of vmas) {
       if (v.kind === 'vsyscall') continue;
-      const runs = reader.read(v.start, v.end);
+      const pre = plan.pagemap?.get(v.start);
+      const runs = pre && pre.end === v.end ? pre.runs : reader.read(v.start, v.end);
       for (let i = 0; i < runs.count; i++) {
         const run = runs.run(i);
         const what = dispose(v, run.flags, plan.lazy);
@@ -223,12 +270,10 @@ export async function dumpMemory(
     lap('mem-pagemap');
   } finally {
     reader.close();
-    // Whatever happens, no write may still be using a buffer when we return. A failed write
-    // is the error unless something else failed first.
-    const results = await Promise.allSettled(inflight.filter((w): w is Promise<number> => w !== undefined));
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (ok && failed) throw failed.reason;
+    // On success the last writes are left to the pages writer (its close() waits for them
+    // and reports their errors; the buffers are ours alone, nothing reuses them), so they
+    // overlap with what the dump does next. On failure, wait: nothing may outlive the error.
+    if (!ok) await Promise.allSettled(inflight.filter((w): w is Promise<number> => w !== undefined));
   }
-  lap('mem-write-wait');
   return { vmas, entries, pages: counts, bytesWritten };
 }

@@ -171,12 +171,25 @@ export async function openPagesReader(images: LoadedImages, pid: number, opts: {
 
 /* ------------------------------------------------------------------ writing */
 
-async function writeDurable(path: string, data: Uint8Array, mode = 0o600): Promise<void> {
+/** Create `path` with `data`; not yet durable: see syncFile. */
+async function writeNew(path: string, data: Uint8Array, mode = 0o600): Promise<void> {
   let fh: FileHandle | undefined;
   try {
     fh = await open(path, 'wx', mode);
     let done = 0;
     while (done < data.length) done += (await fh.write(data, done, data.length - done, done)).bytesWritten;
+  } catch (err) {
+    throw asImageError(path, err);
+  } finally {
+    await fh?.close().catch(() => undefined);
+  }
+}
+
+/** fsync a file written earlier (through another fd: fsync flushes the inode, whichever fd). */
+async function syncFile(path: string): Promise<void> {
+  let fh: FileHandle | undefined;
+  try {
+    fh = await open(path, 'r');
     await fh.sync();
   } catch (err) {
     throw asImageError(path, err);
@@ -225,6 +238,8 @@ export interface ImagesDirWriterOptions {
  */
 export class ImagesDirWriter {
   private readonly writers = new Map<number, PagesWriter>();
+  /** Files written but not yet fsynced: commit syncs them all at once, before the rename. */
+  private readonly unsynced: string[] = [];
   private done = false;
 
   private constructor(
@@ -268,7 +283,9 @@ export class ImagesDirWriter {
     this.live();
     if (name !== basename(name) || name.startsWith('.') || name === FILE_NAMES.inventory || IMAGE_NAME.test(name))
       throw new ImageError(join(this.tmpDir, name), 'not a valid extra file name (reserved or not a plain name)', 'schema');
-    await writeDurable(join(this.tmpDir, name), typeof data === 'string' ? Buffer.from(data) : data, mode);
+    const path = join(this.tmpDir, name);
+    await writeNew(path, typeof data === 'string' ? Buffer.from(data) : data, mode);
+    this.unsynced.push(path);
   }
 
   /** Validate `images` against the pages written, write everything, and rename into place. */
@@ -290,11 +307,16 @@ export class ImagesDirWriter {
       lap('commit-validate');
       // 2. finish the pages files (empty ones for processes without pages)
       const pages = new Map<number, PagesFileInfo>();
-      for (const [pid, w] of this.writers) pages.set(pid, await w.close());
+      const toSync = [...this.unsynced];
+      for (const [pid, w] of this.writers) {
+        pages.set(pid, await w.close({ sync: false }));
+        toSync.push(w.path);
+      }
       for (const t of inventory.tree) {
         if (!pages.has(t.pid)) {
           const w = await PagesWriter.create(join(this.tmpDir, FILE_NAMES.pages(t.pid)), { pid: t.pid, pageSize: inventory.pageSize });
-          pages.set(t.pid, await w.close());
+          pages.set(t.pid, await w.close({ sync: false }));
+          toSync.push(w.path);
         }
       }
       lap('commit-pages-close');
@@ -302,15 +324,22 @@ export class ImagesDirWriter {
       checkSet(this.dir, set, pages);
       lap('commit-validate');
       // 3. write core and pagemap files, the inventory last
+      const writes: Array<[string, Uint8Array]> = [];
       for (const p of processes) {
-        await writeDurable(join(this.tmpDir, FILE_NAMES.core(p.pid)), encodeCore(p.core));
-        await writeDurable(join(this.tmpDir, FILE_NAMES.pagemap(p.pid)), encodePagemap(p.pagemap));
+        writes.push([join(this.tmpDir, FILE_NAMES.core(p.pid)), encodeCore(p.core)]);
+        writes.push([join(this.tmpDir, FILE_NAMES.pagemap(p.pid)), encodePagemap(p.pagemap)]);
       }
-      await writeDurable(join(this.tmpDir, FILE_NAMES.inventory), encodeInventory(inventory));
+      await settleAll(writes.map(([path, data]) => writeNew(path, data)));
+      const invPath = join(this.tmpDir, FILE_NAMES.inventory);
+      await writeNew(invPath, encodeInventory(inventory));
+      toSync.push(...writes.map(([path]) => path), invPath);
       lap('commit-write');
-      await fsyncDir(this.tmpDir);
-      lap('commit-fsync-dir');
-      // 4. rename into place
+      // 4. make everything durable before the rename: every file and the dir's entries, all
+      // at once (concurrent fsyncs on one filesystem share journal commits). The order of
+      // the files inside the dir does not matter: only the rename makes any of them visible.
+      await settleAll([...toSync.map(syncFile), fsyncDir(this.tmpDir)]);
+      lap('commit-fsync');
+      // 5. rename into place
       await this.install();
       lap('commit-rename');
       this.done = true;
@@ -355,6 +384,13 @@ export class ImagesDirWriter {
     for (const w of this.writers.values()) await w.abort().catch(() => undefined);
     await rm(this.tmpDir, { recursive: true, force: true });
   }
+}
+
+/** Promise.all that waits for every promise before rejecting (nothing may still run on abort). */
+async function settleAll(ps: Array<Promise<unknown>>): Promise<void> {
+  const rs = await Promise.allSettled(ps);
+  const failed = rs.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
 }
 
 export type PagesData = Uint8Array | Iterable<Uint8Array> | AsyncIterable<Uint8Array>;

@@ -162,8 +162,11 @@ export class PagesWriter {
     return { start, pages: data.length / this.pageSize, kind: 'present', offset };
   }
 
-  /** Write the CRC table and trailer, fsync and close. */
-  async close(): Promise<PagesFileInfo> {
+  /**
+   * Write the CRC table and trailer, fsync and close. With `sync: false` the fsync is left to
+   * the caller (ImagesDirWriter.commit syncs every file of the dir at once).
+   */
+  async close(opts: { sync?: boolean } = {}): Promise<PagesFileInfo> {
     if (this.state !== 'open') throw new ImageError(this.path, `pages writer is ${this.state}`, 'io');
     this.state = 'closed';
     try {
@@ -183,7 +186,7 @@ export class PagesWriter {
       trailer.writeUInt32LE(footerCrc, 12);
       const pos = (n + 1) * this.pageSize;
       await writeFully(this.fh, Buffer.concat([table, trailer]), pos);
-      await this.fh.sync();
+      if (opts.sync ?? true) await this.fh.sync();
       await this.fh.close();
       return { path: this.path, pid: this.pid, pageSize: this.pageSize, pageCount: n, size: pos + table.length + PAGES_TRAILER_SIZE, fileCrc };
     } catch (err) {

@@ -178,11 +178,92 @@ function lookupZeroPfns(pfns: number[]): void {
   }
 }
 
+const DEFAULT_CHUNK_PAGES = 1 << 18;
+
+/**
+ * Scratch buffers shared by every reader (reads are synchronous, so never used twice at
+ * once), kept across reads: allocating and faulting in megabytes per VMA cost more than
+ * reading most VMAs' pagemap.
+ */
+let scratchBuf: { pages: number; u32: Uint32Array; bytes: Uint8Array; pageFlags: Uint8Array; unknownIdx: Uint32Array } | undefined;
+function scratch(pages: number): NonNullable<typeof scratchBuf> {
+  if (!scratchBuf || scratchBuf.pages < pages) {
+    const ab = new ArrayBuffer(pages * 8);
+    scratchBuf = { pages, u32: new Uint32Array(ab), bytes: new Uint8Array(ab), pageFlags: new Uint8Array(pages), unknownIdx: new Uint32Array(pages) };
+  }
+  return scratchBuf;
+}
+
+/**
+ * Our flags for the first n entries of a pagemap buffer into pageFlags; pages that may be the
+ * zero page but are not known yet go to unknownIdx/unknown (their PFNs).
+ * Tight loops over typed arrays: a 1 GiB VMA is 262144 entries (see warmPagemapDecoder).
+ */
+function decodeFlags(u32: Uint32Array, n: number, detectZero: boolean, pageFlags: Uint8Array, unknownIdx: Uint32Array, unknown: number[]): void {
+  const zeroPfn = smallZeroPfn ?? -1;
+  for (let i = 0; i < n; i++) {
+    const hi = u32[2 * i + 1]!;
+    const f = FLAGS_OF_HI[hi >>> 23]!;
+    pageFlags[i] = f;
+    // The zero page is never "normal": no file bit, no exclusive bit.
+    if (detectZero && (f & (PM_PRESENT | PM_FILE | PM_EXCLUSIVE | PM_SWAPPED)) === PM_PRESENT) {
+      const pfn = u32[2 * i]! + (hi & PFN_HI_MASK) * 0x100000000;
+      if (pfn === zeroPfn || knownZeroPfns.has(pfn)) pageFlags[i] = f | PM_ZERO;
+      else if (pfn !== 0) {
+        unknownIdx[unknown.length] = i;
+        unknown.push(pfn);
+      }
+    }
+  }
+}
+
+/** Appends the runs of pageFlags[0, n) (page 0 at chunkStart) to the run columns; returns the last run's flags. */
+function appendRuns(pageFlags: Uint8Array, n: number, chunkStart: number, curFlags: number, runStarts: number[], runPages: number[], runFlags: number[]): number {
+  for (let i = 0; i < n; ) {
+    const f = pageFlags[i]!;
+    let j = i + 1;
+    while (j < n && pageFlags[j] === f) j++;
+    if (f === curFlags) {
+      runPages[runPages.length - 1]! += j - i;
+    } else {
+      runStarts.push(chunkStart + i * PAGE_SIZE);
+      runPages.push(j - i);
+      runFlags.push(f);
+      curFlags = f;
+    }
+    i = j;
+  }
+  return curFlags;
+}
+
+/**
+ * Runs the decoding loops once over a synthetic buffer, so that the JIT has compiled them
+ * before a dump needs them on a frozen process (run cold, 1 GiB of pagemap costs tens of ms
+ * more). Touches no process and no file. Cheap to call again.
+ */
+let warmed = false;
+export function warmPagemapDecoder(): void {
+  if (warmed) return;
+  warmed = true;
+  const n = 1 << 16;
+  scratch(DEFAULT_CHUNK_PAGES);
+  // Also allocates (and faults in) the shared scratch buffers a reader will use.
+  const { u32, pageFlags, unknownIdx } = scratch(n);
+  // present + exclusive pages (the common case), with a few flag changes so every branch runs
+  for (let i = 0; i < n; i++) {
+    u32[2 * i] = 0;
+    u32[2 * i + 1] = i % 4096 === 0 ? 0 : 0x81000000;
+  }
+  for (let k = 0; k < 3; k++) {
+    decodeFlags(u32, n, true, pageFlags, unknownIdx, []);
+    appendRuns(pageFlags, n, 0, -1, [], [], []);
+  }
+}
+
 /** Reads /proc/PID/pagemap for many ranges through one open fd. Close it when done. */
 export class PagemapReader {
   private fd: number | undefined;
   private readonly file: string;
-  private buf: ArrayBuffer;
   private readonly chunkPages: number;
   private readonly detectZero: boolean;
 
@@ -191,9 +272,8 @@ export class PagemapReader {
     opts: PagemapOptions = {},
   ) {
     this.file = `${procDir(pid)}/pagemap`;
-    this.chunkPages = Math.max(1, Math.min(opts.chunkPages ?? 1 << 18, 1 << 22));
+    this.chunkPages = Math.max(1, Math.min(opts.chunkPages ?? DEFAULT_CHUNK_PAGES, 1 << 22));
     this.detectZero = opts.detectZero ?? true;
-    this.buf = new ArrayBuffer(this.chunkPages * 8);
     try {
       this.fd = fs.openSync(this.file, 'r');
     } catch (e) {
@@ -207,29 +287,28 @@ export class PagemapReader {
     this.fd = undefined;
   }
 
-  /** Flags of every page in [start, end), as runs. start and end must be page aligned. */
-  read(start: number, end: number): PageRuns {
+  private checkRange(start: number, end: number): number {
     const { pid, file } = this;
     if (this.fd === undefined) throw new ProcError(`pid ${pid}: ${file}: reader is closed`, 'EINVAL', pid, file);
     if (start % PAGE_SIZE !== 0 || end % PAGE_SIZE !== 0 || end < start || end > USER_ADDR_LIMIT) {
       throw new ProcError(`pid ${pid}: ${file}: bad range 0x${start.toString(16)}-0x${end.toString(16)}`, 'EINVAL', pid, file);
     }
-    const runStarts: number[] = [];
-    const runPages: number[] = [];
-    const runFlags: number[] = [];
-    const u32 = new Uint32Array(this.buf);
-    const bytes = new Uint8Array(this.buf);
-    const pageFlags = new Uint8Array(this.chunkPages);
-    const unknownIdx = new Uint32Array(this.chunkPages);
-    let curFlags = -1;
+    return this.fd;
+  }
 
+  /** Flags of every page in [start, end), as runs. start and end must be page aligned. */
+  read(start: number, end: number): PageRuns {
+    const { pid, file } = this;
+    const fd = this.checkRange(start, end);
+    const runs = new RunsBuilder(this.detectZero);
+    const { u32, bytes } = scratch(Math.min(this.chunkPages, (end - start) / PAGE_SIZE));
     for (let chunkStart = start; chunkStart < end; ) {
       const n = Math.min(this.chunkPages, (end - chunkStart) / PAGE_SIZE);
       const want = n * 8;
       let got = 0;
       try {
         while (got < want) {
-          const r = fs.readSync(this.fd, bytes, got, want - got, (chunkStart / PAGE_SIZE) * 8 + got);
+          const r = fs.readSync(fd, bytes, got, want - got, (chunkStart / PAGE_SIZE) * 8 + got);
           if (r <= 0) break;
           got += r;
         }
@@ -237,53 +316,80 @@ export class PagemapReader {
         throw wrapFsError(pid, file, e);
       }
       if (got !== want) throw parseError(pid, file, `short read at 0x${chunkStart.toString(16)} (${got} of ${want} bytes)`);
-
-      const unknown: number[] = [];
-      const zeroPfn = smallZeroPfn ?? -1;
-      const detectZero = this.detectZero;
-      // Tight loops over typed arrays: a 1 GiB VMA is 262144 entries, usually run once per
-      // dump (cold code), so per-entry work is kept to a table lookup on the flag bits.
-      for (let i = 0; i < n; i++) {
-        const hi = u32[2 * i + 1]!;
-        const f = FLAGS_OF_HI[hi >>> 23]!;
-        pageFlags[i] = f;
-        // The zero page is never "normal": no file bit, no exclusive bit.
-        if (detectZero && (f & (PM_PRESENT | PM_FILE | PM_EXCLUSIVE | PM_SWAPPED)) === PM_PRESENT) {
-          const pfn = u32[2 * i]! + (hi & PFN_HI_MASK) * 0x100000000;
-          if (pfn === zeroPfn || knownZeroPfns.has(pfn)) pageFlags[i] = f | PM_ZERO;
-          else if (pfn !== 0) {
-            unknownIdx[unknown.length] = i;
-            unknown.push(pfn);
-          }
-        }
-      }
-      if (unknown.length > 0) {
-        // Shared COW pages after fork look the same as zero pages until kpageflags says.
-        lookupZeroPfns(unknown.slice());
-        for (let k = 0; k < unknown.length; k++) {
-          if (knownZeroPfns.has(unknown[k]!)) {
-            const i = unknownIdx[k]!;
-            pageFlags[i] = pageFlags[i]! | PM_ZERO;
-          }
-        }
-      }
-      for (let i = 0; i < n; ) {
-        const f = pageFlags[i]!;
-        let j = i + 1;
-        while (j < n && pageFlags[j] === f) j++;
-        if (f === curFlags) {
-          runPages[runPages.length - 1]! += j - i;
-        } else {
-          runStarts.push(chunkStart + i * PAGE_SIZE);
-          runPages.push(j - i);
-          runFlags.push(f);
-          curFlags = f;
-        }
-        i = j;
-      }
+      runs.add(chunkStart, u32, n);
       chunkStart += n * PAGE_SIZE;
     }
-    return new PageRuns(Float64Array.from(runStarts), Uint32Array.from(runPages), Uint8Array.from(runFlags));
+    return runs.finish();
+  }
+
+  /**
+   * `read` with the reads (one pread per chunk, all submitted at once) done on the thread
+   * pool, so the kernel's page-table walk runs while this thread does something else; the
+   * flags are decoded here once they are in. Holds (end - start) / 512 bytes meanwhile.
+   * Keep the reader open until it settles.
+   */
+  readAsync(start: number, end: number): Promise<PageRuns> {
+    const { pid, file } = this;
+    let fd: number;
+    try {
+      fd = this.checkRange(start, end);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const chunks: Array<Promise<{ chunkStart: number; u32: Uint32Array; n: number }>> = [];
+    for (let chunkStart = start; chunkStart < end; ) {
+      const n = Math.min(this.chunkPages, (end - chunkStart) / PAGE_SIZE);
+      const cs = chunkStart;
+      const ab = new ArrayBuffer(n * 8);
+      chunks.push(
+        new Promise((resolve, reject) => {
+          // A pagemap read returns everything asked for (or fails): no short reads to resume.
+          fs.read(fd, new Uint8Array(ab), 0, n * 8, (cs / PAGE_SIZE) * 8, (err, got) => {
+            if (err) reject(wrapFsError(pid, file, err));
+            else if (got !== n * 8) reject(parseError(pid, file, `short read at 0x${cs.toString(16)} (${got} of ${n * 8} bytes)`));
+            else resolve({ chunkStart: cs, u32: new Uint32Array(ab), n });
+          });
+        }),
+      );
+      chunkStart += n * PAGE_SIZE;
+    }
+    return Promise.all(chunks).then((done) => {
+      const runs = new RunsBuilder(this.detectZero);
+      for (const c of done) runs.add(c.chunkStart, c.u32, c.n);
+      return runs.finish();
+    });
+  }
+}
+
+/** Decodes consecutive chunks of pagemap entries into runs. */
+class RunsBuilder {
+  private readonly starts: number[] = [];
+  private readonly pages: number[] = [];
+  private readonly flags: number[] = [];
+  private cur = -1;
+
+  constructor(private readonly detectZero: boolean) {}
+
+  /** The n entries in u32 (two words each) describe the pages from chunkStart on. */
+  add(chunkStart: number, u32: Uint32Array, n: number): void {
+    const { pageFlags, unknownIdx } = scratch(n);
+    const unknown: number[] = [];
+    decodeFlags(u32, n, this.detectZero, pageFlags, unknownIdx, unknown);
+    if (unknown.length > 0) {
+      // Shared COW pages after fork look the same as zero pages until kpageflags says.
+      lookupZeroPfns(unknown.slice());
+      for (let k = 0; k < unknown.length; k++) {
+        if (knownZeroPfns.has(unknown[k]!)) {
+          const i = unknownIdx[k]!;
+          pageFlags[i] = pageFlags[i]! | PM_ZERO;
+        }
+      }
+    }
+    this.cur = appendRuns(pageFlags, n, chunkStart, this.cur, this.starts, this.pages, this.flags);
+  }
+
+  finish(): PageRuns {
+    return new PageRuns(Float64Array.from(this.starts), Uint32Array.from(this.pages), Uint8Array.from(this.flags));
   }
 }
 
