@@ -69,6 +69,7 @@ export const lazyPagesCommand: Command = {
       onProgress: (s) => progress.update(`lazy pages: ${s.pagesTotal - s.remaining}/${s.pagesTotal} in, ${s.faults} faults`),
     });
     const byPid = new Map(images.processes.map((p) => [p.pid, p]));
+    const guards: Array<() => void> = [];
     const control = serveControl(workDir, {
       onProcess: (pid, sourcePid, fd) => {
         const p = byPid.get(sourcePid);
@@ -80,6 +81,7 @@ export const lazyPagesCommand: Command = {
         log.info('every process was handed over', { processes: n });
         engine.seal();
       },
+      onGuard: (notify) => guards.push(notify),
     });
     log.info('waiting for restore', { socket: `${workDir}/lazy-pages.socket` });
     engine.start();
@@ -102,6 +104,7 @@ export const lazyPagesCommand: Command = {
     }
     try {
       const summary = await engine.done;
+      for (const notify of guards) notify();
       progress.done();
       if (values.json) process.stdout.write(JSON.stringify(summary) + '\n');
       else process.stderr.write(lazySummaryLine(summary) + '\n');

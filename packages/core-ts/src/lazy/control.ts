@@ -13,7 +13,10 @@ export type ControlMessage =
   | { type: 'process'; pid: number; sourcePid: number }
   | { type: 'all-sent'; processes: number }
   | { type: 'ack'; pid: number }
-  | { type: 'error'; reason: string };
+  | { type: 'error'; reason: string }
+  /** A guard watches the daemon: told 'complete' when every page is in. */
+  | { type: 'guard' }
+  | { type: 'complete' };
 
 export function controlSocketPath(workDir: string): string {
   return join(workDir, CONTROL_SOCKET);
@@ -69,6 +72,37 @@ export interface ControlHandlers {
   /** Must adopt `uffd` (or close it) and return; throwing refuses the process. */
   onProcess(pid: number, sourcePid: number, uffd: number): void;
   onAllSent(processes: number): void;
+  /** A guard connected; tell it `complete` through `notify` once every page is in. */
+  onGuard(notify: () => void): void;
+}
+
+/**
+ * The guard's end: blocks (it is a process of its own) until the daemon says every page is
+ * in — true — or goes away without saying so — false.
+ */
+export function watchDaemon(workDir: string, connectTimeoutMs = 5_000): boolean {
+  let fd: number;
+  try {
+    fd = unixSocket.connect(controlSocketPath(workDir), connectTimeoutMs);
+  } catch {
+    return false;
+  }
+  try {
+    unixSocket.send(fd, encode({ type: 'guard' }));
+    for (;;) {
+      let m;
+      try {
+        m = unixSocket.recv(fd, 4096, 60_000);
+      } catch (err) {
+        if ((err as { code?: string }).code === 'ETIMEDOUT') continue;
+        return false;
+      }
+      if (m === null) return false;
+      if (decode(m.payload).type === 'complete') return true;
+    }
+  } finally {
+    closeFd(fd);
+  }
 }
 
 /** The daemon's end. */
@@ -86,6 +120,15 @@ export function serveControl(workDir: string, h: ControlHandlers): UnixSocketSer
         reply = { type: 'ack', pid: m.pid };
       } else if (m.type === 'all-sent') {
         h.onAllSent(m.processes);
+      } else if (m.type === 'guard') {
+        const conn = msg.connFd;
+        h.onGuard(() => {
+          try {
+            unixSocket.send(conn, encode({ type: 'complete' }));
+          } catch {
+            /* the guard went away: nothing to tell */
+          }
+        });
       } else throw new Error(`unexpected ${m.type}`);
     } catch (err) {
       for (const fd of msg.fds) {

@@ -114,54 +114,82 @@ export interface FillProgress {
   totalBytes: number;
 }
 
-/**
- * Copies every present page from the pages file into the process: runs that are contiguous
- * in the file are read with one pread (each page checked against its CRC) and written with
- * one process_vm_writev of many ranges.
- */
-export function fillPages(pid: number, reader: PagesReader, entries: readonly PagemapEntry[], onProgress?: (p: FillProgress) => void): number {
-  const P = reader.pageSize;
-  const totalBytes = entries.reduce((n, e) => n + (e.kind === 'present' ? e.pages * P : 0), 0);
-  const buf = Buffer.allocUnsafe(FILL_BATCH_PAGES * P);
+interface Batch {
+  /** byte offset in the pages file */
+  offset: number;
+  pages: number;
+  /** [address, length, ...] in the target */
+  ranges: Float64Array;
+}
+
+/** Present entries cut into batches: contiguous in the file, at most FILL_BATCH_PAGES and MAX_IOVECS ranges. */
+function planBatches(entries: readonly PagemapEntry[], P: number): Batch[] {
+  const out: Batch[] = [];
   let ranges: number[] = [];
-  let batchOffset = -1;
-  let batchPages = 0;
-  let written = 0;
+  let offset = -1;
+  let pages = 0;
   const flush = (): void => {
-    if (batchPages === 0) return;
-    const view = buf.subarray(0, batchPages * P);
-    reader.readAtSync(batchOffset, batchPages, view);
-    try {
-      processVmWrite(pid, new Float64Array(ranges), view);
-    } catch (err) {
-      throw new RestoreError(`pid ${pid}: writing ${batchPages} pages at ${hex(ranges[0]!)}: ${(err as Error).message}`, 'process', { cause: err });
-    }
-    written += view.length;
-    onProgress?.({ bytes: written, totalBytes });
+    if (pages > 0) out.push({ offset, pages, ranges: new Float64Array(ranges) });
     ranges = [];
-    batchPages = 0;
-    batchOffset = -1;
+    pages = 0;
+    offset = -1;
   };
   for (const e of entries) {
     if (e.kind !== 'present') continue;
     for (let done = 0; done < e.pages; ) {
-      const room = FILL_BATCH_PAGES - batchPages;
       const fileOff = e.offset + done * P;
-      if (batchPages > 0 && (batchOffset + batchPages * P !== fileOff || ranges.length / 2 >= MAX_IOVECS || room === 0)) {
+      if (pages > 0 && (offset + pages * P !== fileOff || ranges.length / 2 >= MAX_IOVECS || pages === FILL_BATCH_PAGES)) {
         flush();
         continue;
       }
-      const n = Math.min(e.pages - done, FILL_BATCH_PAGES - batchPages);
-      if (batchPages === 0) batchOffset = fileOff;
+      const n = Math.min(e.pages - done, FILL_BATCH_PAGES - pages);
+      if (pages === 0) offset = fileOff;
       const addr = e.start + done * P;
       const last = ranges.length - 2;
       if (last >= 0 && ranges[last]! + ranges[last + 1]! === addr) ranges[last + 1] = ranges[last + 1]! + n * P;
       else ranges.push(addr, n * P);
-      batchPages += n;
+      pages += n;
       done += n;
     }
   }
   flush();
+  return out;
+}
+
+/**
+ * Copies every present page from the pages file into the process: runs that are contiguous
+ * in the file are read with one pread (on the thread pool, the next batch while this one is
+ * written; each page checked against its CRC) and written with one process_vm_writev of
+ * many ranges.
+ */
+export async function fillPages(pid: number, reader: PagesReader, entries: readonly PagemapEntry[], onProgress?: (p: FillProgress) => void): Promise<number> {
+  const P = reader.pageSize;
+  const batches = planBatches(entries, P);
+  const totalBytes = batches.reduce((n, b) => n + b.pages * P, 0);
+  const bufs = [Buffer.allocUnsafe(Math.min(FILL_BATCH_PAGES * P, totalBytes)), Buffer.allocUnsafe(batches.length > 1 ? FILL_BATCH_PAGES * P : 0)];
+  const read = (i: number): Promise<Buffer> => {
+    const b = batches[i]!;
+    return reader.readAt(b.offset, b.pages, bufs[i % 2]!.subarray(0, b.pages * P));
+  };
+  let written = 0;
+  let pending: Promise<Buffer> | null = batches.length > 0 ? read(0) : null;
+  try {
+    for (let i = 0; i < batches.length; i++) {
+      const data = await pending!;
+      pending = i + 1 < batches.length ? read(i + 1) : null;
+      const b = batches[i]!;
+      try {
+        processVmWrite(pid, b.ranges, data);
+      } catch (err) {
+        throw new RestoreError(`pid ${pid}: writing ${b.pages} pages at ${hex(b.ranges[0]!)}: ${(err as Error).message}`, 'process', { cause: err });
+      }
+      written += data.length;
+      onProgress?.({ bytes: written, totalBytes });
+    }
+  } finally {
+    // never leave a read running into a buffer (or a file) that is about to go away
+    await pending?.catch(() => undefined);
+  }
   return written / P;
 }
 

@@ -85,6 +85,8 @@ export interface RestoreResult {
   injectedSyscalls: number;
   /** from reading the images to the last detach */
   ms: number;
+  /** where the time went (ms): images, stub, fork, layout, pages, state, finish */
+  phaseMs: Record<string, number>;
   /** CPU the rebuild ran pinned on, null when not pinned */
   pinnedCpu: number | null;
   /** resolves when the restored root ends (its exit status or signal) */
@@ -121,6 +123,13 @@ function setCreds(remote: Remote, p: StubProcess): void {
 class Rebuilder {
   readonly created: StubProcess[] = [];
   readonly counts = { present: 0, lazy: 0, zero: 0 };
+  readonly phaseMs: Record<string, number> = {};
+  last = performance.now();
+  lap(name: string): void {
+    const now = performance.now();
+    this.phaseMs[name] = (this.phaseMs[name] ?? 0) + (now - this.last);
+    this.last = now;
+  }
   constructor(
     readonly images: LoadedImages,
     readonly opts: RestoreOptions,
@@ -143,13 +152,15 @@ class Rebuilder {
     const stubMaps = unmapStub(leader, areaRange);
     moveSpecialMappings(leader, stubMaps, core.vmas, [areaRange, ...core.vmas]);
     const { widened } = mapVmas(leader, core.vmas, entries, P);
+    this.lap('layout');
     const reader = await openPagesReader(this.images, p.image.pid, { verifyReads: this.opts.verifyPages ?? true });
     try {
-      this.counts.present += fillPages(p.pid, reader, entries, (f) => this.opts.onProgress?.({ phase: 'pages', pid: p.pid, ...f }));
+      this.counts.present += await fillPages(p.pid, reader, entries, (f) => this.opts.onProgress?.({ phase: 'pages', pid: p.pid, ...f }));
     } finally {
       await reader.close();
     }
     for (const e of entries) if (e.kind !== 'present') this.counts[e.kind] += e.pages;
+    this.lap('pages');
     finishVmas(leader, core.vmas, widened, (m) => this.warn(m));
 
     // mm, then threads (they inherit comm), then what the process shares.
@@ -180,6 +191,7 @@ class Rebuilder {
       }
     }
     setCreds(leader, p);
+    this.lap('state');
     this.opts.onProgress?.({ phase: 'rebuilt', pid: p.image.pid, restoredPid: p.pid });
   }
 
@@ -244,21 +256,27 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let stub: StartedStub | undefined;
   let rb: Rebuilder | undefined;
   try {
+    const tStub = performance.now();
     stub = await startStub();
     // A hole for the control area in the stub's layout and every dumped one.
     const taken: Range[] = readMaps(stub.pid).filter((v) => v.kind !== 'vsyscall');
     for (const p of images.processes) taken.push(...p.core.vmas.filter((v) => v.kind !== 'vsyscall'));
     const area = controlArea(findHole(taken, CONTROL_SIZE));
     rb = new Rebuilder(images, opts, area, pin);
+    rb.phaseMs['images'] = tStub - t0;
+    rb.last = tStub;
+    rb.lap('stub');
     const rootImage = images.processes[0]!;
     const root = prepareRoot(stub.pid, rootImage, area, !(opts.shellJob ?? false));
     rb.created.push(root);
     for (const p of images.processes) checkXstate(stub.pid, p.core.threads, p.pid);
     const rbx = rb;
     const all = forkTree(images, root, area, (p) => rbx.created.push(p));
+    rb.lap('fork');
     for (const p of all) await rb.rebuild(p);
     // Everything is in place: let go, children first (a parent may wait for them at once).
     for (const p of [...all].reverse()) rb.finish(p);
+    rb.lap('finish');
   } catch (err) {
     rb?.killAll();
     if (!rb && stub) {
@@ -282,6 +300,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     pages: { ...rb.counts },
     injectedSyscalls: injectionStats.calls - callsBefore,
     ms: performance.now() - t0,
+    phaseMs: rb.phaseMs,
     pinnedCpu: pin.cpu,
     exited: s.exited,
     detach: () => s.release(),
