@@ -68,6 +68,16 @@ export const lazyPagesCommand: Command = {
       log,
       onProgress: (s) => progress.update(`lazy pages: ${s.pagesTotal - s.remaining}/${s.pagesTotal} in, ${s.faults} faults`),
     });
+    const killAll = (why: string): void => {
+      for (const pid of engine.pids) {
+        log.error('killing restored process: its memory cannot arrive', { pid, why });
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
+    };
     const byPid = new Map(images.processes.map((p) => [p.pid, p]));
     const guards: Array<() => void> = [];
     const control = serveControl(workDir, {
@@ -82,20 +92,15 @@ export const lazyPagesCommand: Command = {
         engine.seal();
       },
       onGuard: (notify) => guards.push(notify),
+      onAbandoned: (n) => {
+        const err = new Error(`restore went away after handing over ${n} process(es) but before it finished`);
+        killAll(err.message);
+        void engine.abort(err);
+      },
     });
     log.info('waiting for restore', { socket: `${workDir}/lazy-pages.socket` });
     engine.start();
 
-    const killAll = (why: string): void => {
-      for (const pid of engine.pids) {
-        log.error('killing restored process: its memory cannot arrive', { pid, why });
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          /* gone */
-        }
-      }
-    };
     if (lost) {
       void lost.then(async (err) => {
         killAll(err.message);

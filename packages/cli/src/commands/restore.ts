@@ -1,5 +1,9 @@
 import { writeFileSync } from 'node:fs';
-import { restore, type RestoreResult } from '@lazymig/core-ts';
+import { spawn } from 'node:child_process';
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { attachUserfaultfd, ControlClient, restore, type LazyHook, type RestoreResult } from '@lazymig/core-ts';
+import { closeFd } from '@lazymig/uffd-rs';
 import { PAGE_SIZE } from '@lazymig/uffd-rs';
 import type { Command } from '../command.js';
 import { mib, plural, Progress } from '../ui/progress.js';
@@ -36,22 +40,29 @@ export const restoreCommand: Command = {
   },
   async run({ values }) {
     if (typeof values['images-dir'] !== 'string') throw new UsageError('--images-dir <dir> is required');
-    if (values['lazy-pages']) throw new Error('--lazy-pages needs the lazy-pages daemon, which this build does not have yet');
     if (values['work-dir'] !== undefined && !values['lazy-pages']) throw new UsageError('--work-dir goes with --lazy-pages');
     const detached = values['restore-detached'] === true;
+    const lazy = values['lazy-pages'] === true ? new LazyHandover(resolve(typeof values['work-dir'] === 'string' ? values['work-dir'] : values['images-dir'])) : null;
 
     const progress = new Progress();
     let total = 0;
-    const result = await restore({
-      imagesDir: values['images-dir'],
-      shellJob: values['shell-job'] === true,
-      onProgress: (p) => {
-        if (p.phase === 'checked') total = p.presentPages * PAGE_SIZE;
-        else if (p.phase === 'pages' && total >= 64 << 20)
-          progress.update(`pid ${p.pid}: ${mib(p.bytes)} of ${mib(p.totalBytes)} written`);
-      },
-      onWarning: (m) => process.stderr.write(`lazymig restore: warning: ${m}\n`),
-    });
+    let result: RestoreResult;
+    try {
+      result = await restore({
+        imagesDir: values['images-dir'],
+        shellJob: values['shell-job'] === true,
+        onProgress: (p) => {
+          if (p.phase === 'checked') total = p.presentPages * PAGE_SIZE;
+          else if (p.phase === 'pages' && total >= 64 << 20)
+            progress.update(`pid ${p.pid}: ${mib(p.bytes)} of ${mib(p.totalBytes)} written`);
+        },
+        onWarning: (m) => process.stderr.write(`lazymig restore: warning: ${m}\n`),
+        ...(lazy ? { lazy: lazy.hook } : {}),
+      });
+      lazy?.finish(result);
+    } finally {
+      lazy?.close();
+    }
     progress.done();
     if (typeof values.pidfile === 'string') writeFileSync(values.pidfile, `${result.rootPid}\n`);
     process.stderr.write(restoreSummary(result) + '\n');
@@ -69,3 +80,44 @@ export const restoreCommand: Command = {
     return EXIT.failed;
   },
 };
+
+const LAZYMIG = fileURLToPath(new URL('../../bin/lazymig', import.meta.url));
+
+/**
+ * Hands each process's userfaultfd to the lazy-pages daemon before the process resumes,
+ * then leaves a guard holding copies of them: if the daemon dies before every page is in,
+ * the guard kills the processes rather than let their missing pages read as zeros.
+ */
+class LazyHandover {
+  readonly #client: ControlClient;
+  readonly #uffds: number[] = [];
+  readonly #pids: number[] = [];
+
+  constructor(readonly workDir: string) {
+    this.#client = ControlClient.connect(workDir);
+  }
+
+  readonly hook: LazyHook = (t) => {
+    const fd = attachUserfaultfd(t.process, t.vmas);
+    this.#uffds.push(fd);
+    this.#pids.push(t.pid);
+    this.#client.sendProcess(t.pid, t.dumpedPid, fd);
+  };
+
+  /** Every process runs: tell the daemon, and hand our uffd copies to the guard. */
+  finish(_r: RestoreResult): void {
+    this.#client.allSent(this.#pids.length);
+    if (this.#pids.length > 0) {
+      const guard = spawn(process.execPath, [LAZYMIG, 'lazy-guard', '--work-dir', this.workDir, '--pids', this.#pids.join(',')], {
+        detached: true,
+        stdio: ['ignore', 'ignore', 'inherit', ...this.#uffds],
+      });
+      guard.unref();
+    }
+  }
+
+  close(): void {
+    for (const fd of this.#uffds.splice(0)) closeFd(fd);
+    this.#client.close();
+  }
+}

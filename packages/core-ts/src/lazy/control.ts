@@ -74,6 +74,8 @@ export interface ControlHandlers {
   onAllSent(processes: number): void;
   /** A guard connected; tell it `complete` through `notify` once every page is in. */
   onGuard(notify: () => void): void;
+  /** A restore handed over processes, then went away without saying that it was done. */
+  onAbandoned(processes: number): void;
 }
 
 /**
@@ -107,8 +109,15 @@ export function watchDaemon(workDir: string, connectTimeoutMs = 5_000): boolean 
 
 /** The daemon's end. */
 export function serveControl(workDir: string, h: ControlHandlers): UnixSocketServer {
+  // Processes handed over per restore connection, until it says all-sent.
+  const unfinished = new Map<number, number>();
   return new UnixSocketServer(controlSocketPath(workDir), (msg) => {
-    if ('closed' in msg) return;
+    if ('closed' in msg) {
+      const n = unfinished.get(msg.connFd);
+      unfinished.delete(msg.connFd);
+      if (n !== undefined) h.onAbandoned(n);
+      return;
+    }
     let reply: ControlMessage | null = null;
     try {
       const m = decode(msg.payload);
@@ -117,8 +126,10 @@ export function serveControl(workDir: string, h: ControlHandlers): UnixSocketSer
         for (const extra of msg.fds.slice(1)) closeFd(extra);
         if (fd === undefined) throw new Error(`no userfaultfd came with pid ${m.pid}`);
         h.onProcess(m.pid, m.sourcePid, fd);
+        unfinished.set(msg.connFd, (unfinished.get(msg.connFd) ?? 0) + 1);
         reply = { type: 'ack', pid: m.pid };
       } else if (m.type === 'all-sent') {
+        unfinished.delete(msg.connFd);
         h.onAllSent(m.processes);
       } else if (m.type === 'guard') {
         const conn = msg.connFd;

@@ -2,7 +2,7 @@ export type { PageSource, PageReader, Priority } from './page-source.js';
 export { FrozenProcessReader, ImagesReader } from './readers.js';
 export { LazyPagesEngine, type LazyTarget, type LazyEngineOptions, type LazyStats, type LazySummary } from './engine.js';
 export { PageSpace } from './page-space.js';
-export { lazyRanges, vmasToRegister, lazyCapable, type LazyPlanRange } from './plan.js';
+export { lazyRanges, vmasToRegister, lazyCapable, entriesForLazyRestore, type LazyPlanRange } from './plan.js';
 export { attachUserfaultfd, AttachError, UFFD_EVENTS, type RemoteProcess } from './attach.js';
 export { ImagesPageSource } from './local-source.js';
 export { ControlClient, serveControl, watchDaemon, controlSocketPath, CONTROL_SOCKET, type ControlMessage, type ControlHandlers } from './control.js';

@@ -43,3 +43,14 @@ export function vmasToRegister(inv: Inventory, p: ProcessImage): Vma[] {
     (v) => lazyCapable(v) && ranges.some((r) => r.start < v.end && r.start + r.pages * inv.pageSize > v.start),
   );
 }
+
+/**
+ * The pagemap as a lazy restore must treat it: pages the daemon serves from the images
+ * become 'lazy' (restore leaves them empty and registers them), the rest is unchanged.
+ */
+export function entriesForLazyRestore(inv: Inventory, p: ProcessImage): PagemapEntry[] {
+  if (inv.lazy) return p.pagemap.entries;
+  return p.pagemap.entries.map((e) =>
+    e.kind === 'present' && inLazyVma(p.core.vmas, e, inv.pageSize) ? { start: e.start, pages: e.pages, kind: 'lazy' as const } : e,
+  );
+}

@@ -10,6 +10,7 @@
  *     (the leader unmaps the control area as its last syscall and is detached at its exit).
  * Any failure before step 4 kills whatever was created.
  */
+import { entriesForLazyRestore } from '../lazy/plan.js';
 import { processVmWrite, ptrace } from '@lazymig/uffd-rs';
 import { openPagesReader, readImages, type LoadedImages, type PagemapEntry, type Vma } from '../image/index.js';
 import { readMaps } from '../proc/index.js';
@@ -143,7 +144,8 @@ class Rebuilder {
 
   async rebuild(p: StubProcess): Promise<void> {
     const core = p.image.core;
-    const entries = p.image.pagemap.entries;
+    // A lazy restore of eager images leaves their anonymous pages to the daemon too.
+    const entries = this.opts.lazy ? entriesForLazyRestore(this.images.inventory, p.image) : p.image.pagemap.entries;
     const P = this.images.inventory.pageSize;
     const leader = p.leader;
     const areaRange = { start: this.area.addr, end: this.area.addr + this.area.size };
