@@ -229,6 +229,8 @@ export class PageClient implements PageSource {
       const timer = setTimeout(() => reject(new PageServerError('page server did not confirm completion')), 10_000);
       lane.onBye = () => {
         clearTimeout(timer);
+        // The server closes both connections next: that is the end, not a loss.
+        for (const l of Object.values(this.#lanes)) l.close();
         resolve();
       };
       if (!lane.ws) return reject(new PageServerError('page server connection is down'));

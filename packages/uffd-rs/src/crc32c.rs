@@ -95,7 +95,7 @@ mod hw {
     /// The CPU must support SSE4.2; `a`, `b`, `c` have the same length, a multiple of 8.
     #[target_feature(enable = "sse4.2")]
     pub unsafe fn raw3(ca: u32, a: &[u8], cb: u32, b: &[u8], cc: u32, c: &[u8]) -> (u32, u32, u32) {
-        debug_assert!(a.len() == b.len() && b.len() == c.len() && a.len() % 8 == 0);
+        debug_assert!(a.len() == b.len() && b.len() == c.len() && a.len().is_multiple_of(8));
         let (mut x, mut y, mut z) = (ca as u64, cb as u64, cc as u64);
         for ((qa, qb), qc) in a.chunks_exact(8).zip(b.chunks_exact(8)).zip(c.chunks_exact(8)) {
             x = _mm_crc32_u64(x, u64::from_le_bytes(qa.try_into().unwrap()));
