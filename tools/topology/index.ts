@@ -26,6 +26,8 @@ export interface TwoHosts {
   spawnIn(host: Host, argv: string[], opts?: SpawnOptions): ChildProcess;
   /** Runs a program inside a host's namespace to completion, returning stdout. */
   execIn(host: Host, argv: string[]): Promise<string>;
+  /** Takes the link between the hosts down (true) or up again (false): a network partition. */
+  partition(down: boolean): Promise<void>;
   /** Deletes both namespaces (and with them the veth pair). Idempotent. */
   destroy(): Promise<void>;
 }
@@ -104,6 +106,9 @@ export async function createTwoHosts(): Promise<TwoHosts> {
     dst,
     spawnIn: (host, argv, opts = {}) => spawn('ip', ['netns', 'exec', host.ns, ...argv], opts),
     execIn: async (host, argv) => (await run('ip', ['netns', 'exec', host.ns, ...argv], { timeout: 30_000 })).stdout,
+    partition: async (down) => {
+      await ip('-n', src.ns, 'link', 'set', vethA, down ? 'down' : 'up');
+    },
     destroy,
   };
 }

@@ -4,6 +4,7 @@
  * between.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { cp, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -89,10 +90,11 @@ export async function copyImages(from: string, to: string): Promise<void> {
   await cp(from, to, { recursive: true });
 }
 
+/** True while pid runs (a zombie waiting to be reaped does not count). */
 export function alive(pid: number): boolean {
   try {
-    process.kill(pid, 0);
-    return true;
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return !/^\d+ \(.*\) [ZX] /s.test(stat);
   } catch {
     return false;
   }

@@ -4,10 +4,15 @@
  * socket buffer behind background data. Requests are pipelined; replies come in any order.
  * A dropped connection is reopened and its outstanding requests sent again, for a bounded
  * time; after that every request fails and `lost` resolves with the cause.
+ *
+ * Replies are received by FrameSocket straight into reused buffers: the page data a fetch
+ * resolves with belongs to the client's pool, and the caller hands it back with release()
+ * once it has installed it (a caller that never does just costs fresh allocations).
  */
-import WebSocket from 'ws';
 import { silentLogger, type Logger, type PageSource, type Priority } from '@lazymig/core-ts';
+import { BufferPool } from './buffer-pool.js';
 import { decodeServer, encodeClient, PROTOCOL_VERSION, type ServerMessage } from './protocol/messages.js';
+import { FrameSocket } from './ws-client.js';
 
 export interface PageClientOptions {
   address: string;
@@ -16,6 +21,8 @@ export interface PageClientOptions {
   log?: Logger;
   /** How long to keep trying to (re)connect before giving up. Default 10 s. */
   retryForMs?: number;
+  /** Page size of the dump (checks reply lengths). Default 4096. */
+  pageSize?: number;
 }
 
 export class PageServerError extends Error {
@@ -26,14 +33,20 @@ interface Pending {
   pid: number;
   address: number;
   pages: number;
+  /** Expected data length (pages × page size). */
+  bytes: number;
   resolve: (data: Uint8Array) => void;
   reject: (err: Error) => void;
 }
 
+const HEARTBEAT_MS = 500;
+/** Silence after which a connection counts as dead (a busy server still answers pings). */
+const SILENCE_MS = 3_000;
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 class Lane {
-  ws: WebSocket | null = null;
+  ws: FrameSocket | null = null;
   readonly pending = new Map<number, Pending>();
   #reconnecting: Promise<void> | null = null;
   #closed = false;
@@ -44,42 +57,47 @@ class Lane {
     private readonly opts: PageClientOptions,
     private readonly log: Logger,
     private readonly fail: (err: Error) => void,
+    private readonly pool: BufferPool,
   ) {}
 
   /** Opens the connection and completes the hello; rejects with the server's reason on refusal. */
   async open(): Promise<void> {
     const { address, port, token } = this.opts;
-    const host = address.includes(':') ? `[${address}]` : address;
-    const ws = new WebSocket(`ws://${host}:${port}/`, { perMessageDeflate: false, maxPayload: 64 << 20, handshakeTimeout: 5_000 });
-    ws.binaryType = 'nodebuffer';
+    let ws: FrameSocket;
+    try {
+      ws = await FrameSocket.connect({ host: address, port, maxPayload: 64 << 20, handshakeTimeoutMs: 5_000, pool: this.pool });
+    } catch (err) {
+      throw new PageServerError(`page server ${address}:${port}: ${(err as Error).message}`);
+    }
     await new Promise<void>((resolve, reject) => {
-      const onError = (err: Error): void => reject(new PageServerError(`page server ${address}:${port}: ${err.message}`));
-      ws.once('error', onError);
-      ws.once('close', () => reject(new PageServerError(`page server ${address}:${port} closed the connection`)));
-      ws.once('open', () => ws.send(encodeClient({ type: 'hello', version: PROTOCOL_VERSION, token })));
-      ws.once('message', (data: Buffer) => {
-        ws.off('error', onError);
-        ws.removeAllListeners('close');
+      ws.onClose = () => reject(new PageServerError(`page server ${address}:${port} closed the connection`));
+      ws.onMessage = (data: Buffer) => {
         let m: ServerMessage;
         try {
           m = decodeServer(data);
         } catch (err) {
           return reject(err as Error);
+        } finally {
+          this.pool.release(data);
         }
         if (m.type === 'welcome') return resolve();
         if (m.type === 'reject') return reject(new PageServerError(`page server ${address}:${port} refused us: ${m.reason}`));
         reject(new PageServerError(`page server ${address}:${port}: unexpected ${m.type} before welcome`));
-      });
+      };
+      ws.send(encodeClient({ type: 'hello', version: PROTOCOL_VERSION, token }));
     }).catch((err) => {
+      ws.onClose = () => undefined;
       ws.terminate();
       throw err;
     });
-    ws.on('message', (data: Buffer) => this.#onMessage(data));
-    ws.on('error', (err) => this.log.warn('connection error', { lane: this.name, error: err.message }));
-    ws.on('close', () => {
+    ws.onMessage = (data) => this.#onMessage(data);
+    ws.onClose = (err) => {
+      if (err && !/closed by the server \(1000|connection closed|terminated/.test(err.message)) {
+        this.log.warn('connection error', { lane: this.name, error: err.message });
+      }
       if (this.ws === ws) this.ws = null;
       if (!this.#closed) void this.reconnect();
-    });
+    };
     this.ws = ws;
   }
 
@@ -88,16 +106,20 @@ class Lane {
     try {
       m = decodeServer(data);
     } catch (err) {
+      this.pool.release(data);
       this.log.error('bad frame from page server', { lane: this.name, error: (err as Error).message });
       this.ws?.terminate();
       return;
     }
+    // Only a matching pages reply keeps the buffer (its data is a view into it).
+    if (m.type !== 'pages') this.pool.release(data);
     switch (m.type) {
       case 'pages': {
         const p = this.pending.get(m.id);
-        if (!p) return;
+        if (!p) return this.pool.release(data);
         this.pending.delete(m.id);
-        if (m.pid !== p.pid || m.address !== p.address || m.pages !== p.pages) {
+        if (m.pid !== p.pid || m.address !== p.address || m.pages !== p.pages || m.data.length !== p.bytes) {
+          this.pool.release(data);
           p.reject(new PageServerError(`reply ${m.id} does not match its request`));
           return;
         }
@@ -156,6 +178,8 @@ class Lane {
 
   close(): void {
     this.#closed = true;
+    if (this.#heartbeat) clearInterval(this.#heartbeat);
+    this.#heartbeat = null;
     this.ws?.close();
     this.ws = null;
   }
@@ -169,6 +193,8 @@ class Lane {
 export class PageClient implements PageSource {
   readonly stats = { requests: 0, pagesReceived: 0, bytesReceived: 0 };
   readonly #lanes: Record<Priority, Lane>;
+  readonly #pool = new BufferPool();
+  readonly #pageSize: number;
   #nextId = 1;
   #failure: Error | null = null;
   #onLost!: (err: Error) => void;
@@ -177,6 +203,7 @@ export class PageClient implements PageSource {
 
   private constructor(opts: PageClientOptions) {
     const log = opts.log ?? silentLogger;
+    this.#pageSize = opts.pageSize ?? 4096;
     this.lost = new Promise((r) => (this.#onLost = r));
     const fail = (err: Error): void => {
       if (this.#failure) return;
@@ -188,7 +215,10 @@ export class PageClient implements PageSource {
       }
       this.#onLost(err);
     };
-    this.#lanes = { fault: new Lane('fault', opts, log, fail), background: new Lane('background', opts, log, fail) };
+    this.#lanes = {
+      fault: new Lane('fault', opts, log, fail, this.#pool),
+      background: new Lane('background', opts, log, fail, this.#pool),
+    };
   }
 
   static async connect(opts: PageClientOptions): Promise<PageClient> {
@@ -212,6 +242,7 @@ export class PageClient implements PageSource {
         pid,
         address,
         pages,
+        bytes: pages * this.#pageSize,
         resolve: (data) => {
           this.stats.pagesReceived += pages;
           this.stats.bytesReceived += data.length;
@@ -220,6 +251,11 @@ export class PageClient implements PageSource {
         reject,
       });
     });
+  }
+
+  /** Gives back the data of a fetch once it is no longer used: its buffer is reused. */
+  release(data: Uint8Array): void {
+    this.#pool.release(data);
   }
 
   async complete(): Promise<void> {

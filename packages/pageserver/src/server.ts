@@ -13,14 +13,23 @@ import type { AddressInfo } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { silentLogger, type Logger, type PageReader } from '@lazymig/core-ts';
 import {
-  allocPagesFrame, decodeClient, encodeServer, ProtocolError, PROTOCOL_VERSION, type ClientMessage,
+  decodeClient, encodeServer, PAGES_HEADER_SIZE, ProtocolError, PROTOCOL_VERSION, writePagesHeader, type ClientMessage,
 } from './protocol/messages.js';
 import type { LazyRanges } from './protocol/lazy-ranges.js';
+import { BufferPool } from './buffer-pool.js';
+
+type Request = Extract<ClientMessage, { type: 'request' }>;
 
 /** Largest request served, in pages (a bigger one is refused): bounds a reply's memory. */
 export const MAX_REQUEST_PAGES = 4096;
 /** Time a connection has to say hello. */
 const HELLO_TIMEOUT_MS = 5_000;
+/**
+ * Background replies already handed to a connection's socket (queued in Node or the
+ * kernel) above which its queued background requests wait: reading further ahead only
+ * holds memory and the JS thread, and a fault request must find the thread free.
+ */
+const BACKGROUND_AHEAD_BYTES = 8 << 20;
 
 export interface PageServerOptions {
   address: string;
@@ -52,6 +61,10 @@ export class PageServer {
   readonly #wss: WebSocketServer;
   readonly #token: Buffer;
   #completed = false;
+  readonly #pool = new BufferPool();
+  /** Background requests not yet read, in arrival order, with their connection. */
+  readonly #background: Array<{ ws: WebSocket; m: Request }> = [];
+  #drainScheduled = false;
   #resolveDone!: () => void;
   /** Resolves once the destination has confirmed it holds every page and onComplete ran. */
   readonly done: Promise<void>;
@@ -123,14 +136,45 @@ export class PageServer {
         case 'hello':
           return refuse('hello sent twice');
         case 'request':
-          return this.#serve(ws, msg);
+          // A fault is read and sent at once; background work waits its turn in a queue
+          // served one request per event-loop turn, so a fault request that arrives
+          // meanwhile is never behind more than one background read.
+          if (msg.priority === 'fault') return this.#serve(ws, msg);
+          this.#background.push({ ws, m: msg });
+          return this.#scheduleDrain();
         case 'complete':
           return void this.#complete(ws, peer);
       }
     });
   }
 
-  #serve(ws: WebSocket, m: Extract<ClientMessage, { type: 'request' }>): void {
+  #scheduleDrain(): void {
+    if (this.#drainScheduled || this.#background.length === 0) return;
+    this.#drainScheduled = true;
+    setImmediate(() => {
+      this.#drainScheduled = false;
+      this.#drainOne();
+    });
+  }
+
+  /** Serves the first queued background request whose connection is not too far ahead. */
+  #drainOne(): void {
+    const q = this.#background;
+    for (let i = 0; i < q.length; i++) {
+      const { ws, m } = q[i]!;
+      if (ws.readyState !== ws.OPEN) {
+        q.splice(i--, 1);
+        continue;
+      }
+      if (ws.bufferedAmount > BACKGROUND_AHEAD_BYTES) continue; // its send callback drains again
+      q.splice(i, 1);
+      this.#serve(ws, m);
+      break;
+    }
+    this.#scheduleDrain();
+  }
+
+  #serve(ws: WebSocket, m: Request): void {
     this.stats.requests++;
     const { pid, address, pages, id } = m;
     if (pages > MAX_REQUEST_PAGES || !this.#opts.ranges.contains(pid, address, pages)) {
@@ -140,16 +184,23 @@ export class PageServer {
       return;
     }
     const bytes = pages * this.#opts.pageSize;
-    const { frame, data } = allocPagesFrame(id, pid, address, pages, bytes);
+    const frame = this.#pool.acquire(PAGES_HEADER_SIZE + bytes);
+    writePagesHeader(frame, id, pid, address, pages, bytes);
     try {
-      this.#opts.reader.readInto(pid, address, data);
+      this.#opts.reader.readInto(pid, address, frame.subarray(PAGES_HEADER_SIZE));
     } catch (err) {
+      this.#pool.release(frame);
       const reason = `reading pid ${pid} at 0x${address.toString(16)}: ${(err as Error).message}`;
       this.#log.error('read failed', { pid, address: `0x${address.toString(16)}`, error: (err as Error).message });
       ws.send(encodeServer({ type: 'error', id, reason }));
       return;
     }
-    ws.send(frame, { binary: true });
+    // The frame goes to the socket as is (ws writes header and data with one writev); it is
+    // reused once the socket is done with it.
+    ws.send(frame, { binary: true }, () => {
+      this.#pool.release(frame);
+      if (this.#background.length > 0) this.#scheduleDrain();
+    });
     this.stats.pagesSent += pages;
     this.stats.bytesSent += frame.length;
   }

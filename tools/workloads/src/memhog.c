@@ -13,7 +13,13 @@
  *   verify ok pass=<n> counter=<c> rewritten=<k> ms=<verify ms>
  *   verify FAILED page=<i> addr=0x<a> word=<w> expected=0x<e> got=0x<g> gen=<g> pass=<n>
  * "untouched" is mapped and never accessed (no page present); "zero" is only read (its
- * pages are the shared zero page). */
+ * pages are the shared zero page).
+ *
+ * --drop-trigger FILE [--drop-mib 4]: at the first pass that finds FILE, MADV_DONTNEED the
+ * first MiB of the region (those pages must read as zeros from then on) and munmap the
+ * last ones (no longer verified); prints
+ *   dropped dontneed=0x<addr> size=<bytes> unmapped=0x<addr> size=<bytes> pass=<n>
+ * A migration that installs stale data after the process dropped a range is caught. */
 #include "common.h"
 
 int main(int argc, char **argv) {
@@ -26,6 +32,8 @@ int main(int argc, char **argv) {
   long untouched_mib = opt_long("--untouched-mib", 1);
   long zero_mib = opt_long("--zero-mib", 1);
   long max_passes = opt_long("--passes", 0);
+  const char *drop_trigger = opt_str("--drop-trigger", NULL);
+  long drop_mib = opt_long("--drop-mib", 4);
 
   size_t size = (size_t)mib << 20;
   size_t npages = size / PAGE;
@@ -54,11 +62,34 @@ int main(int argc, char **argv) {
 
   unsigned long counter = 0, pass = 0;
   size_t cursor = 0;
+  size_t live = npages; /* pages still mapped */
+  const uint32_t DROPPED = UINT32_MAX; /* generation of a page that must read as zeros */
   for (;;) {
     double t0 = now_ms();
     pass++;
-    for (size_t p = 0; p < npages; p++) {
+    if (drop_trigger && live == npages && access(drop_trigger, F_OK) == 0) {
+      size_t dsz = (size_t)drop_mib << 20;
+      if (dsz > size / 4) dsz = (size / 4) & ~(size_t)(PAGE - 1);
+      if (madvise(region, dsz, MADV_DONTNEED) != 0) die("madvise");
+      for (size_t p = 0; p < dsz / PAGE; p++) gens[p] = DROPPED;
+      if (munmap(region + size - dsz, dsz) != 0) die("munmap");
+      live = npages - dsz / PAGE;
+      if (cursor >= live) cursor = 0;
+      say("dropped dontneed=%p size=%zu unmapped=%p size=%zu pass=%lu", (void *)region, dsz,
+          (void *)(region + size - dsz), dsz, pass);
+    }
+    for (size_t p = 0; p < live; p++) {
       const uint64_t *pg = (const uint64_t *)(region + p * PAGE);
+      if (gens[p] == DROPPED) {
+        for (size_t i = 0; i < PAGE / 8; i++) {
+          if (pg[i] != 0) {
+            say("verify FAILED dropped page=%zu addr=%p not zero: word=%zu got=0x%016lx pass=%lu", p,
+                (void *)pg, i, (unsigned long)pg[i], pass);
+            _exit(1);
+          }
+        }
+        continue;
+      }
       long w = check_page(pg, seed, p, gens[p]);
       if (w >= 0) {
         say("verify FAILED page=%zu addr=%p word=%ld expected=0x%016lx got=0x%016lx gen=%u "
@@ -77,10 +108,10 @@ int main(int argc, char **argv) {
     double t1 = now_ms();
     counter++;
     long k = 0;
-    for (; k < rewrite && (size_t)k < npages; k++) {
-      gens[cursor]++;
+    for (; k < rewrite && (size_t)k < live; k++) {
+      gens[cursor] = gens[cursor] == DROPPED ? 1 : gens[cursor] + 1;
       fill_page((uint64_t *)(region + cursor * PAGE), seed, cursor, gens[cursor]);
-      cursor = (cursor + 1) % npages;
+      cursor = (cursor + 1) % live;
     }
     say("verify ok pass=%lu counter=%lu rewritten=%ld ms=%.1f", pass, counter, k, t1 - t0);
     if (max_passes > 0 && (long)pass >= max_passes) {

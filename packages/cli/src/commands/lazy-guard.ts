@@ -29,7 +29,7 @@ export const lazyGuardCommand: Command = {
     for (const pid of pids) {
       try {
         process.kill(pid, 'SIGKILL');
-        process.stderr.write(`lazymig lazy-guard: the lazy-pages daemon went away before every page was in: killed pid ${pid}\n`);
+        process.stderr.write(`${new Date().toISOString()} lazymig lazy-guard: the lazy-pages daemon went away before every page was in: killed pid ${pid}\n`);
       } catch {
         /* already gone */
       }

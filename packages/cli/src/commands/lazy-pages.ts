@@ -28,6 +28,8 @@ export const lazyPagesCommand: Command = {
     'images-dir': { type: 'string', short: 'D' },
     'work-dir': { type: 'string', short: 'W' },
     json: { type: 'boolean' },
+    'max-rate': { type: 'string' },
+    'source-timeout': { type: 'string' },
   },
   optionHelp: {
     'page-server': 'fetch pages from the page server of the source (default: from the local images)',
@@ -36,12 +38,18 @@ export const lazyPagesCommand: Command = {
     'images-dir': 'the images (default: the current directory)',
     'work-dir': 'where lazy-pages.socket is made (default: the images dir)',
     json: 'print the summary as JSON on stdout',
+    'max-rate': 'cap background transfer at this many MiB/s (faults are never held back)',
+    'source-timeout': 'seconds to keep trying to reach a lost page server before giving up (default 10)',
   },
   async run({ values }) {
     const imagesDir = resolve(typeof values['images-dir'] === 'string' ? values['images-dir'] : '.');
     const workDir = resolve(typeof values['work-dir'] === 'string' ? values['work-dir'] : imagesDir);
     const remote = values['page-server'] === true;
     if (!remote && (values.address !== undefined || values.port !== undefined)) throw new UsageError('--address and --port go with --page-server');
+    const maxRate = values['max-rate'] === undefined ? undefined : Number(values['max-rate']);
+    if (maxRate !== undefined && !(maxRate > 0)) throw new UsageError(`--max-rate must be a positive number of MiB/s, got ${String(values['max-rate'])}`);
+    const sourceTimeout = values['source-timeout'] === undefined ? 10 : Number(values['source-timeout']);
+    if (!(sourceTimeout >= 0)) throw new UsageError(`--source-timeout must be a number of seconds, got ${String(values['source-timeout'])}`);
     const log = createLogger('lazy-pages');
     const images = await readImages(imagesDir);
     const inv = images.inventory;
@@ -52,7 +60,7 @@ export const lazyPagesCommand: Command = {
       const address = typeof values.address === 'string' ? values.address : inv.pageServer?.address;
       const port = typeof values.port === 'string' ? parsePort(values.port) : inv.pageServer?.port;
       if (address === undefined || port === undefined) throw new UsageError('--address and --port are needed: the images do not record a page server');
-      const client = await PageClient.connect({ address, port, token: await readToken(imagesDir), log });
+      const client = await PageClient.connect({ address, port, token: await readToken(imagesDir), log, retryForMs: sourceTimeout * 1000 });
       lost = client.lost;
       source = client;
       log.info('connected to the page server', { address, port });
@@ -66,6 +74,7 @@ export const lazyPagesCommand: Command = {
     const engine = new LazyPagesEngine(source, {
       pageSize: inv.pageSize,
       log,
+      ...(maxRate !== undefined ? { maxBackgroundRate: maxRate * 2 ** 20 } : {}),
       onProgress: (s) => progress.update(`lazy pages: ${s.pagesTotal - s.remaining}/${s.pagesTotal} in, ${s.faults} faults`),
     });
     const killAll = (why: string): void => {

@@ -1,6 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
-import { resolve } from 'node:path';
+import { closeSync, openSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { attachUserfaultfd, ControlClient, restore, type LazyHook, type RestoreResult } from '@lazymig/core-ts';
 import { closeFd } from '@lazymig/uffd-rs';
@@ -108,11 +109,18 @@ class LazyHandover {
   finish(_r: RestoreResult): void {
     this.#client.allSent(this.#pids.length);
     if (this.#pids.length > 0) {
-      const guard = spawn(process.execPath, [LAZYMIG, 'lazy-guard', '--work-dir', this.workDir, '--pids', this.#pids.join(',')], {
-        detached: true,
-        stdio: ['ignore', 'ignore', 'inherit', ...this.#uffds],
-      });
-      guard.unref();
+      // Not our stdout/stderr: a guard holding them would keep `restore | tee` waiting
+      // until the transfer ends. It reports to a log file in the work dir instead.
+      const log = openSync(join(this.workDir, 'lazy-guard.log'), 'a', 0o600);
+      try {
+        const guard = spawn(process.execPath, [LAZYMIG, 'lazy-guard', '--work-dir', this.workDir, '--pids', this.#pids.join(',')], {
+          detached: true,
+          stdio: ['ignore', 'ignore', log, ...this.#uffds],
+        });
+        guard.unref();
+      } finally {
+        closeSync(log);
+      }
     }
   }
 

@@ -33,6 +33,8 @@ export interface LazyEngineOptions {
   chunkPages?: number;
   /** Background requests in flight. Default 8. */
   inFlight?: number;
+  /** Cap on background transfer, bytes per second (faults are never held back). Default: none. */
+  maxBackgroundRate?: number;
   onProgress?: (s: LazyStats) => void;
 }
 
@@ -80,6 +82,9 @@ export class LazyPagesEngine {
   readonly #chunk: number;
   readonly #inFlightMax: number;
   readonly #onProgress: ((s: LazyStats) => void) | undefined;
+  readonly #maxRate: number;
+  #backgroundBytes = 0;
+  #rateTimer: NodeJS.Timeout | null = null;
   readonly #procs = new Map<number, Proc>(); // by uffd fd
   readonly #loop: FaultLoop;
   #inFlight = 0;
@@ -100,6 +105,7 @@ export class LazyPagesEngine {
     this.#chunk = opts.chunkPages ?? 512;
     this.#inFlightMax = opts.inFlight ?? 8;
     this.#onProgress = opts.onProgress;
+    this.#maxRate = opts.maxBackgroundRate ?? Infinity;
     this.done = new Promise((res, rej) => {
       this.#resolve = res;
       this.#reject = rej;
@@ -144,6 +150,7 @@ export class LazyPagesEngine {
   async abort(err: Error): Promise<void> {
     if (this.#finished) return;
     this.#finished = true;
+    if (this.#rateTimer) clearTimeout(this.#rateTimer);
     await this.#loop.stop();
     this.#reject(err);
   }
@@ -221,7 +228,11 @@ export class LazyPagesEngine {
     this.#source.fetch(p.sourcePid, src, run.count, lane).then(
       (data) => {
         if (lane === 'background') this.#inFlight--;
-        this.#install(p, run, data, lane);
+        try {
+          this.#install(p, run, data, lane);
+        } finally {
+          this.#source.release?.(data);
+        }
         if (faultT !== undefined) this.#serviceUs.push((performance.now() - faultT) * 1000);
         this.#pump();
       },
@@ -287,17 +298,34 @@ export class LazyPagesEngine {
     if (this.#finished) return;
     const procs = [...this.#procs.values()].filter((p) => p.alive && p.space.remaining > 0);
     while (this.#inFlight < this.#inFlightMax && procs.length > 0) {
+      if (this.#overRate()) break;
       const p = procs[this.#rr++ % procs.length]!;
       const run = p.space.nextMissing(p.hint, this.#chunk);
       if (!run) {
         procs.splice(procs.indexOf(p), 1);
         continue;
       }
+      this.#backgroundBytes += run.count * this.#P;
       this.#fetch(p, run, 'background');
     }
     this.stats.remaining = this.#remaining();
     this.#onProgress?.(this.stats);
     if (this.#sealed && this.stats.remaining === 0 && this.#inFlight === 0) void this.#complete();
+  }
+
+  /** Past the background rate cap: come back when the budget allows another request. */
+  #overRate(): boolean {
+    if (this.#maxRate === Infinity) return false;
+    const allowed = ((performance.now() - this.#t0) / 1000) * this.#maxRate;
+    if (this.#backgroundBytes <= allowed) return false;
+    if (!this.#rateTimer) {
+      const waitMs = ((this.#backgroundBytes - allowed) / this.#maxRate) * 1000;
+      this.#rateTimer = setTimeout(() => {
+        this.#rateTimer = null;
+        this.#pump();
+      }, Math.max(1, waitMs));
+    }
+    return true;
   }
 
   async #complete(): Promise<void> {

@@ -13,6 +13,11 @@ export interface PageSource {
    * overtake background ones. The returned bytes may be a view into a larger buffer.
    */
   fetch(pid: number, address: number, pages: number, priority: Priority): Promise<Uint8Array>;
+  /**
+   * Optional: the caller is done with data a fetch returned (it has been installed), so
+   * the source may reuse its buffer. Nothing may read the data afterwards.
+   */
+  release?(data: Uint8Array): void;
   /** Every page is in: the source may drop the frozen tree. */
   complete(): Promise<void>;
   close(): Promise<void>;

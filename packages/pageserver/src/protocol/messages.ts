@@ -83,6 +83,16 @@ export const PAGES_HEADER_SIZE = 1 + 1 + 5 + 5 + 9 + 5 + 5;
  */
 export function allocPagesFrame(id: number, pid: number, address: number, pages: number, bytes: number): { frame: Buffer; data: Buffer } {
   const frame = Buffer.allocUnsafe(PAGES_HEADER_SIZE + bytes);
+  writePagesHeader(frame, id, pid, address, pages, bytes);
+  return { frame, data: frame.subarray(PAGES_HEADER_SIZE) };
+}
+
+/**
+ * Writes the header of a `pages` frame of `bytes` data bytes at the start of `frame` (which
+ * must be PAGES_HEADER_SIZE + bytes long): for frames from a pool of reused buffers.
+ */
+export function writePagesHeader(frame: Buffer, id: number, pid: number, address: number, pages: number, bytes: number): void {
+  if (frame.length !== PAGES_HEADER_SIZE + bytes) throw new RangeError(`pages frame is ${frame.length} bytes, expected ${PAGES_HEADER_SIZE + bytes}`);
   let o = 0;
   frame[o++] = 0x96; // fixarray of 6
   frame[o++] = TAG.pages; // positive fixint
@@ -99,9 +109,7 @@ export function allocPagesFrame(id: number, pid: number, address: number, pages:
   u32(pages);
   frame[o++] = 0xc6; // bin32
   frame.writeUInt32BE(bytes, o);
-  o += 4;
   // Field order on the wire must match decodeServer: [tag, id, pid, address, pages, data].
-  return { frame, data: frame.subarray(o) };
 }
 
 function unpackFrame(frame: Uint8Array): unknown[] {
