@@ -5,6 +5,7 @@
  * gains members we have not seen, so the walk repeats until a pass finds nothing new: at
  * that point every member is stopped and can no longer create others.
  */
+import { reapTracees } from '../tracees.js';
 import { ptrace, type StopState } from '@lazymig/uffd-rs';
 import { readTree, type TreeProcess } from '../proc/index.js';
 
@@ -78,21 +79,7 @@ export function freezeTree(root: number): FrozenTree {
       }
     }
     if (kill) {
-      // Reap each tracee's exit notification so it does not linger as ours (a traced zombie
-      // cannot be reaped by its parent). A thread-group leader is reported only once its
-      // other threads are reaped: go round until every one is, within a bound.
-      const left = new Set(seized);
-      const deadline = performance.now() + 2_000;
-      while (left.size > 0 && performance.now() < deadline) {
-        for (const tid of [...left]) {
-          try {
-            const st = ptrace.waitStop(tid, 20);
-            if (st.kind === 'exited' || st.kind === 'killed') left.delete(tid);
-          } catch (err) {
-            if (errno(err) !== 'ETIMEDOUT') left.delete(tid); // not ours to wait for any more
-          }
-        }
-      }
+      reapTracees(seized);
     }
   };
   // Thread-group leaders, filled as processes are found.

@@ -10,6 +10,7 @@
  *     (the leader unmaps the control area as its last syscall and is detached at its exit).
  * Any failure before step 4 kills whatever was created.
  */
+import { reapTracees } from '../tracees.js';
 import { entriesForLazyRestore } from '../lazy/plan.js';
 import { processVmWrite, ptrace } from '@lazymig/uffd-rs';
 import { openPagesReader, readImages, type LoadedImages, type PagemapEntry, type Vma } from '../image/index.js';
@@ -222,20 +223,7 @@ class Rebuilder {
         /* gone */
       }
     }
-    // Reap our tracees' exits (a traced zombie cannot be reaped by its parent); a leader is
-    // reported only after its other threads: go round, within a bound.
-    const left = new Set(this.created.flatMap((p) => p.tids));
-    const deadline = performance.now() + 2_000;
-    while (left.size > 0 && performance.now() < deadline) {
-      for (const tid of [...left]) {
-        try {
-          const st = ptrace.waitStop(tid, 20);
-          if (st.kind === 'exited' || st.kind === 'killed') left.delete(tid);
-        } catch (err) {
-          if ((err as { code?: string }).code !== 'ETIMEDOUT') left.delete(tid);
-        }
-      }
-    }
+    reapTracees(this.created.flatMap((p) => p.tids));
   }
 }
 
