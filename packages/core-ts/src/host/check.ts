@@ -51,12 +51,12 @@ export function evaluateHost(p: KernelProbe, f: HostFacts): HostCheck {
     true,
     missing.length === 0 ? REQUIRED_UFFD_FEATURES.join(', ') : `missing ${missing.join(', ')}`,
   );
-  add('userfaultfd thread id', p.userfaultfd.features.includes('threadId'), false, 'faulting thread ids in the daemon log');
+  add('userfaultfd thread id', p.userfaultfd.features.includes('threadId'), false, 'each fault names the thread that took it');
   add(
     'userfaultfd write-protect',
     p.userfaultfd.features.includes('pagefaultFlagWp') && p.userfaultfd.wpAsync.ok,
     false,
-    `dirty-page tracking for pre-copy rounds: WP_ASYNC ${why(p.userfaultfd.wpAsync)}`,
+    `not used yet (dirty-page tracking for pre-copy): WP_ASYNC ${why(p.userfaultfd.wpAsync)}`,
   );
   add('PAGEMAP_SCAN', p.pagemapScan.ok, false, `list written pages (Linux 6.7+): ${why(p.pagemapScan)}`);
   add('pidfd_open', p.pidfdOpen.ok, true, why(p.pidfdOpen));
