@@ -50,6 +50,7 @@ class Lane {
   readonly pending = new Map<number, Pending>();
   #reconnecting: Promise<void> | null = null;
   #closed = false;
+  #heartbeat: NodeJS.Timeout | null = null;
   onBye: (() => void) | null = null;
 
   constructor(
@@ -99,6 +100,19 @@ class Lane {
       if (!this.#closed) void this.reconnect();
     };
     this.ws = ws;
+    // A connection can die without a FIN (the network goes away): ping, and drop a connection
+    // that has been silent too long, so reconnecting (and, in the end, giving up) starts.
+    if (this.#heartbeat) clearInterval(this.#heartbeat);
+    this.#heartbeat = setInterval(() => {
+      const w = this.ws;
+      if (!w) return;
+      const silentMs = performance.now() - w.lastHeardAt;
+      if (silentMs > SILENCE_MS) {
+        this.log.warn('page server silent, dropping the connection', { lane: this.name, silentMs: Math.round(silentMs) });
+        w.terminate();
+      } else w.ping();
+    }, HEARTBEAT_MS);
+    this.#heartbeat.unref();
   }
 
   #onMessage(data: Buffer): void {

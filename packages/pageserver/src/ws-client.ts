@@ -56,6 +56,8 @@ export class FrameSocket {
   #openReject!: (e: Error) => void;
   readonly #opened: Promise<void>;
   #closeErr: Error | undefined;
+  /** performance.now() of the last bytes received (any frame, or part of one). */
+  lastHeardAt = performance.now();
 
   private constructor(opts: FrameSocketOptions) {
     this.#opts = opts;
@@ -69,7 +71,10 @@ export class FrameSocket {
       noDelay: true,
       onread: {
         buffer: () => this.#readBuffer(),
-        callback: (n: number) => this.#onRead(n),
+        callback: (n: number) => {
+          this.#onRead(n);
+          return true;
+        },
       },
     });
     this.#sock.setNoDelay(true);
@@ -104,6 +109,11 @@ export class FrameSocket {
       return;
     }
     this.#sock.write(this.#frame(0x2, data), cb);
+  }
+
+  /** Sends a ping (the server answers with a pong, which counts as hearing from it). */
+  ping(): void {
+    if (this.#state === 'open') this.#sock.write(this.#frame(0x9, Buffer.alloc(0)));
   }
 
   /** Sends a close frame and ends the connection. */
@@ -169,6 +179,7 @@ export class FrameSocket {
 
   #onRead(n: number): void {
     if (this.#state === 'closed') return;
+    this.lastHeardAt = performance.now();
     const d = this.#direct;
     if (d) {
       d.filled += n;

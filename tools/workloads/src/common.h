@@ -122,6 +122,13 @@ static __attribute__((unused)) void sleep_ms(long ms) {
   }
 }
 
+/* Wall-clock time in ms since the epoch (comparable across processes and log timestamps). */
+static __attribute__((unused)) double wall_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_REALTIME, &t);
+  return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
 static __attribute__((unused)) double now_ms(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);

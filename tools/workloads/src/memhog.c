@@ -10,7 +10,7 @@
  *   checksum value=0x<hex> pages=<n>
  *   ready pid=<pid> region=0x<addr> size=<bytes> pages=<n> seed=<s>
  *         untouched=0x<addr> untouched_size=<bytes> zero=0x<addr> zero_size=<bytes>
- *   verify ok pass=<n> counter=<c> rewritten=<k> ms=<verify ms>
+ *   verify ok pass=<n> counter=<c> rewritten=<k> t=<epoch ms> stall=<ms> stall_at=<epoch ms> ms=<verify ms>
  *   verify FAILED page=<i> addr=0x<a> word=<w> expected=0x<e> got=0x<g> gen=<g> pass=<n>
  * "untouched" is mapped and never accessed (no page present); "zero" is only read (its
  * pages are the shared zero page).
@@ -64,8 +64,13 @@ int main(int argc, char **argv) {
   size_t cursor = 0;
   size_t live = npages; /* pages still mapped */
   const uint32_t DROPPED = UINT32_MAX; /* generation of a page that must read as zeros */
+  /* The longest time this loop made no progress (page to page, pass to pass less the
+   * intended sleep), per pass: a freeze, a migration's downtime or a slow page fault all
+   * show up as a stall. stall_at is the wall-clock time (epoch ms) the stall ended. */
+  double last = now_ms();
   for (;;) {
     double t0 = now_ms();
+    double stall = 0, stall_at = 0;
     pass++;
     if (drop_trigger && live == npages && access(drop_trigger, F_OK) == 0) {
       size_t dsz = (size_t)drop_mib << 20;
@@ -80,6 +85,12 @@ int main(int argc, char **argv) {
     }
     for (size_t p = 0; p < live; p++) {
       const uint64_t *pg = (const uint64_t *)(region + p * PAGE);
+      double tp = now_ms();
+      if (tp - last > stall) {
+        stall = tp - last;
+        stall_at = wall_ms();
+      }
+      last = tp;
       if (gens[p] == DROPPED) {
         for (size_t i = 0; i < PAGE / 8; i++) {
           if (pg[i] != 0) {
@@ -113,12 +124,15 @@ int main(int argc, char **argv) {
       fill_page((uint64_t *)(region + cursor * PAGE), seed, cursor, gens[cursor]);
       cursor = (cursor + 1) % live;
     }
-    say("verify ok pass=%lu counter=%lu rewritten=%ld ms=%.1f", pass, counter, k, t1 - t0);
+    say("verify ok pass=%lu counter=%lu rewritten=%ld t=%.3f stall=%.1f stall_at=%.3f ms=%.1f", pass,
+        counter, k, wall_ms(), stall, stall_at, t1 - t0);
     if (max_passes > 0 && (long)pass >= max_passes) {
       say("done passes=%lu", pass);
       return 0;
     }
     check_lifetime(counter);
     if (interval > 0) sleep_ms(interval);
+    /* Time beyond the intended sleep counts (e.g. frozen while asleep). */
+    last = last + (double)interval > now_ms() ? now_ms() : last + (double)interval;
   }
 }

@@ -7,9 +7,14 @@
  * Lines:
  *   ready pid=<pid> threads=<n> tids=<tid>,<tid>,...
  *   tick counter=<c> counts=<c0>,<c1>,...
- *   verify FAILED thread=<i> word=<w> gen=<g>      (then exit 1) */
+ *   self pid=<getpid()> tids=<t0>,<t1>,... pthread_kill=<e0>,<e1>,...
+ *   verify FAILED thread=<i> word=<w> gen=<g>      (then exit 1)
+ * "self" follows each tick: each worker's gettid() as it last saw it (re-read every loop),
+ * and pthread_kill(worker, 0) (0, or an errno: ESRCH=3 when glibc's cached tid of that
+ * thread is not a thread of this process any more, e.g. restored at other tids). */
 #include "common.h"
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 
 struct worker {
@@ -28,6 +33,7 @@ static void *run(void *arg) {
   for (size_t p = 0; p < w->pages; p++) fill_page((uint64_t *)(w->buf + p * PAGE), seed, p, gen);
   atomic_store(&w->tid, (int)syscall(SYS_gettid));
   for (;;) {
+    atomic_store(&w->tid, (int)syscall(SYS_gettid));
     for (size_t p = 0; p < w->pages; p++) {
       long bad = check_page((uint64_t *)(w->buf + p * PAGE), seed, p, gen);
       if (bad >= 0) {
@@ -84,6 +90,13 @@ int main(int argc, char **argv) {
       cl += (size_t)snprintf(counts + cl, sizeof counts - cl, "%s%lu", i ? "," : "", c);
     }
     say("tick counter=%lu counts=%s", counter, counts);
+    char now[256 * 12] = "", pk[256 * 4] = "";
+    size_t nl = 0, pl = 0;
+    for (long i = 0; i < n; i++) {
+      nl += (size_t)snprintf(now + nl, sizeof now - nl, "%s%d", i ? "," : "", atomic_load(&ws[i].tid));
+      pl += (size_t)snprintf(pk + pl, sizeof pk - pl, "%s%d", i ? "," : "", pthread_kill(ws[i].thread, 0));
+    }
+    say("self pid=%d tids=%s pthread_kill=%s", getpid(), now, pk);
     check_lifetime(counter);
     sleep_ms(interval);
   }

@@ -59,6 +59,8 @@ export const dumpCommand: Command = {
       ...(server ? { pageServer: server } : {}),
       onProgress: (p) => {
         if (p.phase === 'pages') progress.update(`pid ${p.pid}: ${mib(p.bytes)} of pages written`);
+        // Timestamped: the start of the downtime, for benchmarks and post-mortems.
+        else if (p.phase === 'frozen') createLogger('dump').info('tree frozen', { root: pid, processes: p.processes, threads: p.threads, freezeMs: +p.freezeMs.toFixed(2) });
       },
     });
     progress.done();

@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { attachUserfaultfd, ControlClient, restore, type LazyHook, type RestoreResult } from '@lazymig/core-ts';
+import { attachUserfaultfd, ControlClient, createLogger, restore, type LazyHook, type RestoreResult } from '@lazymig/core-ts';
 import { closeFd } from '@lazymig/uffd-rs';
 import { PAGE_SIZE } from '@lazymig/uffd-rs';
 import type { Command } from '../command.js';
@@ -12,8 +12,10 @@ import { EXIT, UsageError } from '../usage-error.js';
 
 export function restoreSummary(r: RestoreResult): string {
   const p = r.pages;
+  const dumpedRoot = r.pids.keys().next().value;
+  const ns = r.pidNs ? `; in a new pid namespace with the dumped pids, root ${dumpedRoot} there, its init is pid ${r.pidNs.initPid}` : '';
   return (
-    `restored ${plural(r.processes, 'process')}, ${plural(r.threads, 'thread')} (root pid ${r.rootPid}): ` +
+    `restored ${plural(r.processes, 'process')}, ${plural(r.threads, 'thread')} (root pid ${r.rootPid}${ns}): ` +
     `${p.present} pages written (${mib(p.present * PAGE_SIZE)}), ${p.lazy} lazy, ${p.zero} zero; ` +
     `${r.injectedSyscalls} injected syscalls; ${r.ms.toFixed(1)} ms` +
     (r.pinnedCpu !== null ? ` (rebuilt on CPU ${r.pinnedCpu})` : '')
@@ -30,14 +32,16 @@ export const restoreCommand: Command = {
     'shell-job': { type: 'boolean', short: 'j' },
     'work-dir': { type: 'string', short: 'W' },
     'lazy-pages': { type: 'boolean' },
+    'pid-ns': { type: 'boolean' },
   },
   optionHelp: {
     'images-dir': 'directory holding the images (required)',
     'restore-detached': 'return once the tree runs (default: wait for the root and exit with its status)',
-    pidfile: "write the restored root's pid to this file",
+    pidfile: "write the restored root's pid to this file (with --pid-ns: its pid as seen from here, not the dumped one it has inside)",
     'shell-job': "give the images' terminal fds this restore's terminal, and keep the tree in this session",
     'work-dir': 'directory for the lazy-pages socket (default: the images dir)',
     'lazy-pages': 'leave lazy pages to the lazy-pages daemon (a userfaultfd)',
+    'pid-ns': "restore into a new pid namespace in which every process and thread has its dumped pid/tid (its pid 1 is lazymig's init: a dumped pid 1 is refused)",
   },
   async run({ values }) {
     if (typeof values['images-dir'] !== 'string') throw new UsageError('--images-dir <dir> is required');
@@ -52,6 +56,7 @@ export const restoreCommand: Command = {
       result = await restore({
         imagesDir: values['images-dir'],
         shellJob: values['shell-job'] === true,
+        pidNs: values['pid-ns'] === true,
         onProgress: (p) => {
           if (p.phase === 'checked') total = p.presentPages * PAGE_SIZE;
           else if (p.phase === 'pages' && total >= 64 << 20)
@@ -60,6 +65,8 @@ export const restoreCommand: Command = {
         onWarning: (m) => process.stderr.write(`lazymig restore: warning: ${m}\n`),
         ...(lazy ? { lazy: lazy.hook } : {}),
       });
+      // Timestamped: the end of the downtime (every process runs), for benchmarks and post-mortems.
+      createLogger('restore').info('tree resumed', { root: result.rootPid, processes: result.processes, ms: +result.ms.toFixed(1) });
       lazy?.finish(result);
     } finally {
       lazy?.close();

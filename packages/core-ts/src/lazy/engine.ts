@@ -12,7 +12,7 @@
 import { FaultLoop, Userfaultfd, type Fault, type FaultBatch, type UffdEvent } from '@lazymig/uffd-rs';
 import { silentLogger, type Logger } from '../log.js';
 import type { PageSource } from './page-source.js';
-import { DONE, PageSpace, type LazyRange, type Run } from './page-space.js';
+import { DONE, PageSpace, REQUESTED, type LazyRange, type Run } from './page-space.js';
 
 export interface LazyTarget {
   /** pid of the restored process (for logs and kills). */
@@ -31,8 +31,15 @@ export interface LazyEngineOptions {
   maxWindow?: number;
   /** Background request size in pages. Default 512 (2 MiB of 4 KiB pages). */
   chunkPages?: number;
-  /** Background requests in flight. Default 8. */
+  /** Background requests in flight (sent, or received and not yet wholly installed). Default 8. */
   inFlight?: number;
+  /**
+   * Longest the JS thread installs received pages in one go before it lets the event loop
+   * look for new faults, in ms. Default 0.3. Installing is the slow part on the destination
+   * (every page is a fresh page of the target), so a received chunk is installed a slice at
+   * a time: a fault never waits behind more than this much background work.
+   */
+  installSliceMs?: number;
   /** Cap on background transfer, bytes per second (faults are never held back). Default: none. */
   maxBackgroundRate?: number;
   onProgress?: (s: LazyStats) => void;
@@ -53,6 +60,19 @@ export interface LazySummary extends LazyStats {
   faultServiceUs: { p50: number; p99: number; count: number };
   totalMs: number;
 }
+
+/** A reply received and not yet wholly installed. */
+interface Staged {
+  p: Proc;
+  run: Run;
+  data: Uint8Array;
+  /** Pages of the run before this one have been dealt with. */
+  next: number;
+  lane: 'fault' | 'background';
+}
+
+/** Pages installed per installBatch call while draining staged replies. */
+const SLICE_PAGES = 16;
 
 interface Proc {
   pid: number;
@@ -88,6 +108,10 @@ export class LazyPagesEngine {
   readonly #procs = new Map<number, Proc>(); // by uffd fd
   readonly #loop: FaultLoop;
   #inFlight = 0;
+  /** Received replies waiting to be installed, the ones from the fault lane first. */
+  #staged: Staged[] = [];
+  #drainScheduled = false;
+  readonly #sliceMs: number;
   #rr = 0;
   #t0 = performance.now();
   #serviceUs: number[] = [];
@@ -104,6 +128,7 @@ export class LazyPagesEngine {
     this.#maxWindow = opts.maxWindow ?? 64;
     this.#chunk = opts.chunkPages ?? 512;
     this.#inFlightMax = opts.inFlight ?? 8;
+    this.#sliceMs = opts.installSliceMs ?? 0.3;
     this.#onProgress = opts.onProgress;
     this.#maxRate = opts.maxBackgroundRate ?? Infinity;
     this.done = new Promise((res, rej) => {
@@ -116,6 +141,8 @@ export class LazyPagesEngine {
   }
 
   add(t: LazyTarget): void {
+    // totalMs counts from the first process handed over, not from the daemon's start.
+    if (this.#procs.size === 0) this.#t0 = performance.now();
     const space = new PageSpace(this.#P);
     for (const r of t.ranges) space.add(r.start, r.start, r.pages);
     this.#adopt(t.pid, t.sourcePid, t.uffd, space);
@@ -151,6 +178,7 @@ export class LazyPagesEngine {
     if (this.#finished) return;
     this.#finished = true;
     if (this.#rateTimer) clearTimeout(this.#rateTimer);
+    this.#dropStaged();
     await this.#loop.stop();
     this.#reject(err);
   }
@@ -217,6 +245,7 @@ export class LazyPagesEngine {
     const pageNo = page / this.#P;
     p.window = pageNo === p.lastFaultPage + 1 || pageNo === p.lastFaultPage + p.window ? Math.min(p.window * 2, this.#maxWindow) : 1;
     p.lastFaultPage = pageNo;
+    if (r.state[idx] === REQUESTED && this.#serveFromStaged(p, r, idx, t)) return;
     const run = p.space.claim(r, idx, p.window, true);
     if (!run) return;
     this.#fetch(p, run, 'fault', t);
@@ -227,14 +256,21 @@ export class LazyPagesEngine {
     if (lane === 'background') this.#inFlight++;
     this.#source.fetch(p.sourcePid, src, run.count, lane).then(
       (data) => {
-        if (lane === 'background') this.#inFlight--;
-        try {
-          this.#install(p, run, data, lane);
-        } finally {
+        if (this.#finished || !p.alive) {
+          if (lane === 'background') this.#inFlight--;
           this.#source.release?.(data);
+          this.#pump();
+          return;
         }
-        if (faultT !== undefined) this.#serviceUs.push((performance.now() - faultT) * 1000);
-        this.#pump();
+        const s: Staged = { p, run, data, next: 0, lane };
+        if (lane === 'fault') {
+          // The faulting page first, with its own wake; the rest of the window is staged
+          // ahead of background data.
+          this.#installPart(s, 1, 'fault');
+          if (faultT !== undefined) this.#serviceUs.push((performance.now() - faultT) * 1000);
+          this.#staged.unshift(s);
+        } else this.#staged.push(s);
+        this.#scheduleDrain();
       },
       (err: Error) => {
         if (lane === 'background') this.#inFlight--;
@@ -243,37 +279,113 @@ export class LazyPagesEngine {
     );
   }
 
-  /** Installs the pages of a reply that are still wanted, in one batched call. */
-  #install(p: Proc, run: Run, data: Uint8Array, lane: 'fault' | 'background'): void {
-    if (!p.alive || this.#finished) return;
-    const { range, first, count } = run;
+  /**
+   * A fault on a page that has arrived but is not installed yet: install it (and the rest of
+   * the fault window) from the staged reply now. False when the page is still on its way.
+   */
+  #serveFromStaged(p: Proc, range: LazyRange, idx: number, t: number): boolean {
+    for (const s of this.#staged) {
+      if (s.p !== p || s.run.range !== range) continue;
+      const at = idx - s.run.first;
+      if (at < s.next || at >= s.run.count) continue;
+      const n = Math.min(p.window, s.run.count - at);
+      const installed = this.#installRange(s, at, at + n);
+      if (installed < 0) return false;
+      if (installed > 0) {
+        this.stats.pagesByFault += 1;
+        this.stats.pagesByPrefetch += installed - 1;
+      }
+      this.#serviceUs.push((performance.now() - t) * 1000);
+      if (at === s.next) s.next = at + n;
+      return true;
+    }
+    return false;
+  }
+
+  #scheduleDrain(): void {
+    if (this.#drainScheduled || this.#staged.length === 0) return;
+    this.#drainScheduled = true;
+    setImmediate(() => {
+      this.#drainScheduled = false;
+      this.#drain();
+    });
+  }
+
+  /**
+   * Installs staged pages a slice at a time for at most installSliceMs, then yields to the
+   * event loop (where new faults are read) and comes back.
+   */
+  #drain(): void {
+    const end = performance.now() + this.#sliceMs;
+    while (this.#staged.length > 0 && !this.#finished) {
+      const s = this.#staged[0]!;
+      if (s.p.alive && s.next < s.run.count) this.#installPart(s, SLICE_PAGES, s.lane === 'fault' ? 'prefetch' : 'background');
+      if (!s.p.alive || s.next >= s.run.count) {
+        this.#staged.shift();
+        this.#source.release?.(s.data);
+        if (s.lane === 'background') this.#inFlight--;
+        this.#pump();
+      }
+      if (performance.now() >= end) break;
+    }
+    this.#scheduleDrain();
+  }
+
+  /** Installs the next up-to-max pages of a staged reply, crediting them to `as`. */
+  #installPart(s: Staged, max: number, as: 'fault' | 'prefetch' | 'background'): void {
+    const from = s.next;
+    const to = Math.min(s.run.count, from + max);
+    s.next = to;
+    const installed = this.#installRange(s, from, to);
+    if (installed < 0) {
+      // The address space is changing (an event is on its way) or the process is gone:
+      // whatever of this reply is not in yet is fetched again (or dropped) later.
+      s.p.space.release(s.run.range, s.run.first + from, s.run.count - from);
+      s.next = s.run.count;
+      return;
+    }
+    if (as === 'background') this.stats.pagesByBackground += installed;
+    else if (as === 'prefetch') this.stats.pagesByPrefetch += installed;
+    else {
+      this.stats.pagesByFault += Math.min(1, installed);
+      this.stats.pagesByPrefetch += Math.max(0, installed - 1);
+    }
+  }
+
+  /**
+   * Installs pages [from, to) of a staged reply that are still wanted, in one batched call.
+   * Returns how many were installed, or -1 when none could be (EAGAIN, or the process is gone).
+   */
+  #installRange(s: Staged, from: number, to: number): number {
+    const { p, run, data } = s;
+    if (!p.alive || this.#finished) return -1;
+    const { range, first } = run;
     const ranges: number[] = [];
-    let i = 0;
-    while (i < count) {
+    let i = from;
+    while (i < to) {
       if (range.state[first + i] === DONE) {
         i++;
         continue;
       }
       let j = i;
-      while (j < count && range.state[first + j] !== DONE) j++;
+      while (j < to && range.state[first + j] !== DONE) j++;
       ranges.push(range.dst + (first + i) * this.#P, i * this.#P, (j - i) * this.#P, 0);
       i = j;
     }
-    if (ranges.length === 0) return;
+    if (ranges.length === 0) return 0;
     const res = p.uffd.installBatch(data, new Float64Array(ranges));
-    if (res.gone > 0) return this.#gone(p);
+    if (res.gone > 0) {
+      this.#gone(p);
+      return -1;
+    }
     if (res.again > 0) {
-      // The address space is changing under us: an event is on its way. Fetch again later.
-      p.space.release(range, first, count);
-      return;
+      // An event is on its way: fetch these pages again later.
+      p.space.release(range, first + from, to - from);
+      return -1;
     }
     const installed = this.#finishRuns(p, range, ranges);
     this.stats.bytes += installed * this.#P;
-    if (lane === 'background') this.stats.pagesByBackground += installed;
-    else {
-      this.stats.pagesByFault += Math.min(1, installed);
-      this.stats.pagesByPrefetch += Math.max(0, installed - 1);
-    }
+    return installed;
   }
 
   #finishRuns(p: Proc, range: LazyRange, flat: number[]): number {
@@ -328,9 +440,16 @@ export class LazyPagesEngine {
     return true;
   }
 
+  #dropStaged(): void {
+    for (const s of this.#staged) this.#source.release?.(s.data);
+    this.#staged = [];
+  }
+
   async #complete(): Promise<void> {
     if (this.#finished) return;
     this.#finished = true;
+    // Every page is in: what is left staged (the tail of a fault window) is not needed.
+    this.#dropStaged();
     try {
       await this.#source.complete();
       // Every page is in: closing the uffds now cannot turn a missing page into a zero page.

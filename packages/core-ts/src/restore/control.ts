@@ -24,6 +24,8 @@ export interface ControlArea {
   gadget: number;
   /** top of the stack cloned threads park on (they only ever run the pause loop) */
   stackTop: number;
+  /** its lowest address (clone3 takes base and size) */
+  stackBase: number;
   /** scratch memory for syscall arguments */
   scratch: number;
   scratchSize: number;
@@ -35,6 +37,7 @@ export function controlArea(addr: number): ControlArea {
     size: CONTROL_SIZE,
     gadget: addr,
     stackTop: addr + 3 * PAGE - 64,
+    stackBase: addr + PAGE,
     scratch: addr + 3 * PAGE,
     scratchSize: CONTROL_SIZE - 3 * PAGE,
   };

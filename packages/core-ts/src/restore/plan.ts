@@ -12,6 +12,7 @@ import {
 } from '../image/index.js';
 import { readMaps } from '../proc/index.js';
 import { RestoreError, hex, type RestoreErrorCode } from './errors.js';
+import { pidMax } from './pidns.js';
 
 export interface Problem {
   pid: number;
@@ -30,6 +31,8 @@ export interface CheckOptions {
   shellJob: boolean;
   /** a lazy restore hands lazy ranges to a userfaultfd */
   lazy: boolean;
+  /** restore into a new pid namespace with every dumped pid and tid (--pid-ns) */
+  pidNs?: boolean;
 }
 
 /** Kernel special mappings, in the order they sit in memory on this kernel. */
@@ -147,7 +150,27 @@ export function checkImages(images: LoadedImages, opts: CheckOptions): void {
   if (out.length > 0) throw new RestoreRefusedError(out);
   const host = hostSpecialSizes();
   for (const p of images.processes) checkProcess(p, opts, host, out);
+  if (opts.pidNs) checkPidNs(images, out);
   if (out.length > 0) throw new RestoreRefusedError(out);
+}
+
+/** --pid-ns: every dumped pid and tid must be one a new namespace can give (1 is its init's). */
+function checkPidNs(images: LoadedImages, out: Problem[]): void {
+  const max = pidMax();
+  const seen = new Map<number, number>();
+  for (const p of images.processes) {
+    for (const t of p.core.threads) {
+      const what = t.tid === p.pid ? `pid ${p.pid}` : `pid ${p.pid}: thread ${t.tid}`;
+      if (t.tid === 1)
+        out.push({ pid: p.pid, code: 'unsupported', message: `${what}: --pid-ns cannot restore pid 1, it is the new namespace's init (lazymig's, which reaps and reports the root's exit)` });
+      else if (t.tid < 1 || t.tid >= max)
+        out.push({ pid: p.pid, code: 'unsupported', message: `${what}: --pid-ns cannot have this pid here, pid_max is ${max}` });
+      const other = seen.get(t.tid);
+      if (other !== undefined)
+        out.push({ pid: p.pid, code: 'unsupported', message: `${what}: the images use pid ${t.tid} twice (also in pid ${other}): they cannot all have it in one namespace` });
+      seen.set(t.tid, p.pid);
+    }
+  }
 }
 
 function checkProcess(p: ProcessImage, opts: CheckOptions, host: Map<SpecialKind, number>, out: Problem[]): void {

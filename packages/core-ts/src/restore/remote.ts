@@ -16,7 +16,7 @@ export const SYS = {
   getpid: 39, clone: 56, fork: 57, fcntl: 72, chdir: 80, umask: 95, getppid: 110, setsid: 112,
   setresuid: 117, setresgid: 119, setgroups: 116, personality: 135, prctl: 157, gettid: 186,
   sched_setaffinity: 203, set_tid_address: 218, exit_group: 231, set_robust_list: 273, dup3: 292,
-  prlimit64: 302, rseq: 334, close_range: 436, pidfd_open: 434, userfaultfd: 323,
+  prlimit64: 302, rseq: 334, close_range: 436, pidfd_open: 434, userfaultfd: 323, clone3: 435,
 } as const;
 
 export const PROT = { READ: 1, WRITE: 2, EXEC: 4 } as const;
@@ -224,6 +224,27 @@ export class Remote {
   }
   fork(): number {
     return Number(this.call('fork', SYS.fork, []));
+  }
+  /**
+   * clone3 with set_tid (struct clone_args, CLONE_ARGS_SIZE_VER2 = 88 bytes): `setTid` lists
+   * the pid wanted at each namespace level, innermost first (only as many levels as given
+   * are chosen). The child's stack pointer is stack + stackSize (or the caller's when 0).
+   * Returns the new pid/tid as the calling process sees it (inside its namespace).
+   */
+  clone3(a: { flags: number; exitSignal: number; stack?: number; stackSize?: number; setTid: readonly number[] }, detail?: string): number {
+    const sc = this.need();
+    const tids = Buffer.alloc(Math.max(4, a.setTid.length * 4));
+    a.setTid.forEach((t, i) => tids.writeInt32LE(t, i * 4));
+    const tidsAt = sc.put(tids);
+    const b = Buffer.alloc(88);
+    b.writeBigUInt64LE(BigInt(a.flags), 0);
+    b.writeBigUInt64LE(BigInt(a.exitSignal), 32);
+    b.writeBigUInt64LE(BigInt(a.stack ?? 0), 40);
+    b.writeBigUInt64LE(BigInt(a.stackSize ?? 0), 48);
+    b.writeBigUInt64LE(BigInt(a.setTid.length ? tidsAt : 0), 64);
+    b.writeBigUInt64LE(BigInt(a.setTid.length), 72);
+    const at = sc.put(b);
+    return Number(this.call('clone3', SYS.clone3, [at, b.length], detail));
   }
   /** clone(flags, stack, parent_tid, child_tid, tls): returns the new tid. */
   clone(flags: number, stack: number): number {

@@ -72,15 +72,25 @@ export interface RestoreOptions {
   pin?: boolean;
   /** check every page read from the images against its CRC (default true) */
   verifyPages?: boolean;
+  /**
+   * Restore into a new pid namespace in which every process and thread has its dumped
+   * pid/tid (see pidns.ts). Its pid 1 is the stub's init; a dumped pid 1 is refused.
+   */
+  pidNs?: boolean;
   onProgress?: (p: RestoreProgress) => void;
   onWarning?: (msg: string) => void;
 }
 
 export interface RestoreResult {
-  /** the restored root's pid */
+  /** the restored root's pid (as seen from our pid namespace) */
   rootPid: number;
-  /** dumped pid -> restored pid */
+  /** dumped pid -> restored pid (as seen from our pid namespace) */
   pids: Map<number, number>;
+  /**
+   * --pid-ns: the namespace's init (our pid for it; it is pid 1 there). Inside the
+   * namespace every restored process has its dumped pid.
+   */
+  pidNs: { initPid: number } | null;
   processes: number;
   threads: number;
   pages: { present: number; lazy: number; zero: number };
@@ -168,7 +178,7 @@ class Rebuilder {
 
     // mm, then threads (they inherit comm), then what the process shares.
     setMm(leader, core);
-    p.threads = cloneThreads(leader, core.threads, this.area);
+    p.threads = cloneThreads(leader, core.threads, this.area, this.opts.pidNs ?? false);
     p.tids.push(...p.threads.map((t) => t.tid));
     restoreFds(leader, core.fds, this.opts.shellJob ?? false);
     restoreFsState(leader, core);
@@ -235,7 +245,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const t0 = performance.now();
   const callsBefore = injectionStats.calls;
   const images = await readImages(opts.imagesDir);
-  checkImages(images, { shellJob: opts.shellJob ?? false, lazy: opts.lazy !== undefined });
+  checkImages(images, { shellJob: opts.shellJob ?? false, lazy: opts.lazy !== undefined, pidNs: opts.pidNs ?? false });
   if (opts.shellJob && images.processes.some((p) => p.core.fds.some((f) => f.kind === 'tty')) && ourTerminalFd() === null)
     throw new RestoreRefusedError([{ pid: images.inventory.rootPid, code: 'options', message: '--shell-job: the images have a terminal open, but this restore has no terminal to give them' }]);
   const threads = images.processes.reduce((n, p) => n + p.core.threads.length, 0);
@@ -247,7 +257,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let rb: Rebuilder | undefined;
   try {
     const tStub = performance.now();
-    stub = await startStub();
+    const rootImage = images.processes[0]!;
+    stub = await startStub(opts.pidNs ? { pidNs: rootImage.pid } : {});
     // A hole for the control area in the stub's layout and every dumped one.
     const taken: Range[] = readMaps(stub.pid).filter((v) => v.kind !== 'vsyscall');
     for (const p of images.processes) taken.push(...p.core.vmas.filter((v) => v.kind !== 'vsyscall'));
@@ -256,12 +267,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     rb.phaseMs['images'] = tStub - t0;
     rb.last = tStub;
     rb.lap('stub');
-    const rootImage = images.processes[0]!;
     const root = prepareRoot(stub.pid, rootImage, area, !(opts.shellJob ?? false));
     rb.created.push(root);
     for (const p of images.processes) checkXstate(stub.pid, p.core.threads, p.pid);
     const rbx = rb;
-    const all = forkTree(images, root, area, (p) => rbx.created.push(p));
+    const all = forkTree(images, root, area, (p) => rbx.created.push(p), opts.pidNs ?? false);
     rb.lap('fork');
     for (const p of all) await rb.rebuild(p);
     // Everything is in place: let go, children first (a parent may wait for them at once).
@@ -285,6 +295,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   return {
     rootPid: s.pid,
     pids: new Map(rb.created.map((p) => [p.image.pid, p.pid])),
+    pidNs: s.initPid !== null ? { initPid: s.initPid } : null,
     processes: rb.created.length,
     threads,
     pages: { ...rb.counts },

@@ -12,6 +12,7 @@ import type { SigAction, ThreadState } from '../image/index.js';
 import { RestoreError } from './errors.js';
 import type { ControlArea } from './control.js';
 import { Remote } from './remote.js';
+import { hostThreadWithNsTid } from './pidns.js';
 
 const CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000; // VM FS FILES SIGHAND THREAD SYSVSEM
 const STOP_TIMEOUT_MS = 5_000;
@@ -41,14 +42,29 @@ export function seizeStopped(tid: number): void {
   }
 }
 
-/** Clones one thread for each non-leader of the image; returns their remotes in image order. */
-export function cloneThreads(leader: Remote, threads: readonly ThreadState[], area: ControlArea): Remote[] {
+/**
+ * Clones one thread for each non-leader of the image; returns their remotes in image order.
+ * In a pid namespace of the restore's own (`pidNs`) each gets its dumped tid there (clone3,
+ * set_tid); the remote is addressed by its tid in our namespace.
+ */
+export function cloneThreads(leader: Remote, threads: readonly ThreadState[], area: ControlArea, pidNs = false): Remote[] {
   const out: Remote[] = [];
   for (const t of threads.slice(1)) {
-    const tid = leader.clone(CLONE_THREAD_FLAGS, area.stackTop);
+    let tid: number;
+    if (pidNs) {
+      const nsTid = leader.clone3(
+        { flags: CLONE_THREAD_FLAGS, exitSignal: 0, stack: area.stackBase, stackSize: area.stackTop - area.stackBase, setTid: [t.tid] },
+        `thread ${t.tid} at its dumped tid in the new pid namespace`,
+      );
+      const host = hostThreadWithNsTid(leader.pid, nsTid);
+      if (nsTid !== t.tid || host === null)
+        throw new RestoreError(`pid ${leader.pid}: the thread cloned for dumped tid ${t.tid} is tid ${nsTid} in the pid namespace${host === null ? ', and not found from here' : ''}`, 'process');
+      tid = host;
+    } else {
+      tid = leader.clone(CLONE_THREAD_FLAGS, area.stackTop);
+    }
     seizeStopped(tid);
     out.push(new Remote(leader.pid, tid, area.gadget, leader.scratch));
-    void t;
   }
   return out;
 }

@@ -11,6 +11,9 @@ import { mapControlArea, type ControlArea } from './control.js';
 import { RestoreError } from './errors.js';
 import { Remote, Scratch } from './remote.js';
 import { seizeStopped } from './threads.js';
+import { hostChildWithNsPid } from './pidns.js';
+
+const SIGCHLD = 17;
 
 export interface StubProcess {
   image: ProcessImage;
@@ -44,8 +47,12 @@ export function prepareRoot(pid: number, image: ProcessImage, area: ControlArea,
   return { image, pid, leader, parentPid: null, tids: [pid], threads: [] };
 }
 
-/** Forks every descendant of `root` in the images, parents before children. */
-export function forkTree(images: LoadedImages, root: StubProcess, area: ControlArea, created: (p: StubProcess) => void): StubProcess[] {
+/**
+ * Forks every descendant of `root` in the images, parents before children. In a pid
+ * namespace of the restore's own (`pidNs`) each gets its dumped pid there (clone3 with
+ * set_tid, otherwise a plain fork); `pid` is always the one seen from our namespace.
+ */
+export function forkTree(images: LoadedImages, root: StubProcess, area: ControlArea, created: (p: StubProcess) => void, pidNs = false): StubProcess[] {
   const byDumped = new Map<number, StubProcess>([[root.image.pid, root]]);
   const out = [root];
   for (const t of images.inventory.tree) {
@@ -53,7 +60,7 @@ export function forkTree(images: LoadedImages, root: StubProcess, area: ControlA
     const parent = byDumped.get(t.ppid);
     if (!parent) throw new RestoreError(`pid ${t.pid}: its parent ${t.ppid} is not restored before it (the images' tree is out of order)`, 'unsupported');
     const image = images.processes.find((p) => p.pid === t.pid)!;
-    const pid = parent.leader.fork();
+    const pid = pidNs ? forkAt(parent, t.pid) : parent.leader.fork();
     // Known to the caller at once, so a failure from here on kills it too.
     const p: StubProcess = {
       image,
@@ -74,3 +81,21 @@ export function forkTree(images: LoadedImages, root: StubProcess, area: ControlA
 }
 
 
+
+/** clone3(set_tid = [dumped]) from `parent`: the child's pid in our namespace. */
+function forkAt(parent: StubProcess, dumped: number): number {
+  const nsPid = parent.leader.clone3({ flags: 0, exitSignal: SIGCHLD, setTid: [dumped] }, `child ${dumped} at its dumped pid in the new pid namespace`);
+  const host = hostChildWithNsPid(parent.pid, nsPid);
+  if (host === null || nsPid !== dumped) {
+    // Not ours to track yet: kill it here, by the pid its parent (still stopped, a tracee) sees.
+    if (host !== null) {
+      try {
+        process.kill(host, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+    throw new RestoreError(`pid ${parent.pid}: the child cloned for dumped pid ${dumped} is pid ${nsPid} in the pid namespace${host === null ? ', and not found from here' : ''}`, 'process');
+  }
+  return host;
+}

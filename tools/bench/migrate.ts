@@ -1,0 +1,256 @@
+// Lazy migration of a memhog across two network namespaces (veth), with an eager
+// dump + copy + restore of the same size as the baseline measured in the same run.
+//
+//   node --import tsx tools/bench/migrate.ts [MiB...]          (default: 64 1024)
+//        [--interval-ms 20] [--json]
+//
+// Real `lazymig` commands, spawned the way a user types them (dump on the source host,
+// images copied, lazy-pages + restore on the destination host). Per size and mode:
+//   downtime     freeze to resumed: the `tree frozen` (dump) and `tree resumed` (restore)
+//                log lines' timestamps
+//   pause        the longest stop memhog itself saw (its `stall=` field, a per-page clock
+//                check) from the migration until every page is in; `after` is the longest
+//                stop that began after the resume (a fault waiting for its page)
+//   slow pass    verify time of the slowest pass while pages were still coming, vs before
+//   all in       resume until lazy-pages confirmed every page (its `totalMs`, counted from
+//                the hand-over), and the throughput that makes
+//   pages        by fault / prefetch (rest of a fault window) / background
+//   fault p50/p99  fault service (fault read until the faulting page is installed)
+//   wire         bytes received on the destination's veth during the migration
+// Then ratios: lazy pause at the largest size vs the smallest; lazy vs eager pause.
+// Absolute numbers on a noisy 2-vCPU VM mean little; the ratios are measured in one run.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { cp, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createTwoHosts, type Host, type TwoHosts } from '../topology/index.js';
+import { startWorkload, waitForLogLine } from '../workloads/index.js';
+
+const LAZYMIG = fileURLToPath(new URL('../../packages/cli/bin/lazymig', import.meta.url));
+const argv = process.argv.slice(2);
+const flag = (name: string): string | undefined => {
+  const i = argv.indexOf(`--${name}`);
+  if (i < 0) return undefined;
+  const v = argv[i + 1];
+  argv.splice(i, 2);
+  return v;
+};
+const JSON_OUT = argv.includes('--json');
+if (JSON_OUT) argv.splice(argv.indexOf('--json'), 1);
+const INTERVAL = Number(flag('interval-ms') ?? 20);
+const SIZES = argv.length > 0 ? argv.map(Number) : [64, 1024];
+
+interface Cmd {
+  child: ChildProcess;
+  out(): string;
+  err(): string;
+  exited: Promise<number>;
+  waitErr(re: RegExp, timeoutMs: number): Promise<RegExpExecArray>;
+}
+
+function run(hosts: TwoHosts, host: Host, args: string[]): Cmd {
+  const child = hosts.spawnIn(host, [process.execPath, LAZYMIG, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<number>((r) => child.on('close', (code, sig) => r(code ?? (sig ? 128 : 1))));
+  return {
+    child,
+    out: () => out,
+    err: () => err,
+    exited,
+    waitErr: async (re, timeoutMs) => {
+      const end = performance.now() + timeoutMs;
+      for (;;) {
+        const m = re.exec(err);
+        if (m) return m;
+        if (child.exitCode !== null) throw new Error(`lazymig ${args[0]} exited ${child.exitCode} before ${re}:\n${err}`);
+        if (performance.now() > end) throw new Error(`lazymig ${args[0]}: no ${re} in ${timeoutMs} ms:\n${err}`);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    },
+  };
+}
+
+async function mustExit(c: Cmd, what: string): Promise<void> {
+  const rc = await c.exited;
+  if (rc !== 0) throw new Error(`${what} exited ${rc}:\n${c.err()}`);
+}
+
+/** Epoch ms of the first log line of `what` in a command's stderr. */
+function logTime(text: string, what: string): number {
+  const m = new RegExp(`ts=(\\S+) .*what="${what}"`).exec(text);
+  if (!m) throw new Error(`no "${what}" log line in:\n${text}`);
+  return Date.parse(m[1]!);
+}
+
+async function rxBytes(hosts: TwoHosts, host: Host): Promise<number> {
+  const dev = await hosts.execIn(host, ['cat', '/proc/net/dev']);
+  let n = 0;
+  for (const line of dev.split('\n').slice(2)) {
+    const [name, rest] = line.split(':');
+    if (!rest || name!.trim() === 'lo') continue;
+    n += Number(rest.trim().split(/\s+/)[0]);
+  }
+  return n;
+}
+
+interface Pass {
+  pass: number;
+  t: number;
+  stall: number;
+  stallAt: number;
+  ms: number;
+}
+
+function passes(log: string): Pass[] {
+  const out: Pass[] = [];
+  const re = /^verify ok pass=(\d+) counter=\d+ rewritten=\d+ t=([\d.]+) stall=([\d.]+) stall_at=([\d.]+) ms=([\d.]+)$/gm;
+  for (let m = re.exec(log); m; m = re.exec(log)) {
+    out.push({ pass: Number(m[1]), t: Number(m[2]), stall: Number(m[3]), stallAt: Number(m[4]), ms: Number(m[5]) });
+  }
+  return out;
+}
+
+interface Result {
+  mode: 'lazy' | 'eager';
+  mib: number;
+  downtimeMs: number;
+  pauseMs: number;
+  pauseAfterResumeMs: number;
+  normalPassMs: number;
+  slowPassMs: number;
+  allInMs: number;
+  mibPerSec: number;
+  pages: { fault: number; prefetch: number; background: number; zero: number };
+  faultP50Us: number;
+  faultP99Us: number;
+  wireMiB: number;
+}
+
+async function migrate(mib: number, mode: 'lazy' | 'eager'): Promise<Result> {
+  const hosts = await createTwoHosts();
+  const work = await mkdtemp(join(tmpdir(), 'lazymig-bench-migrate-'));
+  const cmds: Cmd[] = [];
+  const track = (c: Cmd): Cmd => (cmds.push(c), c);
+  let restoredPid = 0;
+  const hog = await startWorkload('memhog', [String(mib), '--interval-ms', String(INTERVAL)], { logDir: work });
+  try {
+    await hog.waitForLine(/verify ok pass=3 /, 120_000);
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const srcImages = join(work, 'src');
+    const dstImages = join(work, 'dst');
+    const rx0 = await rxBytes(hosts, hosts.dst);
+    const logMark = hog.logSize();
+    const dumpArgs = ['dump', '--tree', String(hog.pid), '--images-dir', srcImages];
+    if (mode === 'lazy') dumpArgs.push('--lazy-pages', '--address', hosts.src.address, '--port', String(port));
+    const dumper = track(run(hosts, hosts.src, dumpArgs));
+    if (mode === 'lazy') await dumper.waitErr(/page server listening/, 120_000);
+    else await mustExit(dumper, 'dump');
+    await cp(srcImages, dstImages, { recursive: true });
+    let daemon: Cmd | undefined;
+    if (mode === 'lazy') {
+      daemon = track(run(hosts, hosts.dst, ['lazy-pages', '--page-server', '--images-dir', dstImages, '--json']));
+      await daemon.waitErr(/waiting for restore/, 60_000);
+    }
+    const pidfile = join(work, 'restored.pid');
+    const restoreArgs = ['restore', '--images-dir', dstImages, '--restore-detached', '--pidfile', pidfile];
+    if (mode === 'lazy') restoreArgs.push('--lazy-pages');
+    const restorer = track(run(hosts, hosts.dst, restoreArgs));
+    await restorer.waitErr(/what="tree resumed"/, 120_000);
+    const resumedAt = logTime(restorer.err(), 'tree resumed');
+    const frozenAt = logTime(dumper.err(), 'tree frozen');
+    await mustExit(restorer, 'restore');
+    restoredPid = Number((await import('node:fs')).readFileSync(pidfile, 'utf8').trim());
+    let summary: {
+      totalMs: number; bytes: number; pagesByFault: number; pagesByPrefetch: number; pagesByBackground: number; zeroFaults: number;
+      faultServiceUs: { p50: number; p99: number };
+    } | undefined;
+    if (daemon) {
+      await mustExit(daemon, 'lazy-pages');
+      await mustExit(dumper, 'dump (page server)');
+      summary = JSON.parse(daemon.out().trim().split('\n').pop()!);
+    }
+    const allInAt = resumedAt + (summary?.totalMs ?? 0);
+    const rx1 = await rxBytes(hosts, hosts.dst);
+    // Two whole passes after every page is in: the workload's view is complete.
+    const ps0 = passes(hog.readLog());
+    const target = Math.max(...ps0.map((p) => p.pass)) + 2;
+    // (the source process is gone after a lazy migration: the restored one logs on)
+    await waitForLogLine(hog.logPath, new RegExp(`verify ok pass=${target} `), 120_000);
+    const all = passes(hog.readLog());
+    const before = passes(hog.readLog().slice(0, logMark));
+    const normal = before.slice(-3).reduce((a, p) => a + p.ms, 0) / Math.min(3, before.length);
+    // Passes that saw the migration: from the one that straddled the freeze until the first
+    // one that started after every page was in.
+    const during = all.filter((p) => p.t >= frozenAt && p.t - p.ms <= allInAt + 1);
+    const pause = Math.max(0, ...during.map((p) => p.stall));
+    const after = Math.max(0, ...during.filter((p) => p.stallAt - p.stall > resumedAt + 1).map((p) => p.stall));
+    const slow = Math.max(0, ...during.map((p) => p.ms));
+    const pagesIn = summary ? summary.bytes / 2 ** 20 : mib;
+    return {
+      mode,
+      mib,
+      downtimeMs: resumedAt - frozenAt,
+      pauseMs: pause,
+      pauseAfterResumeMs: after,
+      normalPassMs: normal,
+      slowPassMs: slow,
+      allInMs: summary?.totalMs ?? 0,
+      mibPerSec: summary ? pagesIn / (summary.totalMs / 1000) : 0,
+      pages: { fault: summary?.pagesByFault ?? 0, prefetch: summary?.pagesByPrefetch ?? 0, background: summary?.pagesByBackground ?? 0, zero: summary?.zeroFaults ?? 0 },
+      faultP50Us: summary?.faultServiceUs.p50 ?? 0,
+      faultP99Us: summary?.faultServiceUs.p99 ?? 0,
+      wireMiB: (rx1 - rx0) / 2 ** 20,
+    };
+  } finally {
+    for (const c of cmds) if (c.child.exitCode === null) c.child.kill('SIGKILL');
+    await Promise.all(cmds.map((c) => c.exited));
+    if (restoredPid > 0) {
+      try {
+        process.kill(restoredPid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+    hog.kill();
+    await hosts.destroy();
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+const f = (n: number, d = 0): string => n.toFixed(d);
+const results: Result[] = [];
+console.log(`migrate bench: memhog ${SIZES.join(', ')} MiB (--interval-ms ${INTERVAL}), lazy and eager, node ${process.version}`);
+for (const mib of SIZES) {
+  for (const mode of ['lazy', 'eager'] as const) {
+    const r = await migrate(mib, mode);
+    results.push(r);
+    const head = `${String(mib).padStart(5)} MiB ${mode.padEnd(5)}`;
+    const common = `downtime ${f(r.downtimeMs).padStart(5)} ms, pause ${f(r.pauseMs).padStart(5)} ms (after resume ${f(r.pauseAfterResumeMs)} ms), slowest pass ${f(r.slowPassMs)} ms (normal ${f(r.normalPassMs)} ms), wire ${f(r.wireMiB, 1)} MiB`;
+    if (mode === 'eager') console.log(`${head}  ${common}`);
+    else {
+      console.log(
+        `${head}  ${common}\n${' '.repeat(17)}all in ${f(r.allInMs)} ms after resume (${f(r.mibPerSec)} MiB/s); pages: ${r.pages.fault} fault, ${r.pages.prefetch} prefetch, ${r.pages.background} background, ${r.pages.zero} zero-faults; fault service p50 ${f(r.faultP50Us)} µs, p99 ${f(r.faultP99Us)} µs`,
+      );
+    }
+  }
+}
+const get = (mib: number, mode: 'lazy' | 'eager'): Result => results.find((r) => r.mib === mib && r.mode === mode)!;
+const small = Math.min(...SIZES);
+const big = Math.max(...SIZES);
+console.log('\nratios (same run):');
+if (big !== small) {
+  console.log(`  lazy pause ${big} MiB / ${small} MiB: ${(get(big, 'lazy').pauseMs / get(small, 'lazy').pauseMs).toFixed(2)}x   (target <= 1.5x)`);
+  console.log(`  lazy downtime ${big} MiB / ${small} MiB: ${(get(big, 'lazy').downtimeMs / get(small, 'lazy').downtimeMs).toFixed(2)}x`);
+}
+for (const mib of SIZES) {
+  const l = get(mib, 'lazy');
+  const e = get(mib, 'eager');
+  console.log(`  ${mib} MiB: lazy / eager pause ${(l.pauseMs / e.pauseMs).toFixed(2)}x, downtime ${(l.downtimeMs / e.downtimeMs).toFixed(2)}x`);
+}
+const bl = get(big, 'lazy');
+console.log(`targets at ${big} MiB: pause ${f(bl.pauseMs)} ms (< 50), all in ${f(bl.allInMs)} ms (< 1000 for 1 GiB)`);
+if (JSON_OUT) console.log(JSON.stringify(results));
