@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { startWorkload, waitForLogLine, type Workload } from '../../../tools/workloads/index.js';
 import { dump, readImages, restore, RestoreRefusedError, writeImages, FILE_NAMES, type RestoreResult } from '../src/index.js';
 import { startStub } from '../src/restore/stub.js';
@@ -15,7 +15,7 @@ import { descendants, ppidOf, startTime, strayDescendants, tempDir, trackRestore
 const WAIT_MS = 15_000;
 const LAZYMIG = fileURLToPath(new URL('../../cli/bin/lazymig', import.meta.url));
 
-type T = Parameters<Parameters<typeof test>[1]>[0];
+type T = ExecutionContext;
 
 function bounded<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout;

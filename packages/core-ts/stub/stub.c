@@ -222,6 +222,10 @@ __attribute__((noreturn, used)) void stub_main(u64 *sp) {
     sys1(SYS_exit, 1);
   }
   say_num(fd, ns_root ? "init " : "pid ", (u64)pid);
+  /* Only <report-fd> from here on: the restore's stdio must not stay open because of us
+   * (with a namespace we live as long as its init, which may outlive the restore). */
+  if (fd > 0) sys3(SYS_close_range, 0, (i64)fd - 1, 0);
+  sys3(SYS_close_range, (i64)fd + 1, ~0U, 0);
   if (ns_root) {
     /* The init reports the root itself; wait until it is gone without reaping it yet. */
     char info[128];
