@@ -35,7 +35,7 @@ async function migrate(t: ExecutionContext, name: WorkloadName, args: string[], 
   t.is(await dumper.exited, 0, dumper.stderr());
   t.regex(daemon.stderr(), /all \d+ lazy pages in/);
   t.false(alive(w.pid), 'the source process is gone');
-  t.true(alive(restoredPid), 'the restored process runs');
+  t.true(alive(restoredPid), `the restored process runs; its log ends:\n${w.readLog().slice(-1500)}\nlazy-pages said:\n${daemon.stderr().slice(-3000)}`);
   return { w, restoredPid, frozenAt, daemon, dumper, env };
 }
 
@@ -68,4 +68,15 @@ test('a parent and its child migrate together, the child still the parent\'s', a
   env.trackPid(Number(line[1]));
   t.is(Number(line[2]), restoredPid, "the child's getppid() is the restored parent");
   await waitForLogLine(w.logPath, /parent counter=\d+/, 30_000, { since: frozenAt });
+});
+
+test('a small process whose pages are all in before its guard even starts keeps running', async (t) => {
+  const { w, restoredPid, frozenAt } = await migrate(t, 'sleeper', ['--sleep-ms', '50'], /tick counter=3 /);
+  // The guard (a node process) takes a few hundred ms to start; by then lazy-pages is long
+  // gone, and the guard gives up connecting after 5 s: outlast that.
+  await new Promise((r) => setTimeout(r, 6000));
+  t.true(alive(restoredPid), 'not killed by its guard');
+  const m = w.logSize();
+  await waitForLogLine(w.logPath, /tick counter=\d+ /, 10_000, { since: Math.max(m, frozenAt) });
+  t.notRegex(w.readLog(), /FAILED/);
 });

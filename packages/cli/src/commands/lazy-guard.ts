@@ -5,7 +5,7 @@
  * their missing pages stay missing (a faulting thread waits) instead of silently turning
  * into zero pages, and a process that can never get its memory must not run on.
  */
-import { watchDaemon } from '@lazymig/core-ts';
+import { readCompletion, watchDaemon } from '@lazymig/core-ts';
 import type { Command } from '../command.js';
 import { EXIT, UsageError } from '../usage-error.js';
 
@@ -26,6 +26,9 @@ export const lazyGuardCommand: Command = {
     if (pids.some((p) => !Number.isInteger(p) || p <= 0)) throw new UsageError(`bad --pids ${values.pids}`);
     // The uffd copies arrive as fds 3.. and are simply held until we exit.
     if (watchDaemon(values['work-dir'])) return EXIT.ok;
+    // Gone before we could ask, or without telling us: did it finish our processes first?
+    const served = readCompletion(values['work-dir']);
+    if (served && pids.every((p) => served.includes(p))) return EXIT.ok;
     for (const pid of pids) {
       try {
         process.kill(pid, 'SIGKILL');

@@ -1,5 +1,6 @@
 import { resolve } from 'node:path';
 import {
+  clearCompletion, writeCompletion,
   ImagesPageSource, LazyPagesEngine, createLogger, lazyRanges, openPagesReader, readImages, serveControl,
   type LazySummary, type PageSource, type PagesReader,
 } from '@lazymig/core-ts';
@@ -89,12 +90,15 @@ export const lazyPagesCommand: Command = {
     };
     const byPid = new Map(images.processes.map((p) => [p.pid, p]));
     const guards: Array<() => void> = [];
+    const handedOver: number[] = [];
+    clearCompletion(workDir);
     const control = serveControl(workDir, {
       onProcess: (pid, sourcePid, fd) => {
         const p = byPid.get(sourcePid);
         if (!p) throw new Error(`pid ${sourcePid} is not in the images at ${imagesDir}`);
         const ranges = lazyRanges(inv, p).filter((r) => (remote ? r.from === 'source' : r.from === 'images'));
         engine.add({ pid, sourcePid, uffd: Userfaultfd.adopt(fd), ranges });
+        handedOver.push(pid);
       },
       onAllSent: (n) => {
         log.info('every process was handed over', { processes: n });
@@ -118,6 +122,7 @@ export const lazyPagesCommand: Command = {
     }
     try {
       const summary = await engine.done;
+      writeCompletion(workDir, handedOver);
       for (const notify of guards) notify();
       progress.done();
       if (values.json) process.stdout.write(JSON.stringify(summary) + '\n');

@@ -4,10 +4,39 @@
  * process's userfaultfd attached (SCM_RIGHTS), and waits for the daemon's ack before it lets
  * the process run; then it says that every process was sent.
  */
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { closeFd, unixSocket, UnixSocketServer } from '@lazymig/uffd-rs';
 
 export const CONTROL_SOCKET = 'lazy-pages.socket';
+/**
+ * Written by the daemon when every page of the listed processes is in, before it closes the
+ * socket: a guard that comes too late to be told (a small process migrates in less time than
+ * a guard takes to start) reads it instead of mistaking the daemon's exit for its death.
+ */
+export const COMPLETE_FILE = 'lazy-pages.complete';
+
+export function completeFilePath(workDir: string): string {
+  return join(workDir, COMPLETE_FILE);
+}
+
+/** The pids a completed daemon served, or null when it has not completed. */
+export function readCompletion(workDir: string): number[] | null {
+  try {
+    const v = JSON.parse(readFileSync(completeFilePath(workDir), 'utf8')) as { pids?: unknown };
+    return Array.isArray(v.pids) && v.pids.every((p) => Number.isInteger(p)) ? (v.pids as number[]) : null;
+  } catch {
+    return null;
+  }
+}
+
+export function writeCompletion(workDir: string, pids: readonly number[]): void {
+  writeFileSync(completeFilePath(workDir), JSON.stringify({ pids }) + '\n', { mode: 0o600 });
+}
+
+export function clearCompletion(workDir: string): void {
+  rmSync(completeFilePath(workDir), { force: true });
+}
 
 export type ControlMessage =
   | { type: 'process'; pid: number; sourcePid: number }
