@@ -1,10 +1,17 @@
+/**
+ * The page transport alone, without userfaultfd: a frozen 256 MiB memhog served by its page
+ * server, fetched over loopback by a PageClient with 1..16 background requests in flight.
+ * Client and server share this one process (and its JS thread), so the numbers are a floor
+ * for the real two-process case. Run: node --import tsx tools/bench/transport.ts
+ * (CH=<pages per request>, default 512).
+ */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dump, readImages, lazyRanges } from '../../packages/core-ts/src/index.js';
 import { PageClient, serveFrozenTree } from '../../packages/pageserver/src/index.js';
 import { startWorkload } from '../workloads/index.js';
-const dir = await mkdtemp(join(tmpdir(), 'lazymig-probe-'));
+const dir = await mkdtemp(join(tmpdir(), 'lazymig-bench-transport-'));
 const w = await startWorkload('memhog', ['256', '--interval-ms', '50']);
 await w.waitForLine(/verify ok pass=1 /, 60000);
 const r = await dump({ pid: w.pid, imagesDir: join(dir, 'img'), mode: 'lazy', pageServer: { address: '127.0.0.1', port: 1 } });
