@@ -21,7 +21,7 @@ export interface LazyTarget {
   sourcePid: number;
   uffd: Userfaultfd;
   /** Pages to fetch, by address in the restored process (= address in the dumped one). */
-  ranges: ReadonlyArray<{ start: number; pages: number }>;
+  ranges: ReadonlyArray<{ start: number; pages: number; /** address on the source, when it differs */ src?: number }>;
 }
 
 export interface LazyEngineOptions {
@@ -144,7 +144,7 @@ export class LazyPagesEngine {
     // totalMs counts from the first process handed over, not from the daemon's start.
     if (this.#procs.size === 0) this.#t0 = performance.now();
     const space = new PageSpace(this.#P);
-    for (const r of t.ranges) space.add(r.start, r.start, r.pages);
+    for (const r of t.ranges) space.add(r.start, r.src ?? r.start, r.pages);
     this.#adopt(t.pid, t.sourcePid, t.uffd, space);
     this.stats.pagesTotal += space.remaining;
   }
