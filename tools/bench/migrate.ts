@@ -185,8 +185,17 @@ async function migrate(mib: number, mode: 'lazy' | 'eager'): Promise<Result> {
     const normal = before.slice(-3).reduce((a, p) => a + p.ms, 0) / Math.min(3, before.length);
     // Passes that saw the migration: from the one that straddled the freeze until the first
     // one that started after every page was in.
-    const during = all.filter((p) => p.t >= frozenAt && p.t - p.ms <= allInAt + 1);
-    const pause = Math.max(0, ...during.map((p) => p.stall));
+    // The first pass to end after the freeze always counts: after an eager restore it is
+    // the one that started late.
+    const firstAfter = all.find((p) => p.t >= frozenAt);
+    const during = all.filter((p) => p.t >= frozenAt && (p === firstAfter || p.t - p.ms <= allInAt + 1));
+    // A freeze that falls in memhog's sleep between passes is no stall inside a pass: it
+    // shows as a pass that started late.
+    const late = (p: Pass): number => {
+      const prev = all.find((q) => q.pass === p.pass - 1);
+      return prev ? Math.max(0, p.t - p.ms - prev.t - INTERVAL) : 0;
+    };
+    const pause = Math.max(0, ...during.map((p) => Math.max(p.stall, late(p))));
     const after = Math.max(0, ...during.filter((p) => p.stallAt - p.stall > resumedAt + 1).map((p) => p.stall));
     const slow = Math.max(0, ...during.map((p) => p.ms));
     const pagesIn = summary ? summary.bytes / 2 ** 20 : mib;
