@@ -26,6 +26,14 @@ function say(text: string): void {
   process.stdout.write(text + '\n');
 }
 
+/** Wall-clock times of the log events the timeline is built from (the daemons' own ts=). */
+const seen = new Map<string, number>();
+
+function noteEvents(line: string): void {
+  const m = /^ts=(\S+) .*what="(tree frozen|tree resumed)"/.exec(line);
+  if (m) seen.set(m[2]!, Date.parse(m[1]!));
+}
+
 /** A lazymig command inside one of the hosts, its stderr shown with a prefix. */
 function inHost(hosts: TwoHosts, host: Host, label: string, args: string[]): { child: ChildProcess; exited: Promise<number> } {
   const child = hosts.spawnIn(host, [process.execPath, LAZYMIG, ...args], { stdio: ['ignore', 'inherit', 'pipe'] });
@@ -37,6 +45,7 @@ function inHost(hosts: TwoHosts, host: Host, label: string, args: string[]): { c
       const line = buf.slice(0, i).replace(/\x1b\[K/g, '');
       buf = buf.slice(i + 1);
       if (line.trim()) say(`  [${label}] ${line}`);
+      noteEvents(line);
     }
   });
   const exited = new Promise<number>((resolve) => child.on('close', (code, signal) => resolve(code ?? (signal ? 128 : 1))));
@@ -116,17 +125,23 @@ export async function runDemo(mib: number): Promise<number> {
     if (daemonRc !== 0) throw new Error(`lazy-pages exited ${daemonRc}`);
     if (dumpRc !== 0) throw new Error(`the source's page server exited ${dumpRc}`);
 
-    const after = await waitForLogLine(hog.logPath, /verify ok pass=\d+ /, 30_000, { since: logBefore });
+    const after = await waitForLogLine(hog.logPath, /verify ok pass=\d+ .*/, 30_000, { since: logBefore });
     mark('memhog verified its whole memory on the destination');
     say(`\nmemhog's own log around the migration:`);
     const log = (await readFile(hog.logPath, 'utf8')).split('\n');
     const cut = (await readFile(hog.logPath, 'utf8')).slice(0, logBefore).split('\n').length - 1;
     for (const l of log.slice(Math.max(0, cut - 3), cut)) say(`  before | ${l}`);
     for (const l of log.slice(cut, cut + 4)) if (l) say(`  after  | ${l}`);
-    void after;
 
     say('\ntimeline:');
     for (const s of steps) say(`  ${s.atMs.toFixed(0).padStart(7)} ms  ${s.name}`);
+    const frozen = seen.get('tree frozen');
+    const resumed = seen.get('tree resumed');
+    const stall = /stall=([\d.]+)/.exec(after[0] ?? '');
+    if (frozen !== undefined && resumed !== undefined) {
+      say(`\ndowntime, from the source's freeze to the destination's resume: ${resumed - frozen} ms`);
+    }
+    if (stall) say(`longest stop memhog itself saw in its first pass after the migration: ${Number(stall[1]).toFixed(0)} ms`);
     return EXIT.ok;
   } catch (err) {
     if (interrupted) return 130;
