@@ -252,6 +252,8 @@ export async function startWorkload(
   const lifetime = opts.lifetimeS ?? 600;
   const fullArgs = [...args, ...(lifetime > 0 ? ['--lifetime-s', String(lifetime)] : [])];
   const logFd = fs.openSync(logPath, 'a');
+  // A reused log already holds an earlier run's lines: look for this run's only.
+  const logStart = fs.fstatSync(logFd).size;
   let sup;
   try {
     sup = spawn(supervisor, [statusPath, bin, ...fullArgs], {
@@ -291,6 +293,7 @@ export async function startWorkload(
   let ready: RegExpExecArray;
   try {
     ready = await waitForLogLine(logPath, /^ready pid=(\d+)(?: .*)?$/, readyTimeout, {
+      since: logStart,
       what: desc,
       abortReason: () => (exitInfo ? `before it exited (${JSON.stringify(exitInfo)})` : undefined),
     });
