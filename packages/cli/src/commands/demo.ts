@@ -8,13 +8,13 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { cp, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { lazymigBin } from '../bin-path.js';
 import { createTwoHosts, type Host, type TwoHosts } from '@lazymig/tools/topology';
 import { startWorkload, waitForLogLine, type Workload } from '@lazymig/tools/workloads';
 import type { Command } from '../command.js';
 import { EXIT, UsageError } from '../usage-error.js';
 
-const LAZYMIG = fileURLToPath(new URL('../../bin/lazymig', import.meta.url));
+const LAZYMIG = lazymigBin();
 const PORT = 27000;
 
 interface Step {

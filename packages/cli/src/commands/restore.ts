@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { lazymigBin } from '../bin-path.js';
 import { attachUserfaultfd, ControlClient, createLogger, restore, type LazyHook, type RestoreResult } from '@lazymig/core-ts';
 import { closeFd } from '@lazymig/uffd-rs';
 import { PAGE_SIZE } from '@lazymig/uffd-rs';
@@ -89,7 +89,7 @@ export const restoreCommand: Command = {
   },
 };
 
-const LAZYMIG = fileURLToPath(new URL('../../bin/lazymig', import.meta.url));
+const LAZYMIG = lazymigBin();
 
 /**
  * Hands each process's userfaultfd to the lazy-pages daemon before the process resumes,

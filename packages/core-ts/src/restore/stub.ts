@@ -16,13 +16,14 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { RestoreError, errnoText } from './errors.js';
 import { hostChildWithNsPid, startTimeOf } from './pidns.js';
 
-const PKG_DIR = fileURLToPath(new URL('../../', import.meta.url));
+// Found through the package name, not this file's place: the CLI runs core-ts bundled.
+const PKG_DIR = dirname(createRequire(import.meta.url).resolve('@lazymig/core-ts/package.json'));
 export const STUB_SOURCE = join(PKG_DIR, 'stub', 'stub.c');
 export const STUB_CFLAGS = ['-static', '-nostdlib', '-ffreestanding', '-fno-stack-protector', '-fno-pie', '-no-pie', '-O2', '-Wall', '-Wextra'];
 
