@@ -152,8 +152,9 @@ async function migrate(mib: number, mode: 'lazy' | 'eager'): Promise<Result> {
     await cp(srcImages, dstImages, { recursive: true });
     let daemon: Cmd | undefined;
     if (mode === 'lazy') {
+      // Restore is started at once, not after the daemon says it is ready: restore waits
+      // (up to 5 s) for lazy-pages.socket, so the two commands start up side by side.
       daemon = track(run(hosts, hosts.dst, ['lazy-pages', '--page-server', '--images-dir', dstImages, '--json']));
-      await daemon.waitErr(/waiting for restore/, 60_000);
     }
     const pidfile = join(work, 'restored.pid');
     const restoreArgs = ['restore', '--images-dir', dstImages, '--restore-detached', '--pidfile', pidfile];

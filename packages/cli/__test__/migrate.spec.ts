@@ -23,8 +23,8 @@ async function migrate(t: ExecutionContext, name: WorkloadName, args: string[], 
   const frozenAt = w.logSize();
   await copyImages(srcImages, dstImages);
 
+  // Started together, as the README allows: restore waits for the daemon's socket.
   const daemon = env.track(lazymigIn(hosts, hosts.dst, ['lazy-pages', '--page-server', '--images-dir', dstImages]));
-  await daemon.waitForStderr(/waiting for restore/, 30_000);
   const pidfile = join(work, 'restored.pid');
   const restorer = env.track(lazymigIn(hosts, hosts.dst, ['restore', '--images-dir', dstImages, '--lazy-pages', '--restore-detached', '--pidfile', pidfile]));
   t.is(await restorer.exited, 0, restorer.stderr());
