@@ -40,7 +40,7 @@ export const restoreCommand: Command = {
     pidfile: "write the restored root's pid to this file (with --pid-ns: its pid as seen from here, not the dumped one it has inside)",
     'shell-job': "give the images' terminal fds this restore's terminal, and keep the tree in this session",
     'work-dir': 'directory for the lazy-pages socket (default: the images dir)',
-    'lazy-pages': 'leave lazy pages to the lazy-pages daemon (a userfaultfd)',
+    'lazy-pages': 'leave lazy pages to the lazy-pages daemon through a userfaultfd (waits up to 5 s for its socket)',
     'pid-ns': "restore into a new pid namespace in which every process and thread has its dumped pid/tid (its pid 1 is lazymig's init: a dumped pid 1 is refused)",
   },
   async run({ values }) {
