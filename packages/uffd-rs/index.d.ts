@@ -358,6 +358,17 @@ export interface BenchRustResult {
   totalNs: number
 }
 
+/**
+ * Sets the CPU affinity of the calling thread — the JS thread that makes the call, not the
+ * whole process and not the native threads (fault loop, servers) already running:
+ * sched_setaffinity(0, cpus). Threads the caller creates afterwards, and processes it
+ * forks, inherit the set. Throws RangeError for an empty list, a SystemError (EINVAL)
+ * for a CPU number out of range or a set with no online CPU.
+ */
+export declare function setThreadAffinity(cpus: number[]): void
+/** The CPUs the calling thread may run on (sched_getaffinity(0)), ascending. */
+export declare function getThreadAffinity(): number[]
+
 /** Helpers for tests and benchmarks, not for production use. */
 export declare const testing: {
   /** mmap of private anonymous memory (MAP_NORESERVE); len: whole pages. */
@@ -376,8 +387,9 @@ export declare const testing: {
   writeU64(addr: number, value: number | bigint): void
   /** Fills [addr, addr+len) with a repeated u64. */
   fill(addr: number, len: number, pattern: number | bigint): void
-  /** Sets the CPU affinity of the calling (JS) thread. */
+  /** Alias of setThreadAffinity (the calling thread). */
   setAffinity(cpus: number[]): void
+  /** Alias of getThreadAffinity (the calling thread). */
   getAffinity(): number[]
   /**
    * The latency floor: a fault handler in Rust alone serving `pages` single-page faults

@@ -189,6 +189,16 @@ export function crc32cPages(data, pageSize, out, outOffset = 0, seed = 0) {
   return native.crc32cPages(data, pageSize, out, outOffset, seed)
 }
 
+/** sched_setaffinity(0, cpus): the CPUs the calling (JS) thread may run on. */
+export function setThreadAffinity(cpus) {
+  native.setThreadAffinity(cpus)
+}
+
+/** sched_getaffinity(0): the CPUs the calling (JS) thread may run on, ascending. */
+export function getThreadAffinity() {
+  return native.getThreadAffinity()
+}
+
 export const testing = Object.freeze({
   mapAnonymous: (len) => native.testMapAnonymous(len),
   unmap: (addr, len) => native.testUnmap(addr, len),
@@ -198,8 +208,10 @@ export const testing = Object.freeze({
   readU64: (addr) => native.testReadU64(addr),
   writeU64: (addr, value) => native.testWriteU64(addr, value),
   fill: (addr, len, pattern) => native.testFill(addr, len, pattern),
-  setAffinity: (cpus) => native.testSetAffinity(cpus),
-  getAffinity: () => native.testGetAffinity(),
+  /** Alias of setThreadAffinity (kept for older tests). */
+  setAffinity: (cpus) => setThreadAffinity(cpus),
+  /** Alias of getThreadAffinity (kept for older tests). */
+  getAffinity: () => getThreadAffinity(),
   benchRustHandler: (opts) => native.testBenchRustHandler(opts),
   madviseOnThread: (addr, len, advice) => native.testOnThread('madvise', addr, len, advice).then(() => undefined),
   unmapOnThread: (addr, len) => native.testOnThread('munmap', addr, len).then(() => undefined),

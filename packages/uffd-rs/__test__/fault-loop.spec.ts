@@ -2,7 +2,7 @@ import test from 'ava'
 import { execFile } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
-import { FaultLoop, RangeKind, Userfaultfd, testing, type Fault, type FaultBatch, type FaultLoopMode } from '../index.js'
+import { FaultLoop, RangeKind, Userfaultfd, getThreadAffinity, testing, type Fault, type FaultBatch, type FaultLoopMode } from '../index.js'
 import { PS, Region, settles, stampedPage } from './helpers.js'
 
 const execFileP = promisify(execFile)
@@ -284,7 +284,7 @@ for (const mode of MODES) {
 }
 
 test('[thread] the loop can be pinned to a CPU', async (t) => {
-  const cpu = testing.getAffinity()[0]!
+  const cpu = getThreadAffinity()[0]!
   const r = Region.create(t, { pages: 2 })
   r.serve(({ faults }) => {
     for (const f of faults) r.uffd.copy(f.address, stampedPage(f.address))

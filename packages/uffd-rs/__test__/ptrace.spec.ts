@@ -5,7 +5,7 @@ import test, { type ExecutionContext } from 'ava'
 import { spawn, execFileSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import { startWorkload, type Workload } from '../../../tools/workloads/index.js'
-import { testing } from '../index.js'
+import { getThreadAffinity, setThreadAffinity } from '../index.js'
 import { ptrace, PTRACE_EVENT, SyscallInjector, processVmRead, processVmWrite, type Regs, type PtraceSystemError } from '../ptrace.js'
 import { PR_GET_TID_ADDRESS, SYS, errCode, freeze, gadgetOf, maps, statFields, statusField, vmaOf } from './ptrace-helpers.js'
 
@@ -292,16 +292,16 @@ test.serial('setRegs / setXstate / setSigmask round trip', async (t) => {
 })
 
 test.serial('measure: cost of one injected syscall, tracer and target on the same CPU or not', async (t) => {
-  const cpus = testing.getAffinity()
+  const cpus = getThreadAffinity()
   if (cpus.length < 2) return t.pass('needs 2 CPUs')
   const w = await workload(t, 'sleeper', ['--sleep-ms', '1000'])
   const injectors: SyscallInjector[] = []
   freeze(t, [w.pid], injectors)
-  t.teardown(() => testing.setAffinity(cpus))
+  t.teardown(() => setThreadAffinity(cpus))
   const inj = new SyscallInjector(w.pid, gadgetOf(w.pid))
   injectors.push(inj)
   const pin = (me: number, it: number) => {
-    testing.setAffinity([me])
+    setThreadAffinity([me])
     execFileSync('taskset', ['-p', '-c', String(it), String(w.pid)], { stdio: 'ignore' })
   }
   const results: Record<string, number> = {}

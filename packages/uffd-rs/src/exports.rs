@@ -35,6 +35,9 @@ pub const TABLE: &[Export] = &[
     // image checksums (CRC32C)
     export!("crc32c\0" => crc32c_js), export!("crc32cPages\0" => crc32c_pages_js),
     export!("probe\0" => probe_kernel),
+    // CPU affinity of the calling thread
+    export!("setThreadAffinity\0" => set_thread_affinity),
+    export!("getThreadAffinity\0" => get_thread_affinity),
     // testing
     export!("testMapAnonymous\0" => test_map_anonymous),
     export!("testUnmap\0" => test_unmap),
@@ -44,8 +47,6 @@ pub const TABLE: &[Export] = &[
     export!("testReadU64\0" => test_read_u64),
     export!("testWriteU64\0" => test_write_u64),
     export!("testFill\0" => test_fill),
-    export!("testSetAffinity\0" => test_set_affinity),
-    export!("testGetAffinity\0" => test_get_affinity),
     export!("testBenchRustHandler\0" => test_bench_rust_handler),
     export!("testOnThread\0" => test_on_thread),
     export!("testForkTarget\0" => test_fork_target),
@@ -399,6 +400,24 @@ fn probe_kernel(env: Env, _a: &Args) -> JsResult<Value> {
     ])
 }
 
+// ---------- CPU affinity ----------
+
+/// sched_setaffinity(0, cpus): the calling (JS) thread only, not the process.
+fn set_thread_affinity(env: Env, a: &Args) -> JsResult<Value> {
+    let cpus: Vec<usize> = u64_list(env, a.get(0, "cpus")?, "cpus")?.into_iter().map(|c| c as usize).collect();
+    if cpus.is_empty() {
+        return range_error("cpus must not be empty");
+    }
+    sys(crate::sys::pin_current_thread(&cpus))?;
+    env.undefined()
+}
+
+/// sched_getaffinity(0): the CPUs the calling (JS) thread may run on, ascending.
+fn get_thread_affinity(env: Env, _a: &Args) -> JsResult<Value> {
+    let cpus = sys(crate::sys::current_affinity())?;
+    env.array_of(cpus.iter().map(|&c| env.num(c as u64)))
+}
+
 // ---------- testing ----------
 
 fn test_map_anonymous(env: Env, a: &Args) -> JsResult<Value> {
@@ -558,20 +577,6 @@ fn test_fill(env: Env, a: &Args) -> JsResult<Value> {
     let pattern = env.to_u64_or_bigint(a.get(2, "pattern")?, "pattern")?;
     sys(testing::fill(addr, len, pattern))?;
     env.undefined()
-}
-
-fn test_set_affinity(env: Env, a: &Args) -> JsResult<Value> {
-    let cpus: Vec<usize> = u64_list(env, a.get(0, "cpus")?, "cpus")?.into_iter().map(|c| c as usize).collect();
-    if cpus.is_empty() {
-        return range_error("cpus must not be empty");
-    }
-    sys(crate::sys::pin_current_thread(&cpus))?;
-    env.undefined()
-}
-
-fn test_get_affinity(env: Env, _a: &Args) -> JsResult<Value> {
-    let cpus = sys(crate::sys::current_affinity())?;
-    env.array_of(cpus.iter().map(|&c| env.num(c as u64)))
 }
 
 fn test_bench_rust_handler(env: Env, a: &Args) -> JsResult<Value> {

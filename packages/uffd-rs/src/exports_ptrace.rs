@@ -1,7 +1,7 @@
 //! JS entry points of the ptrace / process-memory / pidfd / unix-socket modules (the
 //! `ptrace` feature). ptrace.js wraps these raw functions; nothing else should call them.
 //! Kernel failures are thrown as Node-style system errors naming the tid/pid/fd/path
-//! (see ptrace/error.rs); bad JS input is a TypeError/RangeError.
+//! (SysError with a subject, see sys/errno.rs); bad JS input is a TypeError/RangeError.
 
 use crate::export;
 use crate::napi::ffi::{self, napi_env, napi_value};
@@ -10,7 +10,7 @@ use crate::napi::tsfn::Tsfn;
 use crate::napi::value::{MAX_SAFE, Typed};
 use crate::napi::{Args, Env, Export, JsError, JsResult, Kind, Tagged, Value, range_error, type_error};
 use crate::procmem::{self, Dir, Range};
-use crate::ptrace::error::{OrThrow, OsError, Subject};
+use crate::sys::{Subject, SysError};
 use crate::ptrace::inject::Injector;
 use crate::ptrace::regs::{REG_NAMES, Regs};
 use crate::ptrace::wait::{StopState, wait_stop};
@@ -159,12 +159,12 @@ fn seize(env: Env, a: &Args) -> JsResult<Value> {
     let opts = env.opts(a.opt(1)?, "options")?;
     let exit_kill = env.opt_bool(opts, c"exitKill", false)?;
     let trace_clone = env.opt_bool(opts, c"traceClone", false)?;
-    ptrace::seize(tid, exit_kill, trace_clone).or_throw(env)?;
+    ptrace::seize(tid, exit_kill, trace_clone)?;
     env.undefined()
 }
 
 fn interrupt(env: Env, a: &Args) -> JsResult<Value> {
-    ptrace::interrupt(tid_arg(env, a, 0)?).or_throw(env)?;
+    ptrace::interrupt(tid_arg(env, a, 0)?)?;
     env.undefined()
 }
 
@@ -185,7 +185,7 @@ fn stop_state(env: Env, s: StopState) -> JsResult<Value> {
 fn wait_stop_js(env: Env, a: &Args) -> JsResult<Value> {
     let tid = tid_arg(env, a, 0)?;
     let timeout = ms_arg(env, a, 1, "timeoutMs")?;
-    let s = wait_stop(tid, timeout).or_throw(env)?;
+    let s = wait_stop(tid, timeout)?;
     stop_state(env, s)
 }
 
@@ -213,42 +213,42 @@ fn regs_from_js(env: Env, v: Value) -> JsResult<Regs> {
 }
 
 fn get_regs(env: Env, a: &Args) -> JsResult<Value> {
-    let r = ptrace::get_regs(tid_arg(env, a, 0)?).or_throw(env)?;
+    let r = ptrace::get_regs(tid_arg(env, a, 0)?)?;
     regs_to_js(env, &r)
 }
 
 fn set_regs(env: Env, a: &Args) -> JsResult<Value> {
     let tid = tid_arg(env, a, 0)?;
     let r = regs_from_js(env, a.get(1, "regs")?)?;
-    ptrace::set_regs(tid, &r).or_throw(env)?;
+    ptrace::set_regs(tid, &r)?;
     env.undefined()
 }
 
 fn get_xstate(env: Env, a: &Args) -> JsResult<Value> {
-    let x = ptrace::get_xstate(tid_arg(env, a, 0)?).or_throw(env)?;
+    let x = ptrace::get_xstate(tid_arg(env, a, 0)?)?;
     buffer(env, &x)
 }
 
 fn set_xstate(env: Env, a: &Args) -> JsResult<Value> {
     let tid = tid_arg(env, a, 0)?;
     let b = env.to_bytes(a.get(1, "xstate")?, "xstate")?;
-    ptrace::set_xstate(tid, b.as_slice()).or_throw(env)?;
+    ptrace::set_xstate(tid, b.as_slice())?;
     env.undefined()
 }
 
 fn get_sigmask(env: Env, a: &Args) -> JsResult<Value> {
-    env.bigint(ptrace::get_sigmask(tid_arg(env, a, 0)?).or_throw(env)?)
+    env.bigint(ptrace::get_sigmask(tid_arg(env, a, 0)?)?)
 }
 
 fn set_sigmask(env: Env, a: &Args) -> JsResult<Value> {
     let tid = tid_arg(env, a, 0)?;
     let m = word(env, a.get(1, "mask")?, "mask")?;
-    ptrace::set_sigmask(tid, m).or_throw(env)?;
+    ptrace::set_sigmask(tid, m)?;
     env.undefined()
 }
 
 fn get_rseq_config(env: Env, a: &Args) -> JsResult<Value> {
-    match ptrace::get_rseq_config(tid_arg(env, a, 0)?).or_throw(env)? {
+    match ptrace::get_rseq_config(tid_arg(env, a, 0)?)? {
         None => env.null(),
         Some(c) => env.object_with(&[
             (c"ptr", env.bigint(c.ptr)?),
@@ -260,17 +260,17 @@ fn get_rseq_config(env: Env, a: &Args) -> JsResult<Value> {
 }
 
 fn cont(env: Env, a: &Args) -> JsResult<Value> {
-    ptrace::cont(tid_arg(env, a, 0)?, signal_arg(env, a, 1)?).or_throw(env)?;
+    ptrace::cont(tid_arg(env, a, 0)?, signal_arg(env, a, 1)?)?;
     env.undefined()
 }
 
 fn syscall(env: Env, a: &Args) -> JsResult<Value> {
-    ptrace::syscall(tid_arg(env, a, 0)?, signal_arg(env, a, 1)?).or_throw(env)?;
+    ptrace::syscall(tid_arg(env, a, 0)?, signal_arg(env, a, 1)?)?;
     env.undefined()
 }
 
 fn detach(env: Env, a: &Args) -> JsResult<Value> {
-    ptrace::detach(tid_arg(env, a, 0)?, signal_arg(env, a, 1)?).or_throw(env)?;
+    ptrace::detach(tid_arg(env, a, 0)?, signal_arg(env, a, 1)?)?;
     env.undefined()
 }
 
@@ -304,7 +304,7 @@ fn injector_create(env: Env, a: &Args) -> JsResult<Value> {
             Duration::from_secs_f64(x / 1e3)
         }
     };
-    let inj = Injector::new(tid, gadget, timeout).or_throw(env)?;
+    let inj = Injector::new(tid, gadget, timeout)?;
     env.external(Arc::new(InjectorHandle { tag: InjectorHandle::TAG, inner: Mutex::new(inj) }))
 }
 
@@ -331,7 +331,7 @@ fn injector_call(env: Env, a: &Args) -> JsResult<Value> {
             args.push(word(env, env.get_index(v, i)?, &format!("args[{i}]"))?);
         }
     }
-    let rax = lock(&h).call(nr, &args).or_throw(env)?;
+    let rax = lock(&h).call(nr, &args)?;
     bigint_i64(env, rax)
 }
 
@@ -349,7 +349,7 @@ fn injector_pending(env: Env, a: &Args) -> JsResult<Value> {
 
 fn injector_restore(env: Env, a: &Args) -> JsResult<Value> {
     let h = injector(env, a)?;
-    lock(&h).restore().or_throw(env)?;
+    lock(&h).restore()?;
     env.undefined()
 }
 
@@ -359,7 +359,7 @@ fn find_syscall_gadget(env: Env, a: &Args) -> JsResult<Value> {
     let pid = pid_arg(env, a, 0)?;
     let start = env.to_u64(a.get(1, "start")?, "start")?;
     let len = env.to_u64(a.get(2, "len")?, "len")?;
-    match procmem::find_syscall_gadget(pid, start, len).or_throw(env)? {
+    match procmem::find_syscall_gadget(pid, start, len)? {
         Some(at) => env.num(at),
         None => env.null(),
     }
@@ -402,7 +402,7 @@ fn vm_io(env: Env, a: &Args, dir: Dir) -> JsResult<Value> {
     }
     // SAFETY: `local` is the live backing store of a JS typed array for this synchronous
     // call and holds at least `total` bytes (checked above).
-    let n = unsafe { procmem::transfer(pid, dir, &ranges, local.ptr, local.len) }.or_throw(env)?;
+    let n = unsafe { procmem::transfer(pid, dir, &ranges, local.ptr, local.len) }?;
     env.num(n)
 }
 
@@ -417,19 +417,19 @@ fn process_vm_write(env: Env, a: &Args) -> JsResult<Value> {
 // ---------------- pidfd ----------------
 
 fn pidfd_open(env: Env, a: &Args) -> JsResult<Value> {
-    let fd = pidfd::pidfd_open(pid_arg(env, a, 0)?).or_throw(env)?;
+    let fd = pidfd::pidfd_open(pid_arg(env, a, 0)?)?;
     env.num(fd as u64)
 }
 
 fn pidfd_getfd(env: Env, a: &Args) -> JsResult<Value> {
     let pidfd = env.to_fd(a.get(0, "pidfd")?)?;
     let target = env.to_fd(a.get(1, "targetFd")?)?;
-    let fd = pidfd::pidfd_getfd(pidfd, target).or_throw(env)?;
+    let fd = pidfd::pidfd_getfd(pidfd, target)?;
     env.num(fd as u64)
 }
 
 fn close_fd(env: Env, a: &Args) -> JsResult<Value> {
-    pidfd::close_fd(env.to_fd(a.get(0, "fd")?)?).or_throw(env)?;
+    pidfd::close_fd(env.to_fd(a.get(0, "fd")?)?)?;
     env.undefined()
 }
 
@@ -459,7 +459,7 @@ fn fds_to_js(env: Env, fds: Vec<OwnedFd>) -> JsResult<Value> {
 fn unix_connect(env: Env, a: &Args) -> JsResult<Value> {
     let path = env.to_string(a.get(0, "path")?, "path")?;
     let timeout = ms_arg(env, a, 1, "timeoutMs")?;
-    let fd = unix_socket::connect(&path, timeout).or_throw(env)?;
+    let fd = unix_socket::connect(&path, timeout)?;
     env.num(fd as u64)
 }
 
@@ -470,7 +470,7 @@ fn unix_send(env: Env, a: &Args) -> JsResult<Value> {
         return range_error("payload must not be empty (an empty message reads as the peer closing)");
     }
     let fds = fd_list(env, a.opt(2)?)?;
-    unix_socket::send(fd, payload.as_slice(), &fds).or_throw(env)?;
+    unix_socket::send(fd, payload.as_slice(), &fds)?;
     env.undefined()
 }
 
@@ -481,7 +481,7 @@ fn unix_recv(env: Env, a: &Args) -> JsResult<Value> {
         return range_error(format!("maxBytes must be in 1..64 MiB, got {max}"));
     }
     let timeout = ms_arg(env, a, 2, "timeoutMs")?;
-    match unix_socket::recv(fd, max as usize, timeout).or_throw(env)? {
+    match unix_socket::recv(fd, max as usize, timeout)? {
         None => env.null(),
         Some((payload, fds)) => {
             let p = buffer(env, &payload)?;
@@ -541,7 +541,7 @@ fn server_event(env: Env, cb: Option<Value>, h: &ServerHandle, ev: Event) -> JsR
             }
             match error {
                 // A server that died on its own says so (like an 'error' event nobody handles).
-                Some(e) => Err(e.throw(env)),
+                Some(e) => Err(JsError::Sys(e)),
                 None => Ok(()),
             }
         }
@@ -554,7 +554,7 @@ fn unix_server_start(env: Env, a: &Args) -> JsResult<Value> {
     if env.kind(cb)? != Kind::Function {
         return type_error("onMessage must be a function");
     }
-    let listener = Listener::bind(&path).or_throw(env)?;
+    let listener = Listener::bind(&path)?;
     let stop = crate::sys::EventFd::new().map_err(JsError::Sys)?;
     let handle = Arc::new(ServerHandle { tag: ServerHandle::TAG, stop, state: Mutex::new(ServerState::default()) });
     let h2 = handle.clone();
@@ -571,7 +571,7 @@ fn unix_server_start(env: Env, a: &Args) -> JsResult<Value> {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),
                 Err(p) => Some(
-                    OsError::new("unix socket server", libc::EIO, Subject::Path(listener.path.clone()))
+                    SysError::new("unix socket server", libc::EIO).about(Subject::Path(listener.path.clone()))
                         .because(format!("internal error: {}", crate::napi::error::panic_message(&*p))),
                 ),
             };

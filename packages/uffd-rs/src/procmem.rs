@@ -1,7 +1,7 @@
 //! Another process's memory: process_vm_readv/writev in batches of IOV_MAX remote iovecs,
 //! and the search for a `syscall` instruction to inject through.
 
-use crate::ptrace::error::{OsError, OsResult, Subject};
+use crate::sys::{Subject, SysError, SysResult};
 use std::ffi::c_void;
 
 pub const IOV_MAX: usize = 1024;
@@ -31,7 +31,7 @@ impl Dir {
 /// byte count; a short transfer is an EFAULT at the first address not transferred.
 ///
 /// SAFETY: `local` must be valid for reads (Write) or writes (Read) of `len` bytes.
-pub unsafe fn transfer(pid: i32, dir: Dir, ranges: &[Range], local: *mut u8, local_len: usize) -> OsResult<u64> {
+pub unsafe fn transfer(pid: i32, dir: Dir, ranges: &[Range], local: *mut u8, local_len: usize) -> SysResult<u64> {
     let total: u64 = ranges.iter().map(|r| r.len).sum();
     debug_assert!(total <= local_len as u64);
     let mut done: u64 = 0;
@@ -79,7 +79,7 @@ pub unsafe fn transfer(pid: i32, dir: Dir, ranges: &[Range], local: *mut u8, loc
             };
             let at = rem[0].iov_base as u64;
             if n < 0 {
-                let e = OsError::last(dir.op(), Subject::Pid(pid));
+                let e = SysError::last(dir.op()).about(Subject::Pid(pid));
                 if e.errno == libc::EINTR {
                     continue;
                 }
@@ -87,7 +87,7 @@ pub unsafe fn transfer(pid: i32, dir: Dir, ranges: &[Range], local: *mut u8, loc
                 return Err(if matches!(e.errno, libc::EFAULT | libc::ENOMEM) { e.at(at) } else { e });
             }
             if n == 0 {
-                return Err(OsError::new(dir.op(), libc::EFAULT, Subject::Pid(pid))
+                return Err(SysError::new(dir.op(), libc::EFAULT).about(Subject::Pid(pid))
                     .at(at)
                     .because(format!("{} of {total} bytes transferred; {at:#x} is not mapped or not accessible", done + got)));
             }
@@ -98,7 +98,7 @@ pub unsafe fn transfer(pid: i32, dir: Dir, ranges: &[Range], local: *mut u8, loc
     Ok(done)
 }
 
-pub fn read_exact(pid: i32, addr: u64, buf: &mut [u8]) -> OsResult<()> {
+pub fn read_exact(pid: i32, addr: u64, buf: &mut [u8]) -> SysResult<()> {
     let r = [Range { addr, len: buf.len() as u64 }];
     // SAFETY: buf is writable for its length.
     unsafe { transfer(pid, Dir::Read, &r, buf.as_mut_ptr(), buf.len()) }.map(|_| ())
@@ -106,7 +106,7 @@ pub fn read_exact(pid: i32, addr: u64, buf: &mut [u8]) -> OsResult<()> {
 
 /// Address of the first `0f 05` in [start, start+len) of pid's memory. Reads through
 /// process_vm_readv, falling back to /proc/PID/mem (which can read execute-only pages).
-pub fn find_syscall_gadget(pid: i32, start: u64, len: u64) -> OsResult<Option<u64>> {
+pub fn find_syscall_gadget(pid: i32, start: u64, len: u64) -> SysResult<Option<u64>> {
     const CHUNK: u64 = 64 * 1024;
     let mut buf = vec![0u8; CHUNK as usize + 1];
     let mut off = 0u64;
@@ -122,12 +122,12 @@ pub fn find_syscall_gadget(pid: i32, start: u64, len: u64) -> OsResult<Option<u6
             use std::os::unix::fs::FileExt;
             if mem.is_none() {
                 mem = Some(std::fs::File::open(format!("/proc/{pid}/mem")).map_err(|io| {
-                    OsError::new("open /proc/PID/mem", io.raw_os_error().unwrap_or(libc::EIO), Subject::Pid(pid))
+                    SysError::new("open /proc/PID/mem", io.raw_os_error().unwrap_or(libc::EIO)).about(Subject::Pid(pid))
                 })?);
             }
             let f = mem.as_ref().unwrap();
             f.read_exact_at(slice, start + off).map_err(|io| {
-                OsError::new("pread /proc/PID/mem", io.raw_os_error().unwrap_or(libc::EFAULT), Subject::Pid(pid)).at(start + off)
+                SysError::new("pread /proc/PID/mem", io.raw_os_error().unwrap_or(libc::EFAULT)).about(Subject::Pid(pid)).at(start + off)
             })?;
         }
         if let Some(p) = slice.windows(2).position(|w| w == [0x0f, 0x05]) {

@@ -8,7 +8,7 @@
 //! A server runs on its own native thread (epoll over the listener, its connections and an
 //! eventfd to stop it) and hands each message to JS through a threadsafe function.
 
-use crate::ptrace::error::{OsError, OsResult, Subject};
+use crate::sys::{Subject, SysError, SysResult};
 use crate::sys::EventFd;
 use std::ffi::c_void;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -26,13 +26,13 @@ fn path_subject(path: &str) -> Subject {
     Subject::Path(path.to_string())
 }
 
-fn sockaddr(path: &str) -> OsResult<(libc::sockaddr_un, libc::socklen_t)> {
+fn sockaddr(path: &str) -> SysResult<(libc::sockaddr_un, libc::socklen_t)> {
     // SAFETY: sockaddr_un is plain data.
     let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
     let bytes = std::path::Path::new(path).as_os_str().as_bytes();
     if bytes.is_empty() || bytes.len() >= sa.sun_path.len() || bytes.contains(&0) {
-        return Err(OsError::new("socket path", libc::ENAMETOOLONG, path_subject(path))
+        return Err(SysError::new("socket path", libc::ENAMETOOLONG).about(path_subject(path))
             .because(format!("a unix socket path must have 1..{} bytes and no NUL", sa.sun_path.len() - 1)));
     }
     for (d, s) in sa.sun_path.iter_mut().zip(bytes) {
@@ -42,18 +42,18 @@ fn sockaddr(path: &str) -> OsResult<(libc::sockaddr_un, libc::socklen_t)> {
     Ok((sa, len as libc::socklen_t))
 }
 
-fn new_socket(path: &str, nonblocking: bool) -> OsResult<OwnedFd> {
+fn new_socket(path: &str, nonblocking: bool) -> SysResult<OwnedFd> {
     let flags = libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
     // SAFETY: plain syscall; the fd is owned right away.
     let fd = unsafe { libc::socket(libc::AF_UNIX, flags, 0) };
     if fd < 0 {
-        return Err(OsError::last("socket", path_subject(path)));
+        return Err(SysError::last("socket").about(path_subject(path)));
     }
     // SAFETY: fresh fd, ours.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn try_connect(path: &str) -> OsResult<OwnedFd> {
+fn try_connect(path: &str) -> SysResult<OwnedFd> {
     let (sa, len) = sockaddr(path)?;
     let s = new_socket(path, false)?;
     loop {
@@ -62,7 +62,7 @@ fn try_connect(path: &str) -> OsResult<OwnedFd> {
         if rc == 0 {
             return Ok(s);
         }
-        let e = OsError::last("connect", path_subject(path));
+        let e = SysError::last("connect").about(path_subject(path));
         if e.errno != libc::EINTR {
             return Err(e);
         }
@@ -71,7 +71,7 @@ fn try_connect(path: &str) -> OsResult<OwnedFd> {
 
 /// Connects to the server at `path`, retrying while it does not exist or does not accept
 /// yet (ENOENT, ECONNREFUSED, EAGAIN) until `timeout`. Returns a blocking, CLOEXEC fd.
-pub fn connect(path: &str, timeout: Duration) -> OsResult<RawFd> {
+pub fn connect(path: &str, timeout: Duration) -> SysResult<RawFd> {
     let deadline = Instant::now() + timeout;
     let mut sleep = Duration::from_millis(1);
     loop {
@@ -80,7 +80,7 @@ pub fn connect(path: &str, timeout: Duration) -> OsResult<RawFd> {
             Err(e) if matches!(e.errno, libc::ENOENT | libc::ECONNREFUSED | libc::EAGAIN) => {
                 let now = Instant::now();
                 if now >= deadline {
-                    return Err(OsError::new("connect", libc::ETIMEDOUT, path_subject(path))
+                    return Err(SysError::new("connect", libc::ETIMEDOUT).about(path_subject(path))
                         .because(format!("no server accepted within {} ms (last error {})", timeout.as_millis(), e.code())));
                 }
                 std::thread::sleep(sleep.min(deadline - now));
@@ -92,7 +92,7 @@ pub fn connect(path: &str, timeout: Duration) -> OsResult<RawFd> {
 }
 
 /// poll(2) for `events` until the deadline; false on timeout.
-fn wait_ready(fd: RawFd, events: libc::c_short, deadline: Instant, op: &'static str) -> OsResult<bool> {
+fn wait_ready(fd: RawFd, events: libc::c_short, deadline: Instant, op: &'static str) -> SysResult<bool> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
@@ -101,7 +101,7 @@ fn wait_ready(fd: RawFd, events: libc::c_short, deadline: Instant, op: &'static 
         let rc = unsafe { libc::poll(&mut p, 1, ms) };
         if rc > 0 {
             if p.revents & libc::POLLNVAL != 0 {
-                return Err(OsError::new(op, libc::EBADF, Subject::Fd(fd)));
+                return Err(SysError::new(op, libc::EBADF).about(Subject::Fd(fd)));
             }
             return Ok(true);
         }
@@ -111,7 +111,7 @@ fn wait_ready(fd: RawFd, events: libc::c_short, deadline: Instant, op: &'static 
             }
             continue;
         }
-        let e = OsError::last("poll", Subject::Fd(fd));
+        let e = SysError::last("poll").about(Subject::Fd(fd));
         if e.errno != libc::EINTR {
             return Err(e);
         }
@@ -120,9 +120,9 @@ fn wait_ready(fd: RawFd, events: libc::c_short, deadline: Instant, op: &'static 
 
 /// Sends one message (payload + fds as SCM_RIGHTS). The fds stay open here: the receiver
 /// gets its own copies.
-pub fn send(fd: RawFd, payload: &[u8], fds: &[RawFd]) -> OsResult<()> {
+pub fn send(fd: RawFd, payload: &[u8], fds: &[RawFd]) -> SysResult<()> {
     if fds.len() > MAX_FDS {
-        return Err(OsError::new("sendmsg", libc::EINVAL, Subject::Fd(fd)).because(format!("{} fds, at most {MAX_FDS} per message", fds.len())));
+        return Err(SysError::new("sendmsg", libc::EINVAL).about(Subject::Fd(fd)).because(format!("{} fds, at most {MAX_FDS} per message", fds.len())));
     }
     let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut c_void, iov_len: payload.len() };
     // SAFETY: CMSG_SPACE is pure arithmetic.
@@ -151,12 +151,12 @@ pub fn send(fd: RawFd, payload: &[u8], fds: &[RawFd]) -> OsResult<()> {
         if n >= 0 {
             return Ok(());
         }
-        let e = OsError::last("sendmsg", Subject::Fd(fd));
+        let e = SysError::last("sendmsg").about(Subject::Fd(fd));
         match e.errno {
             libc::EINTR => continue,
             libc::EAGAIN => {
                 if !wait_ready(fd, libc::POLLOUT, deadline, "sendmsg")? {
-                    return Err(OsError::new("sendmsg", libc::ETIMEDOUT, Subject::Fd(fd))
+                    return Err(SysError::new("sendmsg", libc::ETIMEDOUT).about(Subject::Fd(fd))
                         .because(format!("the peer did not take the message within {} s", SEND_TIMEOUT.as_secs())));
                 }
             }
@@ -175,7 +175,7 @@ pub enum Received {
 
 /// One recvmsg. Fds arrive CLOEXEC. A message longer than `max` is an EMSGSIZE (its fds
 /// are closed, the message is gone: it was one message).
-pub fn recv_once(fd: RawFd, max: usize, dontwait: bool) -> OsResult<Received> {
+pub fn recv_once(fd: RawFd, max: usize, dontwait: bool) -> SysResult<Received> {
     let mut payload = vec![0u8; max];
     let mut iov = libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: payload.len() };
     // SAFETY: CMSG_SPACE is pure arithmetic.
@@ -194,7 +194,7 @@ pub fn recv_once(fd: RawFd, max: usize, dontwait: bool) -> OsResult<Received> {
         if n >= 0 {
             break n as usize;
         }
-        let e = OsError::last("recvmsg", Subject::Fd(fd));
+        let e = SysError::last("recvmsg").about(Subject::Fd(fd));
         match e.errno {
             libc::EINTR => continue,
             libc::EAGAIN => return Ok(Received::Empty),
@@ -218,10 +218,10 @@ pub fn recv_once(fd: RawFd, max: usize, dontwait: bool) -> OsResult<Received> {
         }
     }
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(OsError::new("recvmsg", libc::EMSGSIZE, Subject::Fd(fd)).because("control data truncated (too many fds)"));
+        return Err(SysError::new("recvmsg", libc::EMSGSIZE).about(Subject::Fd(fd)).because("control data truncated (too many fds)"));
     }
     if msg.msg_flags & libc::MSG_TRUNC != 0 {
-        return Err(OsError::new("recvmsg", libc::EMSGSIZE, Subject::Fd(fd)).because(format!("message longer than maxBytes ({max})")));
+        return Err(SysError::new("recvmsg", libc::EMSGSIZE).about(Subject::Fd(fd)).because(format!("message longer than maxBytes ({max})")));
     }
     if n == 0 && fds.is_empty() {
         // Empty messages are refused by send, so 0 bytes means the peer is gone.
@@ -232,11 +232,11 @@ pub fn recv_once(fd: RawFd, max: usize, dontwait: bool) -> OsResult<Received> {
 }
 
 /// One message, waiting up to `timeout`; None when the peer closed.
-pub fn recv(fd: RawFd, max: usize, timeout: Duration) -> OsResult<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+pub fn recv(fd: RawFd, max: usize, timeout: Duration) -> SysResult<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     let deadline = Instant::now() + timeout;
     loop {
         if !wait_ready(fd, libc::POLLIN, deadline, "recvmsg")? {
-            return Err(OsError::new("recvmsg", libc::ETIMEDOUT, Subject::Fd(fd)).because(format!("no message within {} ms", timeout.as_millis())));
+            return Err(SysError::new("recvmsg", libc::ETIMEDOUT).about(Subject::Fd(fd)).because(format!("no message within {} ms", timeout.as_millis())));
         }
         match recv_once(fd, max, true)? {
             Received::Message { payload, fds } => return Ok(Some((payload, fds))),
@@ -254,7 +254,7 @@ pub enum Event {
     Closed { conn: OwnedFd },
     /// The thread ended (close() or a fatal error); the connections still open are closed
     /// on the JS thread after every earlier event was delivered.
-    Stopped { conns: Vec<OwnedFd>, error: Option<OsError> },
+    Stopped { conns: Vec<OwnedFd>, error: Option<SysError> },
 }
 
 pub struct Listener {
@@ -274,7 +274,7 @@ fn lstat(path: &str) -> Option<libc::stat> {
 impl Listener {
     /// bind + listen. A stale socket file (nobody accepting) is replaced; a live server or
     /// a file that is not a socket is an EADDRINUSE.
-    pub fn bind(path: &str) -> OsResult<Listener> {
+    pub fn bind(path: &str) -> SysResult<Listener> {
         let (sa, len) = sockaddr(path)?;
         let s = new_socket(path, true)?;
         let do_bind = || {
@@ -282,7 +282,7 @@ impl Listener {
             unsafe { libc::bind(s.as_raw_fd(), &sa as *const libc::sockaddr_un as *const libc::sockaddr, len) }
         };
         if do_bind() != 0 {
-            let e = OsError::last("bind", path_subject(path));
+            let e = SysError::last("bind").about(path_subject(path));
             if e.errno != libc::EADDRINUSE {
                 return Err(e);
             }
@@ -297,7 +297,7 @@ impl Listener {
                     // SAFETY: NUL-terminated path.
                     unsafe { libc::unlink(cpath.as_ptr()) };
                     if do_bind() != 0 {
-                        return Err(OsError::last("bind", path_subject(path)));
+                        return Err(SysError::last("bind").about(path_subject(path)));
                     }
                 }
                 Err(_) => return Err(e),
@@ -305,9 +305,9 @@ impl Listener {
         }
         // SAFETY: bound socket.
         if unsafe { libc::listen(s.as_raw_fd(), 128) } != 0 {
-            return Err(OsError::last("listen", path_subject(path)));
+            return Err(SysError::last("listen").about(path_subject(path)));
         }
-        let st = lstat(path).ok_or_else(|| OsError::last("lstat", path_subject(path)))?;
+        let st = lstat(path).ok_or_else(|| SysError::last("lstat").about(path_subject(path)))?;
         Ok(Listener { fd: s, path: path.to_string(), dev_ino: (st.st_dev, st.st_ino) })
     }
 
@@ -320,10 +320,10 @@ impl Listener {
     }
 }
 
-fn epoll_ctl(ep: RawFd, op: i32, fd: RawFd) -> OsResult<()> {
+fn epoll_ctl(ep: RawFd, op: i32, fd: RawFd) -> SysResult<()> {
     let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32, u64: fd as u64 };
     // SAFETY: valid epoll fd and event struct.
-    if unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) } != 0 { Err(OsError::last("epoll_ctl", Subject::Fd(fd))) } else { Ok(()) }
+    if unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) } != 0 { Err(SysError::last("epoll_ctl").about(Subject::Fd(fd))) } else { Ok(()) }
 }
 
 /// A connection of the server thread; `announced` once JS has seen its fd number (in a
@@ -335,11 +335,11 @@ pub struct Conn {
 
 /// The server thread's body: runs until `stop` is signalled or a fatal error. `conns` holds
 /// the connections still open when it returns (also when it panics).
-pub fn serve(listener: &Listener, stop: &EventFd, conns: &mut Vec<Conn>, emit: &dyn Fn(Event) -> bool) -> OsResult<()> {
+pub fn serve(listener: &Listener, stop: &EventFd, conns: &mut Vec<Conn>, emit: &dyn Fn(Event) -> bool) -> SysResult<()> {
     // SAFETY: plain syscall; owned right away.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if ep < 0 {
-        return Err(OsError::last("epoll_create1", path_subject(&listener.path)));
+        return Err(SysError::last("epoll_create1").about(path_subject(&listener.path)));
     }
     // SAFETY: fresh fd.
     let ep = unsafe { OwnedFd::from_raw_fd(ep) };
@@ -351,7 +351,7 @@ pub fn serve(listener: &Listener, stop: &EventFd, conns: &mut Vec<Conn>, emit: &
         // SAFETY: events has room for 64 entries.
         let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, -1) };
         if n < 0 {
-            let e = OsError::last("epoll_wait", path_subject(&listener.path));
+            let e = SysError::last("epoll_wait").about(path_subject(&listener.path));
             if e.errno == libc::EINTR {
                 continue;
             }
@@ -367,7 +367,7 @@ pub fn serve(listener: &Listener, stop: &EventFd, conns: &mut Vec<Conn>, emit: &
                     // SAFETY: accept4 on our listener; null addr is allowed.
                     let c = unsafe { libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) };
                     if c < 0 {
-                        let e = OsError::last("accept4", path_subject(&listener.path));
+                        let e = SysError::last("accept4").about(path_subject(&listener.path));
                         match e.errno {
                             libc::EAGAIN => break,
                             libc::EINTR | libc::ECONNABORTED => continue,

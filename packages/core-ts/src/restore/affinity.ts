@@ -4,11 +4,11 @@
  * Stubs started while we are pinned inherit the pin; the restored threads get the CPU set
  * we had before (the images do not record affinity) by an injected sched_setaffinity.
  *
- * Setting our own thread's affinity needs a native call; uffd-rs only has it as a testing
- * helper today (testing.setAffinity, the calling thread). Without it, nothing is pinned.
+ * Our own thread's affinity is set natively: uffd-rs setThreadAffinity / getThreadAffinity
+ * act on the calling thread (sched_setaffinity(0)), which is the JS thread that traces.
  */
 import { readFileSync } from 'node:fs';
-import { testing } from '@lazymig/uffd-rs';
+import { getThreadAffinity, setThreadAffinity } from '@lazymig/uffd-rs';
 
 export interface Pin {
   /** the CPUs we had before pinning (what the restored threads get) */
@@ -29,13 +29,12 @@ function currentCpu(): number | null {
 }
 
 export function pinToOneCpu(enable: boolean): Pin {
-  const api = testing as { setAffinity?: (c: number[]) => void; getAffinity?: () => number[] } | undefined;
-  if (!enable || !api?.setAffinity || !api.getAffinity) return { before: [], cpu: null, release() {} };
-  const before = api.getAffinity();
+  if (!enable) return { before: [], cpu: null, release() {} };
+  const before = getThreadAffinity();
   const here = currentCpu();
   const cpu = here !== null && before.includes(here) ? here : before[0] ?? null;
   if (cpu === null || before.length <= 1) return { before, cpu: null, release() {} };
-  api.setAffinity([cpu]);
+  setThreadAffinity([cpu]);
   let released = false;
   return {
     before,
@@ -43,7 +42,7 @@ export function pinToOneCpu(enable: boolean): Pin {
     release() {
       if (released) return;
       released = true;
-      api.setAffinity!([...before]);
+      setThreadAffinity([...before]);
     },
   };
 }

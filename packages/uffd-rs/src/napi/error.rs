@@ -1,9 +1,10 @@
 //! Errors crossing into JS. Bad JS input becomes TypeError/RangeError; a failed syscall
 //! becomes an Error shaped like Node's system errors (`code` = errno name, `errno`,
-//! `syscall` = the operation, `address` when there is one).
+//! `syscall` = the operation, `address` when there is one, and `tid`/`pid`/`fd`/`path`
+//! naming whom the call was about when the SysError has a subject).
 
 use super::ffi::{self, napi_env, napi_value};
-use crate::sys::SysError;
+use crate::sys::{Subject, SysError};
 use std::ffi::CStr;
 use std::ptr;
 
@@ -85,6 +86,23 @@ impl JsError {
                             let mut av = ptr::null_mut();
                             ffi::napi_create_double(env, a as f64, &mut av);
                             set(env, err, c"address", av);
+                        }
+                        let mut sv = ptr::null_mut();
+                        match &e.subject {
+                            Some(Subject::Tid(t)) => {
+                                ffi::napi_create_double(env, *t as f64, &mut sv);
+                                set(env, err, c"tid", sv);
+                            }
+                            Some(Subject::Pid(p)) => {
+                                ffi::napi_create_double(env, *p as f64, &mut sv);
+                                set(env, err, c"pid", sv);
+                            }
+                            Some(Subject::Fd(d)) => {
+                                ffi::napi_create_double(env, *d as f64, &mut sv);
+                                set(env, err, c"fd", sv);
+                            }
+                            Some(Subject::Path(p)) => set(env, err, c"path", str_value(env, p)),
+                            None => {}
                         }
                     }
                 }

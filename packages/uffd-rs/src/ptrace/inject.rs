@@ -4,7 +4,7 @@
 //! target's memory is never written (a poked gadget would COW a text page, see
 //! KERNEL-NOTES). orig_rax = -1 keeps the kernel's restart logic away from our registers.
 
-use super::error::{OsError, OsResult, Subject};
+use crate::sys::{Subject, SysError, SysResult};
 use super::regs::Regs;
 use super::wait::{StopState, wait_stop};
 use super::{PTRACE_EVENT_STOP, get_regs, get_siginfo, interrupt, set_regs, syscall};
@@ -46,7 +46,7 @@ pub struct Injector {
 }
 
 impl Injector {
-    pub fn new(tid: i32, gadget: u64, timeout: Duration) -> OsResult<Self> {
+    pub fn new(tid: i32, gadget: u64, timeout: Duration) -> SysResult<Self> {
         let saved = get_regs(tid).map_err(|e| {
             if e.errno == libc::ESRCH { e.because("the thread is not a ptrace-stopped tracee of this thread") } else { e }
         })?;
@@ -56,11 +56,11 @@ impl Injector {
             use std::os::unix::fs::FileExt;
             std::fs::File::open(format!("/proc/{tid}/mem"))
                 .and_then(|f| f.read_exact_at(&mut insn, gadget))
-                .map_err(|io| OsError::new("read gadget", io.raw_os_error().unwrap_or(libc::EFAULT), Subject::Tid(tid)).at(gadget))
+                .map_err(|io| SysError::new("read gadget", io.raw_os_error().unwrap_or(libc::EFAULT)).about(Subject::Tid(tid)).at(gadget))
         });
         read?;
         if insn != [0x0f, 0x05] {
-            return Err(OsError::new("SyscallInjector", libc::EINVAL, Subject::Tid(tid))
+            return Err(SysError::new("SyscallInjector", libc::EINVAL).about(Subject::Tid(tid))
                 .at(gadget)
                 .because(format!("no `syscall` instruction (0f 05) at the gadget: found {:02x} {:02x}", insn[0], insn[1])));
         }
@@ -81,13 +81,13 @@ impl Injector {
         }
     }
 
-    fn err(&self, errno: i32, detail: String) -> OsError {
-        OsError::new("injected syscall", errno, Subject::Tid(self.tid)).because(detail)
+    fn err(&self, errno: i32, detail: String) -> SysError {
+        SysError::new("injected syscall", errno).about(Subject::Tid(self.tid)).because(detail)
     }
 
     /// Resumes with PTRACE_SYSCALL until the next syscall stop, absorbing signal-delivery
     /// stops (remembered, suppressed) and event stops (left behind by PTRACE_INTERRUPT).
-    fn run_to_syscall_stop(&mut self, nr: u64, deadline: Instant, what: &str) -> OsResult<()> {
+    fn run_to_syscall_stop(&mut self, nr: u64, deadline: Instant, what: &str) -> SysResult<()> {
         syscall(self.tid, 0)?;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -116,7 +116,7 @@ impl Injector {
     /// The syscall did not reach the stop in time (it blocks): PTRACE_INTERRUPT makes an
     /// interruptible sleep return, so the thread comes back to a syscall-exit stop and the
     /// injector stays usable; the call itself fails with ETIMEDOUT.
-    fn timed_out(&mut self, nr: u64, what: &str) -> OsError {
+    fn timed_out(&mut self, nr: u64, what: &str) -> SysError {
         let msg = format!("syscall {nr} did not reach its {what} stop within {} ms", self.timeout.as_millis());
         let recovered = interrupt(self.tid).is_ok() && {
             let deadline = Instant::now() + RECOVER;
@@ -152,7 +152,7 @@ impl Injector {
 
     /// Stopped at a syscall entry (a call failed half-way): the kernel would run whatever
     /// orig_rax says on resume. orig_rax = -1 skips it; go on to its exit stop.
-    fn leave_entry(&mut self) -> OsResult<()> {
+    fn leave_entry(&mut self) -> SysResult<()> {
         if self.at_entry {
             let mut r = get_regs(self.tid)?;
             r.set_orig_rax(u64::MAX);
@@ -165,7 +165,7 @@ impl Injector {
     }
 
     /// Runs syscall `nr` with up to 6 arguments; returns the raw rax (negative errno on failure).
-    pub fn call(&mut self, nr: u64, args: &[u64]) -> OsResult<i64> {
+    pub fn call(&mut self, nr: u64, args: &[u64]) -> SysResult<i64> {
         if let Some(why) = &self.broken {
             return Err(self.err(libc::ESRCH, format!("injector unusable: {why}")));
         }
@@ -220,7 +220,7 @@ impl Injector {
     /// stopped inside a syscall that must restart (rax = -ERESTART*), it is parked in a
     /// PTRACE_EVENT_STOP again, as after PTRACE_INTERRUPT: registers set at a syscall-exit
     /// stop get no restart fix-up, but leaving a PTRACE_EVENT_STOP runs the kernel's own.
-    pub fn restore(&mut self) -> OsResult<()> {
+    pub fn restore(&mut self) -> SysResult<()> {
         if !self.moved {
             return Ok(());
         }

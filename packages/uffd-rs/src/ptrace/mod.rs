@@ -5,12 +5,11 @@
 //! The kernel ties a tracee to the tracer *thread*: all calls must come from the thread
 //! that seized (exports_ptrace.rs only calls these from the JS thread).
 
-pub mod error;
 pub mod inject;
 pub mod regs;
 pub mod wait;
 
-use error::{OsError, OsResult, Subject};
+use crate::sys::{Subject, SysError, SysResult};
 use regs::Regs;
 use std::ffi::c_void;
 
@@ -40,14 +39,14 @@ const NT_X86_XSTATE: usize = 0x202;
 /// ~11 KiB; the kernel writes what it has and shrinks iov_len to that.
 const XSTATE_MAX: usize = 64 * 1024;
 
-fn raw(req: u32, tid: i32, addr: usize, data: usize, op: &'static str) -> OsResult<libc::c_long> {
+fn raw(req: u32, tid: i32, addr: usize, data: usize, op: &'static str) -> SysResult<libc::c_long> {
     // SAFETY: every caller passes addr/data as the kernel expects for `req` (pointers to
     // live, correctly sized buffers, or plain integers).
     let rc = unsafe { libc::ptrace(req as libc::c_uint, tid, addr as *mut c_void, data as *mut c_void) };
-    if rc == -1 { Err(OsError::last(op, Subject::Tid(tid))) } else { Ok(rc) }
+    if rc == -1 { Err(SysError::last(op).about(Subject::Tid(tid))) } else { Ok(rc) }
 }
 
-pub fn seize(tid: i32, exit_kill: bool, trace_clone: bool) -> OsResult<()> {
+pub fn seize(tid: i32, exit_kill: bool, trace_clone: bool) -> SysResult<()> {
     let mut opts = PTRACE_O_TRACESYSGOOD;
     if exit_kill {
         opts |= PTRACE_O_EXITKILL;
@@ -58,33 +57,33 @@ pub fn seize(tid: i32, exit_kill: bool, trace_clone: bool) -> OsResult<()> {
     raw(PTRACE_SEIZE, tid, 0, opts as usize, "PTRACE_SEIZE").map(|_| ())
 }
 
-pub fn interrupt(tid: i32) -> OsResult<()> {
+pub fn interrupt(tid: i32) -> SysResult<()> {
     raw(PTRACE_INTERRUPT, tid, 0, 0, "PTRACE_INTERRUPT").map(|_| ())
 }
 
-pub fn cont(tid: i32, sig: i32) -> OsResult<()> {
+pub fn cont(tid: i32, sig: i32) -> SysResult<()> {
     raw(PTRACE_CONT, tid, 0, sig as usize, "PTRACE_CONT").map(|_| ())
 }
 
-pub fn syscall(tid: i32, sig: i32) -> OsResult<()> {
+pub fn syscall(tid: i32, sig: i32) -> SysResult<()> {
     raw(PTRACE_SYSCALL, tid, 0, sig as usize, "PTRACE_SYSCALL").map(|_| ())
 }
 
-pub fn detach(tid: i32, sig: i32) -> OsResult<()> {
+pub fn detach(tid: i32, sig: i32) -> SysResult<()> {
     raw(PTRACE_DETACH, tid, 0, sig as usize, "PTRACE_DETACH").map(|_| ())
 }
 
-pub fn get_regs(tid: i32) -> OsResult<Regs> {
+pub fn get_regs(tid: i32) -> SysResult<Regs> {
     let mut r = Regs::default();
     raw(PTRACE_GETREGS, tid, 0, &mut r as *mut Regs as usize, "PTRACE_GETREGS")?;
     Ok(r)
 }
 
-pub fn set_regs(tid: i32, r: &Regs) -> OsResult<()> {
+pub fn set_regs(tid: i32, r: &Regs) -> SysResult<()> {
     raw(PTRACE_SETREGS, tid, 0, r as *const Regs as usize, "PTRACE_SETREGS").map(|_| ())
 }
 
-pub fn get_xstate(tid: i32) -> OsResult<Vec<u8>> {
+pub fn get_xstate(tid: i32) -> SysResult<Vec<u8>> {
     let mut buf = vec![0u8; XSTATE_MAX];
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     raw(PTRACE_GETREGSET, tid, NT_X86_XSTATE, &mut iov as *mut libc::iovec as usize, "PTRACE_GETREGSET")
@@ -93,7 +92,7 @@ pub fn get_xstate(tid: i32) -> OsResult<Vec<u8>> {
     Ok(buf)
 }
 
-pub fn set_xstate(tid: i32, xs: &[u8]) -> OsResult<()> {
+pub fn set_xstate(tid: i32, xs: &[u8]) -> SysResult<()> {
     // The kernel only reads through iov_base, but the struct wants a *mut.
     let mut iov = libc::iovec { iov_base: xs.as_ptr() as *mut c_void, iov_len: xs.len() };
     raw(PTRACE_SETREGSET, tid, NT_X86_XSTATE, &mut iov as *mut libc::iovec as usize, "PTRACE_SETREGSET")
@@ -101,13 +100,13 @@ pub fn set_xstate(tid: i32, xs: &[u8]) -> OsResult<()> {
         .map(|_| ())
 }
 
-pub fn get_sigmask(tid: i32) -> OsResult<u64> {
+pub fn get_sigmask(tid: i32) -> SysResult<u64> {
     let mut m: u64 = 0;
     raw(PTRACE_GETSIGMASK, tid, 8, &mut m as *mut u64 as usize, "PTRACE_GETSIGMASK")?;
     Ok(m)
 }
 
-pub fn set_sigmask(tid: i32, m: u64) -> OsResult<()> {
+pub fn set_sigmask(tid: i32, m: u64) -> SysResult<()> {
     raw(PTRACE_SETSIGMASK, tid, 8, &m as *const u64 as usize, "PTRACE_SETSIGMASK").map(|_| ())
 }
 
@@ -122,7 +121,7 @@ pub struct RseqConfig {
     pub pad: u32,
 }
 
-pub fn get_rseq_config(tid: i32) -> OsResult<Option<RseqConfig>> {
+pub fn get_rseq_config(tid: i32) -> SysResult<Option<RseqConfig>> {
     let mut c = RseqConfig::default();
     raw(
         PTRACE_GET_RSEQ_CONFIGURATION,
@@ -135,7 +134,7 @@ pub fn get_rseq_config(tid: i32) -> OsResult<Option<RseqConfig>> {
 }
 
 /// What PTRACE_GETSIGINFO says about the current stop.
-pub fn get_siginfo(tid: i32) -> OsResult<libc::siginfo_t> {
+pub fn get_siginfo(tid: i32) -> SysResult<libc::siginfo_t> {
     // SAFETY: siginfo_t is plain data.
     let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
     raw(PTRACE_GETSIGINFO, tid, 0, &mut si as *mut libc::siginfo_t as usize, "PTRACE_GETSIGINFO")?;

@@ -5,7 +5,7 @@
 //! and no wait outlives its deadline by more than one sleep step.
 
 use super::PTRACE_EVENT_STOP;
-use super::error::{OsError, OsResult, Subject};
+use crate::sys::{Subject, SysError, SysResult};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub fn decode(status: i32) -> StopState {
 }
 
 /// Polls once: Some(state) when `tid` has a state change to report.
-pub fn poll(tid: i32) -> OsResult<Option<StopState>> {
+pub fn poll(tid: i32) -> SysResult<Option<StopState>> {
     loop {
         let mut status = 0;
         // SAFETY: status is a valid out-pointer.
@@ -51,7 +51,7 @@ pub fn poll(tid: i32) -> OsResult<Option<StopState>> {
         if rc == 0 {
             return Ok(None);
         }
-        let e = OsError::last("waitpid", Subject::Tid(tid));
+        let e = SysError::last("waitpid").about(Subject::Tid(tid));
         if e.errno == libc::EINTR {
             continue;
         }
@@ -60,7 +60,7 @@ pub fn poll(tid: i32) -> OsResult<Option<StopState>> {
 }
 
 /// waitpid(tid, __WALL) bounded by `timeout`: ETIMEDOUT naming the tid when nothing came.
-pub fn wait_stop(tid: i32, timeout: Duration) -> OsResult<StopState> {
+pub fn wait_stop(tid: i32, timeout: Duration) -> SysResult<StopState> {
     let start = Instant::now();
     let deadline = start + timeout;
     let mut sleep = FIRST_SLEEP;
@@ -70,7 +70,7 @@ pub fn wait_stop(tid: i32, timeout: Duration) -> OsResult<StopState> {
         }
         let now = Instant::now();
         if now >= deadline {
-            return Err(OsError::new("waitpid", libc::ETIMEDOUT, Subject::Tid(tid))
+            return Err(SysError::new("waitpid", libc::ETIMEDOUT).about(Subject::Tid(tid))
                 .because(format!("no ptrace stop within {} ms", timeout.as_millis())));
         }
         if now - start < SPIN {

@@ -44,6 +44,18 @@ pub fn errno_name(errno: i32) -> &'static str {
         EOVERFLOW => "EOVERFLOW",
         ETIMEDOUT => "ETIMEDOUT",
         EHWPOISON => "EHWPOISON",
+        // Socket / path ones (unix_socket.rs). EOPNOTSUPP is ENOTSUP on Linux, listed above.
+        EADDRINUSE => "EADDRINUSE",
+        EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        ECONNREFUSED => "ECONNREFUSED",
+        ECONNRESET => "ECONNRESET",
+        ENOTCONN => "ENOTCONN",
+        ENOTSOCK => "ENOTSOCK",
+        EMSGSIZE => "EMSGSIZE",
+        ENAMETOOLONG => "ENAMETOOLONG",
+        EPROTOTYPE => "EPROTOTYPE",
+        EISDIR => "EISDIR",
+        ELOOP => "ELOOP",
         _ => "EUNKNOWN",
     }
 }
@@ -61,13 +73,37 @@ pub fn strerror(errno: i32) -> String {
     unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
 }
 
+/// Who a failed call was about (a traced thread, a process, a descriptor, a socket path).
+/// JS errors carry it as a `tid`/`pid`/`fd`/`path` property, and the message names it.
+#[derive(Debug, Clone)]
+pub enum Subject {
+    Tid(i32),
+    Pid(i32),
+    Fd(i32),
+    Path(String),
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Tid(t) => write!(f, "tid {t}"),
+            Subject::Pid(p) => write!(f, "pid {p}"),
+            Subject::Fd(d) => write!(f, "fd {d}"),
+            Subject::Path(p) => write!(f, "{p}"),
+        }
+    }
+}
+
 /// A failed system call, with what it was doing: enough to write
-/// `UFFDIO_COPY at 0x7f00..: EINVAL (Invalid argument)` without the caller's help.
+/// `UFFDIO_COPY at 0x7f00..: EINVAL (Invalid argument)` or
+/// `PTRACE_SEIZE tid 1234: ESRCH (No such process)` without the caller's help.
 #[derive(Debug, Clone)]
 pub struct SysError {
     pub errno: i32,
     /// Syscall or ioctl name, as the user would look it up ("UFFDIO_COPY", "userfaultfd").
     pub op: &'static str,
+    /// Whom the call was about, when that is not obvious from `op`.
+    pub subject: Option<Subject>,
     pub addr: Option<u64>,
     /// Why we refused before asking the kernel, when we did.
     pub detail: Option<String>,
@@ -75,10 +111,15 @@ pub struct SysError {
 
 impl SysError {
     pub fn new(op: &'static str, errno: i32) -> Self {
-        SysError { errno, op, addr: None, detail: None }
+        SysError { errno, op, subject: None, addr: None, detail: None }
     }
     pub fn last(op: &'static str) -> Self {
         Self::new(op, last_errno())
+    }
+    /// Names whom the call was about (`tid 1234`, `pid 1234`, `fd 7`, a path).
+    pub fn about(mut self, subject: Subject) -> Self {
+        self.subject = Some(subject);
+        self
     }
     pub fn at(mut self, addr: u64) -> Self {
         self.addr = Some(addr);
@@ -96,6 +137,9 @@ impl SysError {
 impl fmt::Display for SysError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.op)?;
+        if let Some(s) = &self.subject {
+            write!(f, " {s}")?;
+        }
         if let Some(addr) = self.addr {
             write!(f, " at {addr:#x}")?;
         }

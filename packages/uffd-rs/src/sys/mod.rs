@@ -6,7 +6,7 @@ pub mod ioc;
 pub mod pagemap;
 pub mod uffd;
 
-pub use errno::{SysError, SysResult, cvt};
+pub use errno::{Subject, SysError, SysResult, cvt};
 
 use std::os::fd::RawFd;
 use std::sync::OnceLock;
@@ -35,8 +35,8 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Pins the calling thread to one CPU (the wake-up cost between CPUs dominates fault
-/// latency on small VMs, see KERNEL-NOTES).
+/// Restricts the calling thread to `cpus` (sched_setaffinity(0)); pinning to one CPU cuts
+/// the wake-up cost between CPUs that dominates fault latency on small VMs (KERNEL-NOTES).
 pub fn pin_current_thread(cpus: &[usize]) -> SysResult<()> {
     // SAFETY: cpu_set_t is plain data; CPU_SET is bounds-checked against its size below.
     unsafe {
