@@ -34,11 +34,32 @@ export class PageSpace {
 
   add(dst: number, src: number, pages: number, state?: Uint8Array): LazyRange {
     const r: LazyRange = { dst, src, pages, state: state ?? new Uint8Array(pages), scan: 0 };
+    // Ranges never overlap: whatever was at these addresses before (unmapped by the mremap
+    // that moves pages here) gives way.
+    this.#carve(dst, dst + pages * this.pageSize);
     for (let i = 0; i < pages; i++) if (r.state[i] !== DONE) this.remaining++;
     let i = this.ranges.length;
     while (i > 0 && this.ranges[i - 1]!.dst > dst) i--;
     this.ranges.splice(i, 0, r);
     return r;
+  }
+
+  /** Removes [start, end) from every range, splitting those that straddle it. */
+  #carve(start: number, end: number): void {
+    const P = this.pageSize;
+    for (let k = this.ranges.length - 1; k >= 0; k--) {
+      const r = this.ranges[k]!;
+      const rEnd = r.dst + r.pages * P;
+      if (rEnd <= start || r.dst >= end) continue;
+      const a = Math.max(0, Math.floor((start - r.dst) / P));
+      const b = Math.min(r.pages, Math.ceil((end - r.dst) / P));
+      for (let i = a; i < b; i++) if (r.state[i] !== DONE) this.remaining--;
+      const parts: LazyRange[] = [];
+      if (a > 0) parts.push({ dst: r.dst, src: r.src, pages: a, state: r.state.slice(0, a), scan: Math.min(r.scan, a) });
+      if (b < r.pages)
+        parts.push({ dst: r.dst + b * P, src: r.src + b * P, pages: r.pages - b, state: r.state.slice(b), scan: Math.max(0, r.scan - b) });
+      this.ranges.splice(k, 1, ...parts);
+    }
   }
 
   /** The range holding address, or undefined. */

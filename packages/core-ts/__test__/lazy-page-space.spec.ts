@@ -1,0 +1,101 @@
+import test from 'ava';
+import { DONE, MISSING, PageSpace, REQUESTED } from '../src/lazy/page-space.js';
+
+const P = 4096;
+const A = 0x10000000;
+
+function states(s: PageSpace): Array<[number, number, string]> {
+  return s.ranges.map((r) => [r.dst, r.src, [...r.state].join('')]);
+}
+
+test('claims, finishes and counts what is still to come', (t) => {
+  const s = new PageSpace(P);
+  const r = s.add(A, A, 8);
+  t.is(s.remaining, 8);
+  const run = s.claim(r, 2, 4, false)!;
+  t.deepEqual([run.first, run.count], [2, 4]);
+  t.is(s.claim(r, 2, 4, false), null, 'requested pages are not claimed twice by the background');
+  t.is(s.claim(r, 3, 1, true)!.count, 1, 'a fault may overtake a background request');
+  t.is(s.finish(r, 2, 4), 4);
+  t.is(s.remaining, 4);
+  t.is(s.finish(r, 2, 4), 0, 'finishing twice counts once');
+  t.is(s.claim(r, 5, 2, true), null, 'installed pages are never claimed again');
+  s.release(r, 0, 2); // nothing requested there: no change
+  t.deepEqual(states(s), [[A, A, '00222200']]);
+});
+
+test('the background starts near the hint, wraps around, and ends', (t) => {
+  const s = new PageSpace(P);
+  s.add(A, A, 4);
+  s.add(A + 100 * P, A + 100 * P, 4);
+  const first = s.nextMissing(A + 101 * P, 2)!;
+  t.deepEqual([first.range.dst, first.first, first.count], [A + 100 * P, 1, 2]);
+  const seen: Array<[number, number, number]> = [];
+  for (let run = s.nextMissing(A + 101 * P, 2); run; run = s.nextMissing(A + 101 * P, 2)) {
+    seen.push([run.range.dst, run.first, run.count]);
+    s.finish(run.range, run.first, run.count);
+  }
+  s.finish(first.range, first.first, first.count);
+  t.is(s.remaining, 0);
+  t.is(s.nextMissing(A, 2), null);
+  // Every page exactly once, the hinted range's rest before the wrap.
+  t.deepEqual(seen, [
+    [A + 100 * P, 3, 1],
+    [A + 100 * P, 0, 1],
+    [A, 0, 2],
+    [A, 2, 2],
+  ]);
+});
+
+test('dropped memory is done: never fetched, counted out', (t) => {
+  const s = new PageSpace(P);
+  const r = s.add(A, A, 8);
+  s.claim(r, 0, 2, false);
+  t.is(s.drop(A + P, A + 5 * P), 4);
+  t.is(s.remaining, 4);
+  t.deepEqual(states(s), [[A, A, '12222000']]);
+  t.is(s.find(A + 2 * P)!.state[2], DONE);
+});
+
+test('mremap moves what is still to come, remembering where it came from', (t) => {
+  const s = new PageSpace(P);
+  const r = s.add(A, A, 8);
+  s.finish(r, 0, 2);
+  s.claim(r, 2, 1, false);
+  s.remap(A + 2 * P, A + 1000 * P, 4 * P);
+  t.is(s.remaining, 6, 'moving loses nothing');
+  const moved = s.find(A + 1000 * P)!;
+  t.is(moved.src, A + 2 * P, 'fetched from the old address on the source');
+  t.deepEqual([...moved.state], [MISSING, MISSING, MISSING, MISSING], 'the in-flight request is fetched again for the new place');
+  t.is(s.find(A + 2 * P)!.state[2], DONE, 'nothing is installed at the old place');
+});
+
+test('mremap onto addresses that held other lazy pages replaces them', (t) => {
+  const s = new PageSpace(P);
+  s.add(A, A, 4);
+  s.add(A + 100 * P, A + 100 * P, 8);
+  // The kernel unmaps the destination first (an UNMAP event), then moves.
+  s.drop(A + 102 * P, A + 106 * P);
+  s.remap(A, A + 102 * P, 4 * P);
+  const r = s.find(A + 103 * P)!;
+  t.is(r.src, A, 'a fault there fetches the moved pages, not the replaced ones');
+  t.deepEqual(states(s), [
+    [A, A, '2222'],
+    [A + 100 * P, A + 100 * P, '00'],
+    [A + 102 * P, A, '0000'],
+    [A + 106 * P, A + 106 * P, '00'],
+  ]);
+  t.is(s.remaining, 8);
+});
+
+test('a forked child misses what its parent misses; requests in flight are the parent\'s', (t) => {
+  const s = new PageSpace(P);
+  const r = s.add(A, A, 4);
+  s.finish(r, 0, 1);
+  s.claim(r, 1, 1, false);
+  const child = s.fork();
+  t.deepEqual(states(child), [[A, A, '2000']]);
+  t.is(child.remaining, 3);
+  t.deepEqual(states(s), [[A, A, '2100']]);
+  t.is(s.ranges[0]!.state[1], REQUESTED);
+});
