@@ -71,6 +71,27 @@ test('memory dropped while still lazy (MADV_DONTNEED, munmap) never gets stale d
   t.notRegex(w.readLog(), /verify FAILED/);
 });
 
+test('a fork and an mremap while pages are still lazy: the child gets its memory, the moved region keeps its own', async (t) => {
+  const tag = `${process.pid}-${randomBytes(4).toString('hex')}`;
+  const remap = join(tmpdir(), `lazymig-remap-${tag}`);
+  const fork = join(tmpdir(), `lazymig-fork-${tag}`);
+  t.teardown(() => Promise.all([rm(remap, { force: true }), rm(fork, { force: true })]));
+  const { w, dumper, attemptRestore } = await frozenMemhog(t, 128, { extra: ['--remap-trigger', remap, '--fork-trigger', fork] });
+  const mark = w.logSize();
+  const { daemon } = await attemptRestore(['--max-rate', '32'], async () => {
+    await writeFile(remap, 'go');
+    await writeFile(fork, 'go');
+  });
+  const moved = await waitForLogLine(w.logPath, /remapped from=\S+ to=\S+ size=\d+ pass=(\d+)/, 30_000, { since: mark });
+  const child = await waitForLogLine(w.logPath, /child verify (ok|FAILED)[^\n]*/, 60_000, { since: mark });
+  t.is(child[1], 'ok', child[0]);
+  await waitForLogLine(w.logPath, /child exited status=0/, 30_000, { since: mark });
+  await waitForLogLine(w.logPath, new RegExp(`verify ok pass=${Number(moved[1]) + 2} `), 30_000, { since: mark });
+  t.is(await daemon.exited, 0, daemon.stderr());
+  t.is(await dumper.exited, 0, dumper.stderr());
+  t.notRegex(w.readLog(), /FAILED/);
+});
+
 test('lazy-pages killed mid-transfer: the restored process dies, the source stays frozen, a second attempt completes', async (t) => {
   const { w, dumper, attemptRestore } = await frozenMemhog(t, 128, { idle: true });
   const frozenLog = w.logSize();

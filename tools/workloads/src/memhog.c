@@ -19,8 +19,30 @@
  * first MiB of the region (those pages must read as zeros from then on) and munmap the
  * last ones (no longer verified); prints
  *   dropped dontneed=0x<addr> size=<bytes> unmapped=0x<addr> size=<bytes> pass=<n>
- * A migration that installs stale data after the process dropped a range is caught. */
+ * A migration that installs stale data after the process dropped a range is caught.
+ *
+ * --remap-trigger FILE: at the first pass that finds FILE, mremap the region to a new
+ * address and go on verifying it there; prints remapped from=0x.. to=0x.. size=.. pass=..
+ * --fork-trigger FILE: at the first pass that finds FILE, fork a child that verifies the
+ * whole region once and exits; prints forked child=<pid> pass=.., then from the child
+ * "child verify ok pid=<pid> pages=<n>" (or "child verify FAILED ..."), then from the parent
+ * "child exited status=<s>". */
 #include "common.h"
+#include <sys/wait.h>
+
+/* First page of region (page index < live) that does not hold what gens says, or -1. */
+static long first_bad_page(const char *region, size_t live, const uint32_t *gens, uint64_t seed, uint32_t dropped) {
+  for (size_t p = 0; p < live; p++) {
+    const uint64_t *pg = (const uint64_t *)(region + p * PAGE);
+    if (gens[p] == dropped) {
+      for (size_t i = 0; i < PAGE / 8; i++)
+        if (pg[i] != 0) return (long)p;
+    } else if (check_page(pg, seed, p, gens[p]) >= 0) {
+      return (long)p;
+    }
+  }
+  return -1;
+}
 
 int main(int argc, char **argv) {
   wl_init(argc, argv);
@@ -33,6 +55,10 @@ int main(int argc, char **argv) {
   long zero_mib = opt_long("--zero-mib", 1);
   long max_passes = opt_long("--passes", 0);
   const char *drop_trigger = opt_str("--drop-trigger", NULL);
+  const char *remap_trigger = opt_str("--remap-trigger", NULL);
+  const char *fork_trigger = opt_str("--fork-trigger", NULL);
+  int remapped = 0, forked = 0;
+  pid_t child = 0;
   long drop_mib = opt_long("--drop-mib", 4);
 
   size_t size = (size_t)mib << 20;
@@ -82,6 +108,36 @@ int main(int argc, char **argv) {
       if (cursor >= live) cursor = 0;
       say("dropped dontneed=%p size=%zu unmapped=%p size=%zu pass=%lu", (void *)region, dsz,
           (void *)(region + size - dsz), dsz, pass);
+    }
+    if (remap_trigger && !remapped && access(remap_trigger, F_OK) == 0) {
+      /* A reservation with a guard page on each side, so the moved region stays one VMA. */
+      char *res = mmap(NULL, live * PAGE + 2 * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (res == MAP_FAILED) die("mmap reservation");
+      char *moved = mremap(region, live * PAGE, live * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, res + PAGE);
+      if (moved == MAP_FAILED) die("mremap");
+      say("remapped from=%p to=%p size=%zu pass=%lu", (void *)region, (void *)moved, live * PAGE, pass);
+      region = moved;
+      remapped = 1;
+    }
+    if (fork_trigger && !forked && access(fork_trigger, F_OK) == 0) {
+      forked = 1;
+      pid_t c = fork();
+      if (c < 0) die("fork");
+      if (c == 0) {
+        long bad = first_bad_page(region, live, gens, seed, DROPPED);
+        if (bad < 0) say("child verify ok pid=%d pages=%zu", getpid(), live);
+        else say("child verify FAILED page=%ld pid=%d", bad, getpid());
+        _exit(bad < 0 ? 0 : 1);
+      }
+      child = c;
+      say("forked child=%d pass=%lu", (int)c, pass);
+    }
+    if (child > 0) {
+      int st;
+      if (waitpid(child, &st, WNOHANG) == child) {
+        say("child exited status=%d", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+        child = 0;
+      }
     }
     for (size_t p = 0; p < live; p++) {
       const uint64_t *pg = (const uint64_t *)(region + p * PAGE);
