@@ -115,6 +115,7 @@ export class LazyPagesEngine {
   #rr = 0;
   #t0 = performance.now();
   #serviceUs: number[] = [];
+  #rangeList = new Float64Array(4 * 64);
   #finished = false;
   #sealed = false;
   #resolve!: (s: LazySummary) => void;
@@ -360,7 +361,10 @@ export class LazyPagesEngine {
     const { p, run, data } = s;
     if (!p.alive || this.#finished) return -1;
     const { range, first } = run;
-    const ranges: number[] = [];
+    // installBatch is synchronous: one reused range list serves every call on this path.
+    if (this.#rangeList.length < 4 * (to - from)) this.#rangeList = new Float64Array(4 * (to - from));
+    const ranges = this.#rangeList;
+    let n = 0;
     let i = from;
     while (i < to) {
       if (range.state[first + i] === DONE) {
@@ -369,11 +373,14 @@ export class LazyPagesEngine {
       }
       let j = i;
       while (j < to && range.state[first + j] !== DONE) j++;
-      ranges.push(range.dst + (first + i) * this.#P, i * this.#P, (j - i) * this.#P, 0);
+      ranges[n++] = range.dst + (first + i) * this.#P;
+      ranges[n++] = i * this.#P;
+      ranges[n++] = (j - i) * this.#P;
+      ranges[n++] = 0; // RangeKind.copy
       i = j;
     }
-    if (ranges.length === 0) return 0;
-    const res = p.uffd.installBatch(data, new Float64Array(ranges));
+    if (n === 0) return 0;
+    const res = p.uffd.installBatch(data, ranges.subarray(0, n));
     if (res.gone > 0) {
       this.#gone(p);
       return -1;
@@ -383,14 +390,14 @@ export class LazyPagesEngine {
       p.space.release(range, first + from, to - from);
       return -1;
     }
-    const installed = this.#finishRuns(p, range, ranges);
+    const installed = this.#finishRuns(p, range, ranges, n);
     this.stats.bytes += installed * this.#P;
     return installed;
   }
 
-  #finishRuns(p: Proc, range: LazyRange, flat: number[]): number {
+  #finishRuns(p: Proc, range: LazyRange, flat: Float64Array, len: number): number {
     let n = 0;
-    for (let k = 0; k < flat.length; k += 4) {
+    for (let k = 0; k < len; k += 4) {
       const first = (flat[k]! - range.dst) / this.#P;
       n += p.space.finish(range, first, flat[k + 2]! / this.#P);
     }
