@@ -2,10 +2,15 @@
 // dump + copy + restore of the same size as the baseline measured in the same run.
 //
 //   node --import tsx tools/bench/migrate.ts [MiB...]          (default: 64 1024)
-//        [--interval-ms 20] [--json]
+//        [--modes armed,lazy,eager] [--interval-ms 20] [--json]
 //
 // Real `lazymig` commands, spawned the way a user types them (dump on the source host,
-// images copied, lazy-pages + restore on the destination host). Per size and mode:
+// images copied, lazy-pages + restore on the destination host). Modes:
+//   lazy         CRIU's order: dump, copy, then lazy-pages and restore (side by side)
+//   armed        lazy-pages and restore --wait-images started before the dump, waiting
+//                for the images; then dump and copy
+//   eager        dump, copy, restore: the baseline
+// Per size and mode:
 //   downtime     freeze to resumed: the `tree frozen` (dump) and `tree resumed` (restore)
 //                log lines' timestamps
 //   pause        the longest stop memhog itself saw (its `stall=` field, a per-page clock
@@ -20,7 +25,7 @@
 // Then ratios: lazy pause at the largest size vs the smallest; lazy vs eager pause.
 // Absolute numbers on a noisy 2-vCPU VM mean little; the ratios are measured in one run.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { cp, mkdtemp, rm } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -39,6 +44,9 @@ const flag = (name: string): string | undefined => {
 const JSON_OUT = argv.includes('--json');
 if (JSON_OUT) argv.splice(argv.indexOf('--json'), 1);
 const INTERVAL = Number(flag('interval-ms') ?? 20);
+type Mode = 'armed' | 'lazy' | 'eager';
+const MODES = (flag('modes') ?? 'armed,lazy,eager').split(',') as Mode[];
+for (const m of MODES) if (!['armed', 'lazy', 'eager'].includes(m)) throw new Error(`--modes: unknown mode ${m}`);
 const SIZES = argv.length > 0 ? argv.map(Number) : [64, 1024];
 
 interface Cmd {
@@ -50,7 +58,7 @@ interface Cmd {
 }
 
 function run(hosts: TwoHosts, host: Host, args: string[]): Cmd {
-  const child = hosts.spawnIn(host, [process.execPath, LAZYMIG, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = hosts.spawnIn(host, [LAZYMIG, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -115,7 +123,7 @@ function passes(log: string): Pass[] {
 }
 
 interface Result {
-  mode: 'lazy' | 'eager';
+  mode: Mode;
   mib: number;
   downtimeMs: number;
   pauseMs: number;
@@ -130,7 +138,7 @@ interface Result {
   wireMiB: number;
 }
 
-async function migrate(mib: number, mode: 'lazy' | 'eager'): Promise<Result> {
+async function migrate(mib: number, mode: Mode): Promise<Result> {
   const hosts = await createTwoHosts();
   const work = await mkdtemp(join(tmpdir(), 'lazymig-bench-migrate-'));
   const cmds: Cmd[] = [];
@@ -143,23 +151,38 @@ async function migrate(mib: number, mode: 'lazy' | 'eager'): Promise<Result> {
     const srcImages = join(work, 'src');
     const dstImages = join(work, 'dst');
     const rx0 = await rxBytes(hosts, hosts.dst);
+    const lazy = mode !== 'eager';
+    const pidfile = join(work, 'restored.pid');
+    const restoreArgs = ['restore', '--images-dir', dstImages, '--restore-detached', '--pidfile', pidfile];
+    const daemonArgs = ['lazy-pages', '--page-server', '--images-dir', dstImages, '--json'];
+    if (lazy) restoreArgs.push('--lazy-pages');
+    let daemon: Cmd | undefined;
+    let restorer: Cmd | undefined;
+    if (mode === 'armed') {
+      // The destination is started first and waits for the images: its start-up is over
+      // before the freeze. The socket lives in a work dir of its own, as the images dir
+      // does not exist until the copy makes it.
+      const workDir = join(work, 'dst-work');
+      await mkdir(workDir);
+      const armed = ['--work-dir', workDir, '--wait-images', '120'];
+      daemon = track(run(hosts, hosts.dst, [...daemonArgs, ...armed]));
+      restorer = track(run(hosts, hosts.dst, [...restoreArgs, ...armed]));
+      await Promise.all([daemon.waitErr(/waiting for the images/, 60_000), restorer.waitErr(/waiting up to/, 60_000)]);
+    }
     const logMark = hog.logSize();
     const dumpArgs = ['dump', '--tree', String(hog.pid), '--images-dir', srcImages];
-    if (mode === 'lazy') dumpArgs.push('--lazy-pages', '--address', hosts.src.address, '--port', String(port));
+    if (lazy) dumpArgs.push('--lazy-pages', '--address', hosts.src.address, '--port', String(port));
     const dumper = track(run(hosts, hosts.src, dumpArgs));
-    if (mode === 'lazy') await dumper.waitErr(/page server listening/, 120_000);
+    // The images are complete once dump prints its summary (the page server starts after).
+    if (lazy) await dumper.waitErr(/^dumped /m, 120_000);
     else await mustExit(dumper, 'dump');
     await cp(srcImages, dstImages, { recursive: true });
-    let daemon: Cmd | undefined;
     if (mode === 'lazy') {
       // Restore is started at once, not after the daemon says it is ready: restore waits
       // (up to 5 s) for lazy-pages.socket, so the two commands start up side by side.
-      daemon = track(run(hosts, hosts.dst, ['lazy-pages', '--page-server', '--images-dir', dstImages, '--json']));
+      daemon = track(run(hosts, hosts.dst, daemonArgs));
     }
-    const pidfile = join(work, 'restored.pid');
-    const restoreArgs = ['restore', '--images-dir', dstImages, '--restore-detached', '--pidfile', pidfile];
-    if (mode === 'lazy') restoreArgs.push('--lazy-pages');
-    const restorer = track(run(hosts, hosts.dst, restoreArgs));
+    restorer ??= track(run(hosts, hosts.dst, restoreArgs));
     await restorer.waitErr(/what="tree resumed"/, 120_000);
     const resumedAt = logTime(restorer.err(), 'tree resumed');
     const frozenAt = logTime(dumper.err(), 'tree frozen');
@@ -233,9 +256,9 @@ async function migrate(mib: number, mode: 'lazy' | 'eager'): Promise<Result> {
 
 const f = (n: number, d = 0): string => n.toFixed(d);
 const results: Result[] = [];
-console.log(`migrate bench: memhog ${SIZES.join(', ')} MiB (--interval-ms ${INTERVAL}), lazy and eager, node ${process.version}`);
+console.log(`migrate bench: memhog ${SIZES.join(', ')} MiB (--interval-ms ${INTERVAL}), modes ${MODES.join(', ')}, node ${process.version}`);
 for (const mib of SIZES) {
-  for (const mode of ['lazy', 'eager'] as const) {
+  for (const mode of MODES) {
     const r = await migrate(mib, mode);
     results.push(r);
     const head = `${String(mib).padStart(5)} MiB ${mode.padEnd(5)}`;
@@ -248,19 +271,18 @@ for (const mib of SIZES) {
     }
   }
 }
-const get = (mib: number, mode: 'lazy' | 'eager'): Result => results.find((r) => r.mib === mib && r.mode === mode)!;
+const get = (mib: number, mode: Mode): Result | undefined => results.find((r) => r.mib === mib && r.mode === mode);
 const small = Math.min(...SIZES);
 const big = Math.max(...SIZES);
+const x = (a: number, b: number): string => `${(a / b).toFixed(2)}x`;
 console.log('\nratios (same run):');
-if (big !== small) {
-  console.log(`  lazy pause ${big} MiB / ${small} MiB: ${(get(big, 'lazy').pauseMs / get(small, 'lazy').pauseMs).toFixed(2)}x   (target <= 1.5x)`);
-  console.log(`  lazy downtime ${big} MiB / ${small} MiB: ${(get(big, 'lazy').downtimeMs / get(small, 'lazy').downtimeMs).toFixed(2)}x`);
+for (const mode of MODES.filter((m) => m !== 'eager')) {
+  const [lb, ls] = [get(big, mode)!, get(small, mode)!];
+  if (big !== small) console.log(`  ${mode} pause ${big} MiB / ${small} MiB: ${x(lb.pauseMs, ls.pauseMs)} (target <= 1.5x); downtime ${x(lb.downtimeMs, ls.downtimeMs)}`);
+  for (const mib of SIZES) {
+    const [l, e] = [get(mib, mode)!, get(mib, 'eager')];
+    if (e) console.log(`  ${mib} MiB: ${mode} / eager pause ${x(l.pauseMs, e.pauseMs)}, downtime ${x(l.downtimeMs, e.downtimeMs)}`);
+  }
+  console.log(`  targets at ${big} MiB, ${mode}: pause ${f(lb.pauseMs)} ms (< 50), all in ${f(lb.allInMs)} ms (< 1000 for 1 GiB)`);
 }
-for (const mib of SIZES) {
-  const l = get(mib, 'lazy');
-  const e = get(mib, 'eager');
-  console.log(`  ${mib} MiB: lazy / eager pause ${(l.pauseMs / e.pauseMs).toFixed(2)}x, downtime ${(l.downtimeMs / e.downtimeMs).toFixed(2)}x`);
-}
-const bl = get(big, 'lazy');
-console.log(`targets at ${big} MiB: pause ${f(bl.pauseMs)} ms (< 50), all in ${f(bl.allInMs)} ms (< 1000 for 1 GiB)`);
 if (JSON_OUT) console.log(JSON.stringify(results));

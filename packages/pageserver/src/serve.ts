@@ -15,9 +15,10 @@ import { PageServer } from './server.js';
 export async function readToken(imagesDir: string): Promise<string> {
   const path = join(imagesDir, TOKEN_FILE);
   try {
-    const t = (await readFile(path, 'utf8')).trim();
-    if (!/^[0-9a-f]{32,128}$/.test(t)) throw new Error('not a token');
-    return t;
+    // The newline is the token's end: a file still being copied is not taken for a short token.
+    const m = /^([0-9a-f]{32,128})\n$/.exec(await readFile(path, 'utf8'));
+    if (!m) throw new Error('not a token (or not all of it yet)');
+    return m[1]!;
   } catch (err) {
     throw new Error(`${path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing (was the dump made with --lazy-pages?)' : (err as Error).message}`);
   }

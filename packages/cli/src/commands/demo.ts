@@ -36,7 +36,7 @@ function noteEvents(line: string): void {
 
 /** A lazymig command inside one of the hosts, its stderr shown with a prefix. */
 function inHost(hosts: TwoHosts, host: Host, label: string, args: string[]): { child: ChildProcess; exited: Promise<number> } {
-  const child = hosts.spawnIn(host, [process.execPath, LAZYMIG, ...args], { stdio: ['ignore', 'inherit', 'pipe'] });
+  const child = hosts.spawnIn(host, [LAZYMIG, ...args], { stdio: ['ignore', 'inherit', 'pipe'] });
   let buf = '';
   child.stderr?.on('data', (d: Buffer) => {
     buf += d.toString();

@@ -3,7 +3,7 @@ import { createLogger, dump, type DumpResult } from '@lazymig/core-ts';
 import { serveFrozenTree } from '@lazymig/pageserver';
 import { PAGE_SIZE } from '@lazymig/uffd-rs';
 import type { Command } from '../command.js';
-import { mib, plural, Progress } from '../ui/progress.js';
+import { mib, phaseFields, plural, Progress } from '../ui/progress.js';
 import { EXIT, UsageError } from '../usage-error.js';
 import { parsePid, parsePort } from './parse.js';
 
@@ -64,6 +64,7 @@ export const dumpCommand: Command = {
       },
     });
     progress.done();
+    createLogger('dump').debug('where the time went', phaseFields(result.phaseMs));
     process.stderr.write(dumpSummary(result) + '\n');
     if (!server || !result.frozen || !result.token) return EXIT.ok;
     return servePages(result, server);

@@ -1,15 +1,15 @@
 import { resolve } from 'node:path';
 import {
-  clearCompletion, writeCompletion,
+  clearCompletion, writeCompletion, warmImageReading, whenComplete,
   ImagesPageSource, LazyPagesEngine, createLogger, lazyRanges, openPagesReader, readImages, serveControl,
-  type LazySummary, type PageSource, type PagesReader,
+  type LazySummary, type LoadedImages, type Logger, type PageSource, type PagesReader, type ProcessImage,
 } from '@lazymig/core-ts';
 import { PageClient, readToken } from '@lazymig/pageserver';
 import { Userfaultfd } from '@lazymig/uffd-rs';
 import type { Command } from '../command.js';
 import { mib, Progress } from '../ui/progress.js';
 import { EXIT, UsageError } from '../usage-error.js';
-import { parsePort } from './parse.js';
+import { parsePort, parseSeconds } from './parse.js';
 
 export function lazySummaryLine(s: LazySummary): string {
   return (
@@ -31,6 +31,7 @@ export const lazyPagesCommand: Command = {
     json: { type: 'boolean' },
     'max-rate': { type: 'string' },
     'source-timeout': { type: 'string' },
+    'wait-images': { type: 'string' },
   },
   optionHelp: {
     'page-server': 'fetch pages from the page server of the source (default: from the local images)',
@@ -41,6 +42,7 @@ export const lazyPagesCommand: Command = {
     json: 'print the summary as JSON on stdout',
     'max-rate': 'cap background transfer at this many MiB/s (faults are never held back)',
     'source-timeout': 'seconds to keep trying to reach a lost page server before giving up (default 10)',
+    'wait-images': 'seconds to wait for images still being copied into the images dir (see restore --wait-images)',
   },
   async run({ values }) {
     const imagesDir = resolve(typeof values['images-dir'] === 'string' ? values['images-dir'] : '.');
@@ -49,37 +51,21 @@ export const lazyPagesCommand: Command = {
     if (!remote && (values.address !== undefined || values.port !== undefined)) throw new UsageError('--address and --port go with --page-server');
     const maxRate = values['max-rate'] === undefined ? undefined : Number(values['max-rate']);
     if (maxRate !== undefined && !(maxRate > 0)) throw new UsageError(`--max-rate must be a positive number of MiB/s, got ${String(values['max-rate'])}`);
-    const sourceTimeout = values['source-timeout'] === undefined ? 10 : Number(values['source-timeout']);
-    if (!(sourceTimeout >= 0)) throw new UsageError(`--source-timeout must be a number of seconds, got ${String(values['source-timeout'])}`);
+    const sourceTimeout = values['source-timeout'] === undefined ? 10 : parseSeconds('--source-timeout', values['source-timeout']);
+    const waitImages = values['wait-images'] === undefined ? undefined : parseSeconds('--wait-images', values['wait-images']);
+    const address = typeof values.address === 'string' ? values.address : undefined;
+    const port = typeof values.port === 'string' ? parsePort(values.port) : undefined;
     const log = createLogger('lazy-pages');
-    const images = await readImages(imagesDir);
-    const inv = images.inventory;
-
-    let source: PageSource;
-    let lost: Promise<Error> | null = null;
-    if (remote) {
-      const address = typeof values.address === 'string' ? values.address : inv.pageServer?.address;
-      const port = typeof values.port === 'string' ? parsePort(values.port) : inv.pageServer?.port;
-      if (address === undefined || port === undefined) throw new UsageError('--address and --port are needed: the images do not record a page server');
-      const client = await PageClient.connect({ address, port, token: await readToken(imagesDir), log, retryForMs: sourceTimeout * 1000 });
-      lost = client.lost;
-      source = client;
-      log.info('connected to the page server', { address, port });
-    } else {
-      const readers = new Map<number, PagesReader>();
-      for (const p of images.processes) readers.set(p.pid, await openPagesReader(images, p.pid));
-      source = new ImagesPageSource(readers);
-    }
-
     const progress = new Progress();
-    const engine = new LazyPagesEngine(source, {
-      pageSize: inv.pageSize,
-      log,
-      ...(maxRate !== undefined ? { maxBackgroundRate: maxRate * 2 ** 20 } : {}),
-      onProgress: (s) => progress.update(`lazy pages: ${s.pagesTotal - s.remaining}/${s.pagesTotal} in, ${s.faults} faults`),
-    });
+
+    // The socket comes first: a restore started alongside connects at once, and its
+    // hand-overs wait until the images are read and the page server answers.
+    let ready!: Promise<Daemon>;
+    let daemon: Daemon | null = null;
+    const guards: Array<() => void> = [];
+    const handedOver: number[] = [];
     const killAll = (why: string): void => {
-      for (const pid of engine.pids) {
+      for (const pid of daemon?.engine.pids ?? []) {
         log.error('killing restored process: its memory cannot arrive', { pid, why });
         try {
           process.kill(pid, 'SIGKILL');
@@ -88,53 +74,118 @@ export const lazyPagesCommand: Command = {
         }
       }
     };
-    const byPid = new Map(images.processes.map((p) => [p.pid, p]));
-    const guards: Array<() => void> = [];
-    const handedOver: number[] = [];
     clearCompletion(workDir);
     const control = serveControl(workDir, {
-      onProcess: (pid, sourcePid, fd) => {
-        const p = byPid.get(sourcePid);
+      onProcess: async (pid, sourcePid, fd) => {
+        const d = await ready;
+        const p = d.byPid.get(sourcePid);
         if (!p) throw new Error(`pid ${sourcePid} is not in the images at ${imagesDir}`);
-        const ranges = lazyRanges(inv, p).filter((r) => (remote ? r.from === 'source' : r.from === 'images'));
-        engine.add({ pid, sourcePid, uffd: Userfaultfd.adopt(fd), ranges });
+        const ranges = lazyRanges(d.images.inventory, p).filter((r) => (remote ? r.from === 'source' : r.from === 'images'));
+        d.engine.add({ pid, sourcePid, uffd: Userfaultfd.adopt(fd), ranges });
         handedOver.push(pid);
       },
       onAllSent: (n) => {
         log.info('every process was handed over', { processes: n });
-        engine.seal();
+        daemon?.engine.seal();
       },
       onGuard: (notify) => guards.push(notify),
       onAbandoned: (n) => {
         const err = new Error(`restore went away after handing over ${n} process(es) but before it finished`);
         killAll(err.message);
-        void engine.abort(err);
+        void daemon?.engine.abort(err);
       },
     });
     log.info('waiting for restore', { socket: `${workDir}/lazy-pages.socket` });
-    engine.start();
-
-    if (lost) {
-      void lost.then(async (err) => {
-        killAll(err.message);
-        await engine.abort(err);
-      });
-    }
     try {
-      const summary = await engine.done;
-      writeCompletion(workDir, handedOver);
-      for (const notify of guards) notify();
-      progress.done();
-      if (values.json) process.stdout.write(JSON.stringify(summary) + '\n');
-      else process.stderr.write(lazySummaryLine(summary) + '\n');
-      return EXIT.ok;
-    } catch (err) {
-      progress.done();
-      killAll((err as Error).message);
-      throw err;
+      ready = prepare({ imagesDir, remote, address, port, sourceTimeout, waitImages, maxRate, log, progress });
+      daemon = await ready;
+      const d = daemon;
+      if (d.lost) {
+        void d.lost.then(async (err) => {
+          killAll(err.message);
+          await d.engine.abort(err);
+        });
+      }
+      try {
+        const summary = await d.engine.done;
+        writeCompletion(workDir, handedOver);
+        for (const notify of guards) notify();
+        progress.done();
+        if (values.json) process.stdout.write(JSON.stringify(summary) + '\n');
+        else process.stderr.write(lazySummaryLine(summary) + '\n');
+        return EXIT.ok;
+      } catch (err) {
+        progress.done();
+        killAll((err as Error).message);
+        throw err;
+      }
     } finally {
       await control.close();
-      await source.close();
+      await daemon?.source.close();
     }
   },
 };
+
+interface Daemon {
+  images: LoadedImages;
+  byPid: Map<number, ProcessImage>;
+  source: PageSource;
+  /** resolves if the page server is lost for good */
+  lost: Promise<Error> | null;
+  engine: LazyPagesEngine;
+}
+
+interface PrepareOptions {
+  imagesDir: string;
+  remote: boolean;
+  address: string | undefined;
+  port: number | undefined;
+  sourceTimeout: number;
+  waitImages: number | undefined;
+  maxRate: number | undefined;
+  log: Logger;
+  progress: Progress;
+}
+
+/** The images (waiting for them with --wait-images), the page source, and the engine. */
+async function prepare(o: PrepareOptions): Promise<Daemon> {
+  const load = async (): Promise<{ images: LoadedImages; token: string | null }> => {
+    const images = await readImages(o.imagesDir);
+    return { images, token: o.remote ? await readToken(o.imagesDir) : null };
+  };
+  const { images, token } =
+    o.waitImages === undefined
+      ? await load()
+      : await whenComplete(o.imagesDir, load, {
+          timeoutMs: o.waitImages * 1000,
+          onWaiting: (why) => o.log.info('waiting for the images', { dir: o.imagesDir, why }),
+          warmUp: warmImageReading,
+        });
+  const inv = images.inventory;
+  if (o.waitImages !== undefined) o.log.debug('the images are in', { dir: o.imagesDir, processes: images.processes.length });
+  let source: PageSource;
+  let lost: Promise<Error> | null = null;
+  if (token !== null) {
+    const address = o.address ?? inv.pageServer?.address;
+    const port = o.port ?? inv.pageServer?.port;
+    if (address === undefined || port === undefined) throw new UsageError('--address and --port are needed: the images do not record a page server');
+    const client = await PageClient.connect({ address, port, token, log: o.log, retryForMs: o.sourceTimeout * 1000 });
+    lost = client.lost;
+    source = client;
+    o.log.info('connected to the page server', { address, port });
+  } else {
+    const readers = new Map<number, PagesReader>();
+    for (const p of images.processes) readers.set(p.pid, await openPagesReader(images, p.pid));
+    source = new ImagesPageSource(readers);
+  }
+  const engine = new LazyPagesEngine(source, {
+    pageSize: inv.pageSize,
+    log: o.log,
+    ...(o.maxRate !== undefined ? { maxBackgroundRate: o.maxRate * 2 ** 20 } : {}),
+    onProgress: (s) => {
+      if (s.pagesTotal > 0) o.progress.update(`lazy pages: ${s.pagesTotal - s.remaining}/${s.pagesTotal} in, ${s.faults} faults`);
+    },
+  });
+  engine.start();
+  return { images, byPid: new Map(images.processes.map((p) => [p.pid, p])), source, lost, engine };
+}

@@ -7,8 +7,9 @@ import { attachUserfaultfd, ControlClient, createLogger, restore, type LazyHook,
 import { closeFd } from '@lazymig/uffd-rs';
 import { PAGE_SIZE } from '@lazymig/uffd-rs';
 import type { Command } from '../command.js';
-import { mib, plural, Progress } from '../ui/progress.js';
+import { mib, phaseFields, plural, Progress } from '../ui/progress.js';
 import { EXIT, UsageError } from '../usage-error.js';
+import { parseSeconds } from './parse.js';
 
 export function restoreSummary(r: RestoreResult): string {
   const p = r.pages;
@@ -33,6 +34,7 @@ export const restoreCommand: Command = {
     'work-dir': { type: 'string', short: 'W' },
     'lazy-pages': { type: 'boolean' },
     'pid-ns': { type: 'boolean' },
+    'wait-images': { type: 'string' },
   },
   optionHelp: {
     'images-dir': 'directory holding the images (required)',
@@ -41,12 +43,16 @@ export const restoreCommand: Command = {
     'shell-job': "give the images' terminal fds this restore's terminal, and keep the tree in this session",
     'work-dir': 'directory for the lazy-pages socket (default: the images dir)',
     'lazy-pages': 'leave lazy pages to the lazy-pages daemon through a userfaultfd (waits up to 5 s for its socket)',
+    'wait-images':
+      'seconds to wait for images still being copied into the images dir (default: none, they must be complete). ' +
+      'Start restore (and lazy-pages) before the dump with this, and their start-up is not part of the downtime',
     'pid-ns': "restore into a new pid namespace in which every process and thread has its dumped pid/tid (its pid 1 is lazymig's init: a dumped pid 1 is refused)",
   },
   async run({ values }) {
     if (typeof values['images-dir'] !== 'string') throw new UsageError('--images-dir <dir> is required');
     if (values['work-dir'] !== undefined && !values['lazy-pages']) throw new UsageError('--work-dir goes with --lazy-pages');
     const detached = values['restore-detached'] === true;
+    const waitImages = values['wait-images'] === undefined ? undefined : parseSeconds('--wait-images', values['wait-images']);
     const lazy = values['lazy-pages'] === true ? new LazyHandover(resolve(typeof values['work-dir'] === 'string' ? values['work-dir'] : values['images-dir'])) : null;
 
     const progress = new Progress();
@@ -57,8 +63,10 @@ export const restoreCommand: Command = {
         imagesDir: values['images-dir'],
         shellJob: values['shell-job'] === true,
         pidNs: values['pid-ns'] === true,
+        ...(waitImages !== undefined ? { awaitImagesMs: waitImages * 1000 } : {}),
         onProgress: (p) => {
-          if (p.phase === 'checked') total = p.presentPages * PAGE_SIZE;
+          if (p.phase === 'waiting') process.stderr.write(`lazymig restore: waiting up to ${waitImages} s for the images in ${values['images-dir']} (${p.reason})\n`);
+          else if (p.phase === 'checked') total = p.presentPages * PAGE_SIZE;
           else if (p.phase === 'pages' && total >= 64 << 20)
             progress.update(`pid ${p.pid}: ${mib(p.bytes)} of ${mib(p.totalBytes)} written`);
         },
@@ -66,7 +74,9 @@ export const restoreCommand: Command = {
         ...(lazy ? { lazy: lazy.hook } : {}),
       });
       // Timestamped: the end of the downtime (every process runs), for benchmarks and post-mortems.
-      createLogger('restore').info('tree resumed', { root: result.rootPid, processes: result.processes, ms: +result.ms.toFixed(1) });
+      const log = createLogger('restore');
+      log.info('tree resumed', { root: result.rootPid, processes: result.processes, ms: +result.ms.toFixed(1) });
+      log.debug('where the time went', phaseFields(result.phaseMs));
       lazy?.finish(result);
     } finally {
       lazy?.close();

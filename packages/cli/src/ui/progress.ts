@@ -33,3 +33,8 @@ export function mib(bytes: number): string {
 export function plural(n: number, word: string): string {
   return `${n} ${word}${n === 1 ? '' : /(s|sh|ch|x)$/.test(word) ? 'es' : 's'}`;
 }
+
+/** A phase → milliseconds record as log fields (`images=5.1 stub=3.2 …`), rounded to 0.1 ms. */
+export function phaseFields(phaseMs: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(phaseMs).map(([k, ms]) => [k, Math.round(ms * 10) / 10]));
+}

@@ -17,3 +17,4 @@ export {
 } from './show.js';
 export { regsFromBuffer, regsToBuffer } from './regs.js';
 export { sampleImageSet, samplePage, type Sample, type SampleOptions } from './sample.js';
+export { awaitImages, warmImageReading, whenComplete, type ArrivalOptions } from './arrival.js';

@@ -98,8 +98,11 @@ export class ControlClient {
 }
 
 export interface ControlHandlers {
-  /** Must adopt `uffd` (or close it) and return; throwing refuses the process. */
-  onProcess(pid: number, sourcePid: number, uffd: number): void;
+  /**
+   * Must adopt `uffd` (or close it); the ack goes out when it returns or its promise
+   * resolves. Throwing (or rejecting) refuses the process.
+   */
+  onProcess(pid: number, sourcePid: number, uffd: number): void | Promise<void>;
   onAllSent(processes: number): void;
   /** A guard connected; tell it `complete` through `notify` once every page is in. */
   onGuard(notify: () => void): void;
@@ -138,39 +141,23 @@ export function watchDaemon(workDir: string, connectTimeoutMs = 5_000): boolean 
 
 /** The daemon's end. */
 export function serveControl(workDir: string, h: ControlHandlers): UnixSocketServer {
-  // Processes handed over per restore connection, until it says all-sent.
+  // Processes handed over per restore connection, until it says all-sent. A connection's fd
+  // number can be reused once it closes: `live` tells a reply whether its asker is still there.
   const unfinished = new Map<number, number>();
+  const live = new Map<number, object>();
+  const send = (connFd: number, m: ControlMessage): void => unixSocket.send(connFd, encode(m));
   return new UnixSocketServer(controlSocketPath(workDir), (msg) => {
+    const conn = msg.connFd;
     if ('closed' in msg) {
-      const n = unfinished.get(msg.connFd);
-      unfinished.delete(msg.connFd);
+      live.delete(conn);
+      const n = unfinished.get(conn);
+      unfinished.delete(conn);
       if (n !== undefined) h.onAbandoned(n);
       return;
     }
-    let reply: ControlMessage | null = null;
-    try {
-      const m = decode(msg.payload);
-      if (m.type === 'process') {
-        const fd = msg.fds[0];
-        for (const extra of msg.fds.slice(1)) closeFd(extra);
-        if (fd === undefined) throw new Error(`no userfaultfd came with pid ${m.pid}`);
-        h.onProcess(m.pid, m.sourcePid, fd);
-        unfinished.set(msg.connFd, (unfinished.get(msg.connFd) ?? 0) + 1);
-        reply = { type: 'ack', pid: m.pid };
-      } else if (m.type === 'all-sent') {
-        unfinished.delete(msg.connFd);
-        h.onAllSent(m.processes);
-      } else if (m.type === 'guard') {
-        const conn = msg.connFd;
-        h.onGuard(() => {
-          try {
-            unixSocket.send(conn, encode({ type: 'complete' }));
-          } catch {
-            /* the guard went away: nothing to tell */
-          }
-        });
-      } else throw new Error(`unexpected ${m.type}`);
-    } catch (err) {
+    let asker = live.get(conn);
+    if (!asker) live.set(conn, (asker = {}));
+    const refuse = (err: unknown): void => {
       for (const fd of msg.fds) {
         try {
           closeFd(fd);
@@ -178,8 +165,46 @@ export function serveControl(workDir: string, h: ControlHandlers): UnixSocketSer
           /* already adopted */
         }
       }
-      reply = { type: 'error', reason: (err as Error).message };
+      if (live.get(conn) === asker) send(conn, { type: 'error', reason: (err as Error).message });
+    };
+    try {
+      const m = decode(msg.payload);
+      if (m.type === 'process') {
+        const fd = msg.fds[0];
+        for (const extra of msg.fds.slice(1)) closeFd(extra);
+        if (fd === undefined) throw new Error(`no userfaultfd came with pid ${m.pid}`);
+        // Counted at once: a restore that goes away while the daemon is still getting ready
+        // has handed this process over too.
+        unfinished.set(conn, (unfinished.get(conn) ?? 0) + 1);
+        void Promise.resolve()
+          .then(() => h.onProcess(m.pid, m.sourcePid, fd))
+          .then(
+            () => {
+              if (live.get(conn) === asker) send(conn, { type: 'ack', pid: m.pid });
+            },
+            (err: unknown) => {
+              if (live.get(conn) === asker) {
+                const n = (unfinished.get(conn) ?? 1) - 1;
+                if (n > 0) unfinished.set(conn, n);
+                else unfinished.delete(conn);
+              }
+              refuse(err);
+            },
+          );
+      } else if (m.type === 'all-sent') {
+        unfinished.delete(conn);
+        h.onAllSent(m.processes);
+      } else if (m.type === 'guard') {
+        h.onGuard(() => {
+          try {
+            if (live.get(conn) === asker) send(conn, { type: 'complete' });
+          } catch {
+            /* the guard went away: nothing to tell */
+          }
+        });
+      } else throw new Error(`unexpected ${m.type}`);
+    } catch (err) {
+      refuse(err);
     }
-    if (reply) unixSocket.send(msg.connFd, encode(reply));
   });
 }

@@ -45,12 +45,16 @@ export interface Range {
 }
 
 /** This kernel's vdso/vvar sizes, from our own layout (every process gets the same). */
+let specialSizes: Map<SpecialKind, number> | null = null;
+
+/** Sizes of this process's vdso/vvar (fixed for its lifetime: read once, Node's maps are long). */
 export function hostSpecialSizes(): Map<SpecialKind, number> {
+  if (specialSizes) return specialSizes;
   const out = new Map<SpecialKind, number>();
   for (const v of readMaps(process.pid)) {
     if ((SPECIAL_KINDS as readonly string[]).includes(v.kind)) out.set(v.kind as SpecialKind, v.end - v.start);
   }
-  return out;
+  return (specialSizes = out);
 }
 
 function mmapMinAddr(): number {

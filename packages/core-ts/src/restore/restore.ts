@@ -13,7 +13,7 @@
 import { reapTracees } from '../tracees.js';
 import { entriesForLazyRestore } from '../lazy/plan.js';
 import { processVmWrite, ptrace } from '@lazymig/uffd-rs';
-import { openPagesReader, readImages, type LoadedImages, type PagemapEntry, type Vma } from '../image/index.js';
+import { awaitImages, openPagesReader, readImages, type LoadedImages, type PagemapEntry, type Vma } from '../image/index.js';
 import { readMaps } from '../proc/index.js';
 import { pinToOneCpu, type Pin } from './affinity.js';
 import { CONTROL_SIZE, controlArea, type ControlArea } from './control.js';
@@ -21,7 +21,7 @@ import { CONTROL_SIZE, controlArea, type ControlArea } from './control.js';
 import { restoreFds, restoreFsState, restoreLimits, ourTerminalFd } from './files.js';
 import { fillPages, finishVmas, mapVmas, unmapStub } from './memory.js';
 import { setMm } from './mm.js';
-import { checkImages, findHole, RestoreRefusedError, type Range } from './plan.js';
+import { checkImages, findHole, hostSpecialSizes, RestoreRefusedError, type Range } from './plan.js';
 import { injectionStats, type Remote } from './remote.js';
 import { startStub, type StartedStub, type StubExit } from './stub.js';
 import { checkXstate, cloneThreads, restoreSigactions, restoreThreadState, setFinalState } from './threads.js';
@@ -59,6 +59,7 @@ export interface LazyRestoreTarget {
 export type LazyHook = (t: LazyRestoreTarget) => void | Promise<void>;
 
 export type RestoreProgress =
+  | { phase: 'waiting'; reason: string }
   | { phase: 'checked'; processes: number; threads: number; presentPages: number }
   | { phase: 'pages'; pid: number; bytes: number; totalBytes: number }
   | { phase: 'rebuilt'; pid: number; restoredPid: number };
@@ -77,6 +78,11 @@ export interface RestoreOptions {
    * pid/tid (see pidns.ts). Its pid 1 is the stub's init; a dumped pid 1 is refused.
    */
   pidNs?: boolean;
+  /**
+   * The images may still be arriving (being copied): wait up to this many ms for all of them
+   * to be there and check out (image/arrival.ts). Lets a restore start up before the dump.
+   */
+  awaitImagesMs?: number;
   onProgress?: (p: RestoreProgress) => void;
   onWarning?: (msg: string) => void;
 }
@@ -95,7 +101,7 @@ export interface RestoreResult {
   threads: number;
   pages: { present: number; lazy: number; zero: number };
   injectedSyscalls: number;
-  /** from reading the images to the last detach */
+  /** from reading the images (with awaitImagesMs: from their arrival) to the last detach */
   ms: number;
   /** where the time went (ms): images, stub, fork, layout, pages, state, finish */
   phaseMs: Record<string, number>;
@@ -242,29 +248,44 @@ class Rebuilder {
  * result tells how the root ends. Rejects (with nothing left running) on any problem.
  */
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
-  const t0 = performance.now();
+  const tStart = performance.now();
   const callsBefore = injectionStats.calls;
-  const images = await readImages(opts.imagesDir);
-  checkImages(images, { shellJob: opts.shellJob ?? false, lazy: opts.lazy !== undefined, pidNs: opts.pidNs ?? false });
-  if (opts.shellJob && images.processes.some((p) => p.core.fds.some((f) => f.kind === 'tty')) && ourTerminalFd() === null)
-    throw new RestoreRefusedError([{ pid: images.inventory.rootPid, code: 'options', message: '--shell-job: the images have a terminal open, but this restore has no terminal to give them' }]);
-  const threads = images.processes.reduce((n, p) => n + p.core.threads.length, 0);
-  const presentPages = images.processes.reduce((n, p) => n + p.pagemap.entries.reduce((m, e) => m + (e.kind === 'present' ? e.pages : 0), 0), 0);
-  opts.onProgress?.({ phase: 'checked', processes: images.processes.length, threads, presentPages });
-
   const pin = pinToOneCpu(opts.pin ?? true);
+  // Needs nothing from the images (but with a pid namespace, the root's pid): started while
+  // they are read, or arrive. Started after pinning, so it inherits the pin.
+  const early = opts.pidNs ? null : startStub({});
+  early?.catch(() => undefined); // awaited (or killed) below
   let stub: StartedStub | undefined;
   let rb: Rebuilder | undefined;
+  let tImages = tStart;
+  let threads = 0;
   try {
+    const images =
+      opts.awaitImagesMs === undefined
+        ? await readImages(opts.imagesDir)
+        : await awaitImages(opts.imagesDir, {
+            timeoutMs: opts.awaitImagesMs,
+            onWaiting: (why) => opts.onProgress?.({ phase: 'waiting', reason: why }),
+            warmUp: () => void hostSpecialSizes(),
+          });
+    tImages = performance.now();
+    checkImages(images, { shellJob: opts.shellJob ?? false, lazy: opts.lazy !== undefined, pidNs: opts.pidNs ?? false });
+    if (opts.shellJob && images.processes.some((p) => p.core.fds.some((f) => f.kind === 'tty')) && ourTerminalFd() === null)
+      throw new RestoreRefusedError([{ pid: images.inventory.rootPid, code: 'options', message: '--shell-job: the images have a terminal open, but this restore has no terminal to give them' }]);
+    threads = images.processes.reduce((n, p) => n + p.core.threads.length, 0);
+    const presentPages = images.processes.reduce((n, p) => n + p.pagemap.entries.reduce((m, e) => m + (e.kind === 'present' ? e.pages : 0), 0), 0);
+    opts.onProgress?.({ phase: 'checked', processes: images.processes.length, threads, presentPages });
+
     const tStub = performance.now();
     const rootImage = images.processes[0]!;
-    stub = await startStub(opts.pidNs ? { pidNs: rootImage.pid } : {});
+    stub = await (early ?? startStub({ pidNs: rootImage.pid }));
     // A hole for the control area in the stub's layout and every dumped one.
     const taken: Range[] = readMaps(stub.pid).filter((v) => v.kind !== 'vsyscall');
     for (const p of images.processes) taken.push(...p.core.vmas.filter((v) => v.kind !== 'vsyscall'));
     const area = controlArea(findHole(taken, CONTROL_SIZE));
     rb = new Rebuilder(images, opts, area, pin);
-    rb.phaseMs['images'] = tStub - t0;
+    rb.phaseMs[opts.awaitImagesMs === undefined ? 'images' : 'images-arrived'] = tImages - tStart;
+    rb.phaseMs['check'] = tStub - tImages;
     rb.last = tStub;
     rb.lap('stub');
     const root = prepareRoot(stub.pid, rootImage, area, !(opts.shellJob ?? false));
@@ -279,6 +300,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     rb.lap('finish');
   } catch (err) {
     rb?.killAll();
+    stub ??= await early?.catch(() => undefined);
     if (!rb && stub) {
       try {
         process.kill(stub.pid, 'SIGKILL');
@@ -300,7 +322,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     threads,
     pages: { ...rb.counts },
     injectedSyscalls: injectionStats.calls - callsBefore,
-    ms: performance.now() - t0,
+    ms: performance.now() - (opts.awaitImagesMs === undefined ? tStart : tImages),
     phaseMs: rb.phaseMs,
     pinnedCpu: pin.cpu,
     exited: s.exited,
