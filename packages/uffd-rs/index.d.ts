@@ -249,6 +249,42 @@ export declare class FaultLoop {
    * or at once ('event-loop': the poll handles are closed synchronously). Idempotent.
    */
   stop(): Promise<void>
+  /**
+   * Installs on native threads ('event-loop' mode only, else an Error), with the loop's
+   * guarantee kept: a job never installs anything after the loop has read an event
+   * (REMOVE/UNMAP/REMAP/FORK) from its uffd that JS had not seen when submitting it. The
+   * loop's read of a uffd waits for an install slice in progress (64 KiB) to end.
+   */
+  backgroundInstaller(onDone: BackgroundDone, opts?: { /** worker threads, default 1 */ threads?: number }): BackgroundInstaller
+}
+
+/**
+ * How a background job ended:
+ * - 'done': every page of it is in (installed by the job, or already present);
+ * - 'stale': an event was read since it was submitted (or the uffd left the loop, or the
+ *   installer stopped): pages past `bytes` were not installed;
+ * - 'again': the kernel refused (an event waits to be read): pages past `bytes` were not installed;
+ * - 'gone': the mapping or the process is gone;
+ * - 'failed': another error.
+ * `bytes`: from the start of the job, how much is in. Called on the JS thread.
+ */
+export type BackgroundEnd = 'done' | 'stale' | 'again' | 'gone' | 'failed'
+export type BackgroundDone = (id: number, bytes: number, end: BackgroundEnd) => void
+
+export declare class BackgroundInstaller {
+  private constructor()
+  /**
+   * Queues the install of `data` (whole pages) at `dst` in the uffd's process; threads
+   * waiting for these pages are woken.
+   * `data` is kept alive until onDone(id) and must not be modified meanwhile. Pages
+   * already present are skipped.
+   */
+  submit(id: number, uffd: Userfaultfd | number, dst: number, data: Buffer | Uint8Array): void
+  /**
+   * Stops the threads (a job in progress ends 'stale' after its current slice; its onDone
+   * still comes); jobs not started are dropped without onDone. Idempotent.
+   */
+  stop(): void
 }
 
 export interface ProbeCheck {

@@ -160,6 +160,14 @@ export class FaultLoop {
     return this
   }
 
+  /** Background installs ordered with this loop's reads ('event-loop' mode only); see index.d.ts. */
+  backgroundInstaller(onDone, opts) {
+    if (this.#mode !== 'event-loop') throw new Error("background installs need a FaultLoop in 'event-loop' mode")
+    if (this.#stopped) throw new Error('FaultLoop is stopped')
+    if (typeof onDone !== 'function') throw new TypeError('onDone must be a function')
+    return new BackgroundInstaller(native.installerCreate(this.#handle, onDone, opts?.threads ?? 1))
+  }
+
   stop() {
     if (!this.#stopped) {
       for (const uffd of this.#uffds.values()) attachedLoops.get(uffd)?.delete(this)
@@ -167,6 +175,26 @@ export class FaultLoop {
       this.#stopped = native.loopStop(this.#handle)
     }
     return this.#stopped
+  }
+}
+
+export class BackgroundInstaller {
+  #handle
+  #stopped = false
+
+  constructor(handle) {
+    this.#handle = handle
+  }
+
+  submit(id, uffd, dst, data) {
+    if (this.#stopped) throw new Error('BackgroundInstaller is stopped')
+    native.installerSubmit(this.#handle, id, uffd instanceof Userfaultfd ? uffd.fd : uffd, dst, data)
+  }
+
+  stop() {
+    if (this.#stopped) return
+    this.#stopped = true
+    native.installerStop(this.#handle)
   }
 }
 

@@ -182,3 +182,21 @@ export declare class UnixSocketServer {
   readonly path: string
   close(): Promise<void>
 }
+
+/** PAGEMAP_SCAN page categories (PAGE_IS_*) as bits, for pagemapScanPid. */
+export declare const PAGE_IS: Readonly<{
+  WPALLOWED: 1; WRITTEN: 2; FILE: 4; PRESENT: 8; SWAPPED: 16; PFNZERO: 32; HUGE: 64; SOFT_DIRTY: 128; GUARD: 256
+}>
+
+/**
+ * PAGEMAP_SCAN on /proc/PID/pagemap over each of `ranges` (flat [start, end, ...], page
+ * aligned): the runs of pages having at least one category of `anyof`, each with the
+ * categories of `report` it has, as a flat [start, end, categories, ...]. No region spans two
+ * ranges (pass one range per VMA). PAGE_IS.FILE is set for pages that are not anonymous
+ * (page cache, shmem), PAGE_IS.PFNZERO for the shared zero page (no privilege needed).
+ * Throws a SystemError with `pid` (ESRCH, EACCES, ENOTTY before Linux 6.7).
+ */
+export declare function pagemapScanPid(pid: number, ranges: Float64Array, anyof: number, report: number): Float64Array
+
+/** get_robust_list(tid), from outside the thread (the caller must be allowed to ptrace it). */
+export declare function getRobustList(tid: number): { head: bigint; len: bigint }

@@ -116,3 +116,16 @@ export class UnixSocketServer {
     return this.#closed
   }
 }
+
+/** PAGEMAP_SCAN page categories (PAGE_IS_*, include/uapi/linux/fs.h) as bits. */
+export const PAGE_IS = Object.freeze({
+  WPALLOWED: 1 << 0, WRITTEN: 1 << 1, FILE: 1 << 2, PRESENT: 1 << 3, SWAPPED: 1 << 4, PFNZERO: 1 << 5, HUGE: 1 << 6, SOFT_DIRTY: 1 << 7, GUARD: 1 << 8,
+})
+
+export function pagemapScanPid(pid, ranges, anyof, report) {
+  return native.pagemapScanPid(pid, ranges, anyof, report)
+}
+
+export function getRobustList(tid) {
+  return native.getRobustList(tid)
+}

@@ -297,6 +297,15 @@ impl FaultLoop {
     }
 
     /// Whether a running loop keeps Node's event loop alive (default: yes).
+    /// The gate that orders background installs into `fd` with this loop's reads:
+    /// event-loop mode only (in thread mode the loop thread reads without JS knowing).
+    pub fn gate(&self, fd: RawFd) -> Option<Arc<crate::background::Gate>> {
+        match &self.kind {
+            Kind::EventLoop(l) => l.gate(fd),
+            Kind::Thread(_) => None,
+        }
+    }
+
     pub fn set_ref(&self, env: Env, keep_alive: bool) -> JsResult<()> {
         match &self.kind {
             Kind::Thread(shared) => match &*shared.tsfn.lock().unwrap() {

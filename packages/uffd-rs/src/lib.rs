@@ -1,8 +1,12 @@
 //! lazymig's native package: userfaultfd and the fault loop for Node, through a small
 //! hand-written Node-API layer (see `napi`). Modules below `napi` know nothing of JS.
 
+mod background;
 mod crc32c;
 mod exports;
+mod exports_background;
+#[cfg(feature = "ptrace")]
+mod exports_proc;
 #[cfg(feature = "ptrace")]
 mod exports_ptrace;
 mod fault_loop;
@@ -10,6 +14,8 @@ mod napi;
 #[cfg(feature = "ptrace")]
 mod pidfd;
 mod probe;
+#[cfg(feature = "ptrace")]
+mod proc_scan;
 #[cfg(feature = "ptrace")]
 mod procmem;
 #[cfg(feature = "ptrace")]
@@ -33,8 +39,11 @@ pub unsafe extern "C" fn napi_register_module_v1(env: napi_env, exports: napi_va
     let jsenv = unsafe { napi::Env::from_raw(env) };
     let r = napi::error::catch_panic("module registration", || {
         napi::callback::register(jsenv, exports, exports::TABLE)?;
+        napi::callback::register(jsenv, exports, exports_background::TABLE)?;
         #[cfg(feature = "ptrace")]
         napi::callback::register(jsenv, exports, exports_ptrace::TABLE)?;
+        #[cfg(feature = "ptrace")]
+        napi::callback::register(jsenv, exports, exports_proc::TABLE)?;
         exports::constants(jsenv, exports)
     });
     if let Err(e) = r {

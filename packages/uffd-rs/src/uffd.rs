@@ -182,6 +182,21 @@ pub fn copy(fd: RawFd, dst: u64, src: &[u8], mode: FillMode) -> SysResult<Outcom
     })
 }
 
+/// UFFDIO_COPY of `len` bytes read from `src` (for installs off the JS thread, where the
+/// bytes belong to a JS buffer: no Rust reference to them is formed).
+///
+/// # Safety
+/// `src..src+len` must be readable memory that stays mapped for the call.
+pub unsafe fn copy_from_raw(fd: RawFd, dst: u64, src: *const u8, len: u64, mode: FillMode) -> SysResult<Outcome> {
+    let m = if mode.dont_wake { UFFDIO_COPY_MODE_DONTWAKE } else { 0 } | if mode.wp { UFFDIO_COPY_MODE_WP } else { 0 };
+    fill("UFFDIO_COPY", dst, len, |at, off| {
+        let mut c = UffdioCopy { dst: at, src: src as u64 + off, len: len - off, mode: m, copy: 0 };
+        // SAFETY: struct matches UFFDIO_COPY; the caller keeps src..src+len readable.
+        let rc = unsafe { libc::ioctl(fd, UFFDIO_COPY as libc::c_ulong, &mut c) };
+        if rc == 0 { (c.copy, 0) } else { (c.copy, crate::sys::errno::last_errno()) }
+    })
+}
+
 pub fn zeropage(fd: RawFd, dst: u64, len: u64, mode: FillMode) -> SysResult<Outcome> {
     let m = if mode.dont_wake { UFFDIO_ZEROPAGE_MODE_DONTWAKE } else { 0 };
     fill("UFFDIO_ZEROPAGE", dst, len, |at, off| {

@@ -20,6 +20,7 @@
 //! environment goes away first (worker termination, process exit).
 
 use super::{Fault, LoopEvent, Pending, READ_MSGS, batch_to_js, error_condition, read_pending};
+use crate::background::Gate;
 use crate::napi::error::{JsResult, check, panic_message};
 use crate::napi::ffi::{self, napi_env, napi_value};
 use crate::napi::uv::{self, uv_handle_t, uv_loop_t};
@@ -42,6 +43,8 @@ struct State {
     /// Strong reference to onBatch; null once stopped.
     on_batch: ffi::napi_ref,
     polls: HashMap<RawFd, *mut uv_handle_t>,
+    /// Per watched uffd: orders background installs with this loop's reads (background.rs).
+    gates: HashMap<RawFd, Arc<Gate>>,
     /// The never-sent async handle that keeps Node alive while ref'd; null once closed.
     keepalive: *mut uv_handle_t,
     stopped: bool,
@@ -123,6 +126,7 @@ impl EvLoop {
                 uv_loop,
                 on_batch: on_batch_ref,
                 polls: HashMap::new(),
+                gates: HashMap::new(),
                 keepalive,
                 stopped: false,
                 hook_registered: false,
@@ -151,6 +155,7 @@ impl EvLoop {
         if st.polls.contains_key(&fd) {
             return Err(SysError::new("uv_poll_init", libc::EEXIST).because(format!("fd {fd} is already watched by this loop")));
         }
+        let gate = Gate::new(fd)?;
         let h = uv::alloc_handle(uv::UV_POLL, "poll")?;
         // SAFETY: JS thread; h is fresh handle memory of libuv's size for UV_POLL.
         let rc = unsafe { uv::uv_poll_init(st.uv_loop, h, fd) };
@@ -173,6 +178,7 @@ impl EvLoop {
             return Err(uv::uv_error("uv_poll_start", rc).because(format!("fd {fd}")));
         }
         st.polls.insert(fd, h);
+        st.gates.insert(fd, gate);
         Ok(())
     }
 
@@ -180,6 +186,9 @@ impl EvLoop {
     /// at once), so the caller may close the fd right after.
     pub fn remove(&self, fd: RawFd) -> SysResult<()> {
         let mut st = self.st.lock().unwrap();
+        if let Some(g) = st.gates.remove(&fd) {
+            g.close();
+        }
         match st.polls.remove(&fd) {
             Some(h) => {
                 close_poll_handle(h);
@@ -192,6 +201,11 @@ impl EvLoop {
                 Err(SysError::new("uv_poll_stop", errno).because(format!("fd {fd} is not watched by this loop")))
             }
         }
+    }
+
+    /// The gate of a watched uffd (JS thread).
+    pub fn gate(&self, fd: RawFd) -> Option<Arc<Gate>> {
+        self.st.lock().unwrap().gates.get(&fd).cloned()
     }
 
     pub fn set_ref(&self, keep_alive: bool) {
@@ -215,6 +229,9 @@ impl EvLoop {
         st.stopped = true;
         for (_, h) in st.polls.drain() {
             close_poll_handle(h);
+        }
+        for (_, g) in st.gates.drain() {
+            g.close();
         }
         let ka = std::mem::replace(&mut st.keepalive, ptr::null_mut());
         if !ka.is_null() {
@@ -244,7 +261,20 @@ impl EvLoop {
                 return;
             }
             let mut failed = None;
-            match read_pending(fd, &mut st.buf, page_mask, &mut faults, &mut events) {
+            // Under the gate: no background install is in progress while events are read,
+            // and those submitted before an event is read will not install anything more.
+            let gate = st.gates.get(&fd).cloned();
+            let buf = &mut st.buf;
+            let mut read = || {
+                let r = read_pending(fd, buf, page_mask, &mut faults, &mut events);
+                let saw_event = !events.is_empty();
+                (r, saw_event)
+            };
+            let got = match &gate {
+                Some(g) => g.exclusive(read),
+                None => read().0,
+            };
+            match got {
                 // libuv reports EPOLLERR as status UV_EBADF and has stopped the handle.
                 Ok(got_any) if status < 0 => {
                     if got_any {
@@ -261,6 +291,9 @@ impl EvLoop {
                 Err(e) => failed = Some(e),
             }
             if let Some(error) = failed {
+                if let Some(g) = st.gates.remove(&fd) {
+                    g.close();
+                }
                 st.polls.remove(&fd);
                 close_poll_handle(h);
                 events.push(LoopEvent::Error { fd, error });

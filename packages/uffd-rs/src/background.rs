@@ -1,0 +1,250 @@
+//! Background installs on native threads, ordered with the reads of the uffd's events.
+//!
+//! Why: UFFDIO_COPY of a page the target has never had is the slowest step on the
+//! destination (the kernel gets a fresh page, often one the hypervisor must back first).
+//! Done on the JS thread, it keeps that thread from receiving the next data and from
+//! reading faults. Here, worker threads install whole background replies while the JS
+//! thread goes on receiving.
+//!
+//! The guarantee the event-loop FaultLoop gives must survive: no page is installed into a
+//! range after a REMOVE/UNMAP/REMAP event about it was read, unless JS had seen that event
+//! when it asked for the install. So every uffd watched by an event-loop FaultLoop has a
+//! `Gate`: the JS thread holds it exclusively while it reads the uffd and counts the event
+//! batches it read (`epoch`); a worker holds it shared around each UFFDIO_COPY slice and
+//! first checks that the epoch is still the one of the moment JS submitted the job. A job
+//! that finds the epoch moved stops ("stale"): JS decides again about the rest, now knowing
+//! the event. Installs made before the read either landed before the target's change (and
+//! are dealt with by it) or failed with EAGAIN (the kernel's mmap_changing).
+//!
+//! A worker holds the gate for one slice (`SLICE_BYTES`) at a time, so a fault read waits
+//! behind at most one slice; the std RwLock prefers a waiting writer over new readers.
+
+use crate::sys::{SysResult, page_size};
+use crate::uffd::{self, FillMode, Status};
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+
+/// Bytes installed per UFFDIO_COPY while holding a gate: 16 pages of 4 KiB. Small enough
+/// that a fault read rarely waits long, large enough that the ioctl's fixed cost is small.
+const SLICE_BYTES: u64 = 64 << 10;
+
+struct GateState {
+    /// Batches with non-cooperative events read from the uffd so far.
+    epoch: u64,
+    /// The uffd left its FaultLoop: nothing may be installed through this gate any more.
+    closed: bool,
+}
+
+/// The ordering point between the reader of one uffd and background installs into it.
+pub struct Gate {
+    /// A duplicate of the uffd: a job never issues an ioctl on an fd number JS has closed
+    /// (and the kernel may have reused) meanwhile.
+    fd: OwnedFd,
+    state: RwLock<GateState>,
+}
+
+impl Gate {
+    pub fn new(uffd: RawFd) -> SysResult<Arc<Gate>> {
+        // SAFETY: F_DUPFD_CLOEXEC returns a new fd (or -1), which we then own.
+        let dup = crate::sys::cvt(unsafe { libc::fcntl(uffd, libc::F_DUPFD_CLOEXEC, 0) } as libc::c_long, "fcntl(F_DUPFD_CLOEXEC)")?;
+        // SAFETY: dup is a fresh fd owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(dup as RawFd) };
+        Ok(Arc::new(Gate { fd, state: RwLock::new(GateState { epoch: 0, closed: false }) }))
+    }
+
+    /// Runs `read` (the reader's read of the uffd) with no install in progress through
+    /// this gate. `read` returns whether it read any non-cooperative event; if so, jobs
+    /// submitted before are stale from now on.
+    pub fn exclusive<R>(&self, read: impl FnOnce() -> (R, bool)) -> R {
+        let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let (r, saw_event) = read();
+        if saw_event {
+            st.epoch += 1;
+        }
+        r
+    }
+
+    /// The epoch a job submitted now carries (JS thread: JS has seen every event read).
+    pub fn epoch(&self) -> u64 {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).epoch
+    }
+
+    /// No install through this gate from now on (the uffd leaves its loop).
+    pub fn close(&self) {
+        self.state.write().unwrap_or_else(|p| p.into_inner()).closed = true;
+    }
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Every page is in (installed here, or already there).
+    Done,
+    /// An event was read after the job was submitted (or the uffd left the loop, or the
+    /// installer stopped): the rest was not installed.
+    Stale,
+    /// EAGAIN: an event is waiting to be read; the rest was not installed.
+    Again,
+    /// The mapping or the process is gone.
+    Gone,
+    /// Another error (errno).
+    Failed(i32),
+}
+
+impl End {
+    pub fn name(self) -> &'static str {
+        match self {
+            End::Done => "done",
+            End::Stale => "stale",
+            End::Again => "again",
+            End::Gone => "gone",
+            End::Failed(_) => "failed",
+        }
+    }
+}
+
+/// Source bytes of a job: memory the submitter keeps alive and unmodified until the job's
+/// completion is delivered (exports.rs holds a reference to the JS buffer for that long).
+#[derive(Clone, Copy)]
+pub struct SrcBytes {
+    pub ptr: *const u8,
+    pub len: u64,
+}
+// SAFETY: only the kernel reads through ptr (UFFDIO_COPY), while the owner keeps the memory
+// alive (see the type's doc); no Rust reference to it is ever formed.
+unsafe impl Send for SrcBytes {}
+
+pub struct Job<K: Send> {
+    pub gate: Arc<Gate>,
+    pub epoch: u64,
+    pub dst: u64,
+    pub src: SrcBytes,
+    /// Handed back with the completion (the JS side's id and buffer reference).
+    pub keep: K,
+}
+
+pub struct Completion<K: Send> {
+    pub keep: K,
+    /// Bytes from the start of the job that are in (installed or already present).
+    pub bytes: u64,
+    pub end: End,
+}
+
+struct Queue<K: Send> {
+    jobs: VecDeque<Job<K>>,
+    stop: bool,
+}
+
+/// Worker threads taking jobs from one queue; completions go to `deliver` (which hands
+/// them to the JS thread).
+pub struct Installer<K: Send + 'static> {
+    queue: Arc<(Mutex<Queue<K>>, Condvar)>,
+    stopping: Arc<AtomicBool>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl<K: Send + 'static> Installer<K> {
+    pub fn start(threads: usize, deliver: Arc<dyn Fn(Completion<K>) + Send + Sync>) -> std::io::Result<Installer<K>> {
+        let queue = Arc::new((Mutex::new(Queue { jobs: VecDeque::new(), stop: false }), Condvar::new()));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::new();
+        for i in 0..threads.max(1) {
+            let q = queue.clone();
+            let s = stopping.clone();
+            let d = deliver.clone();
+            handles.push(std::thread::Builder::new().name(format!("lazymig-inst{i}")).spawn(move || worker(&q, &s, &*d))?);
+        }
+        Ok(Installer { queue, stopping, threads: Mutex::new(handles) })
+    }
+
+    pub fn submit(&self, job: Job<K>) {
+        let (m, cv) = &*self.queue;
+        m.lock().unwrap().jobs.push_back(job);
+        cv.notify_one();
+    }
+
+    /// Stops the workers (a job in progress ends stale after its current slice) and returns
+    /// the jobs never started. Idempotent.
+    pub fn stop(&self) -> Vec<Job<K>> {
+        self.stopping.store(true, Ordering::SeqCst);
+        let (m, cv) = &*self.queue;
+        let left: Vec<Job<K>> = {
+            let mut q = m.lock().unwrap();
+            q.stop = true;
+            q.jobs.drain(..).collect()
+        };
+        cv.notify_all();
+        for h in self.threads.lock().unwrap().drain(..) {
+            let _ = h.join();
+        }
+        left
+    }
+}
+
+/// Nice value of the worker threads: when a worker and the JS thread both want the CPU
+/// (2-vCPU machines, with the restored process and maybe the source running too), the JS
+/// thread, which reads faults and serves them, goes first.
+const WORKER_NICE: libc::c_int = 5;
+
+fn worker<K: Send>(queue: &(Mutex<Queue<K>>, Condvar), stopping: &AtomicBool, deliver: &(dyn Fn(Completion<K>) + Send + Sync)) {
+    // SAFETY: gettid and setpriority on this very thread; failure only leaves it at nice 0.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, WORKER_NICE);
+    }
+    let (m, cv) = queue;
+    loop {
+        let job = {
+            let mut q = m.lock().unwrap();
+            loop {
+                if q.stop {
+                    return;
+                }
+                if let Some(j) = q.jobs.pop_front() {
+                    break j;
+                }
+                q = cv.wait(q).unwrap();
+            }
+        };
+        let (bytes, end) = run_job(&job, stopping);
+        deliver(Completion { keep: job.keep, bytes, end });
+    }
+}
+
+/// Installs a job a slice at a time, each under the gate; returns the bytes dealt with
+/// from the start of the job, and how it ended.
+fn run_job<K: Send>(job: &Job<K>, stopping: &AtomicBool) -> (u64, End) {
+    let ps = page_size() as u64;
+    let fd = job.gate.fd.as_raw_fd();
+    let mut at = 0u64;
+    while at < job.src.len {
+        if stopping.load(Ordering::Relaxed) {
+            return (at, End::Stale);
+        }
+        let n = SLICE_BYTES.min(job.src.len - at);
+        let st = job.gate.state.read().unwrap_or_else(|p| p.into_inner());
+        if st.closed || st.epoch != job.epoch {
+            return (at, End::Stale);
+        }
+        // With wake (the kernel only wakes when someone waits, so it costs ~nothing): a
+        // thread may be waiting for one of these pages whose fault JS has already served by
+        // asking the source for it; when that reply comes, the page is in and JS skips it.
+        // SAFETY: at + n <= src.len, and the source bytes stay alive and unmodified until
+        // the completion is delivered (SrcBytes).
+        let out = unsafe { uffd::copy_from_raw(fd, job.dst + at, job.src.ptr.add(at as usize), n, FillMode { dont_wake: false, wp: false }) };
+        drop(st);
+        match out {
+            Ok(o) => match o.status {
+                Status::Ok => at += n,
+                // Pages already there (a fault got them first): skip one and go on.
+                Status::Exists => at += o.bytes + ps,
+                Status::Again => return (at + o.bytes, End::Again),
+                Status::Gone => return (at + o.bytes, End::Gone),
+            },
+            Err(e) => return (at, End::Failed(e.errno)),
+        }
+    }
+    (job.src.len, End::Done)
+}

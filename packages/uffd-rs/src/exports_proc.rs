@@ -1,0 +1,63 @@
+//! JS entry points of proc_scan.rs (the `ptrace` feature: a dump reads the processes it has
+//! frozen). ptrace.js wraps these raw functions; nothing else should call them.
+
+use crate::export;
+use crate::napi::value::{MAX_SAFE, Typed};
+use crate::napi::{Args, Env, Export, JsResult, Value, range_error, type_error};
+use crate::proc_scan;
+
+pub const TABLE: &[Export] = &[
+    export!("pagemapScanPid\0" => pagemap_scan_pid),
+    export!("getRobustList\0" => get_robust_list),
+];
+
+fn id_arg(env: Env, a: &Args, i: usize, what: &str) -> JsResult<i32> {
+    let x = env.to_f64(a.get(i, what)?, what)?;
+    if !(x.fract() == 0.0 && x >= 1.0 && x <= i32::MAX as f64) {
+        return range_error(format!("{what} must be a positive integer id, got {x}"));
+    }
+    Ok(x as i32)
+}
+
+fn mask_arg(env: Env, a: &Args, i: usize, what: &str) -> JsResult<u64> {
+    let m = env.to_u64(a.get(i, what)?, what)?;
+    let known = crate::sys::pagemap::CATEGORIES.iter().fold(0, |acc, (_, bit)| acc | bit);
+    if m & !known != 0 {
+        return range_error(format!("{what} has unknown category bits: {m:#x}"));
+    }
+    Ok(m)
+}
+
+/// pagemapScanPid(pid, ranges: Float64Array [start, end, ...], anyof, report) →
+/// Float64Array [start, end, categories, ...].
+fn pagemap_scan_pid(env: Env, a: &Args) -> JsResult<Value> {
+    let pid = id_arg(env, a, 0, "pid")?;
+    let words: Vec<u64> = match env.to_typed(a.get(1, "ranges")?, "ranges")? {
+        Typed::F64(s) => s
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                if x.is_finite() && x.fract() == 0.0 && x >= 0.0 && x <= MAX_SAFE as f64 {
+                    Ok(x as u64)
+                } else {
+                    range_error(format!("ranges[{i}] must be an integer in [0, 2^53), got {x}"))
+                }
+            })
+            .collect::<JsResult<_>>()?,
+        _ => return type_error("ranges must be a Float64Array of [start, end] pairs"),
+    };
+    if !words.len().is_multiple_of(2) {
+        return range_error(format!("ranges must hold [start, end] pairs, got {} numbers", words.len()));
+    }
+    let ranges: Vec<(u64, u64)> = words.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+    let anyof = mask_arg(env, a, 2, "anyof")?;
+    let report = mask_arg(env, a, 3, "report")?;
+    let regions = proc_scan::scan_pid(pid, &ranges, anyof, report)?;
+    let flat: Vec<f64> = regions.iter().flat_map(|r| [r.start as f64, r.end as f64, r.categories as f64]).collect();
+    env.float64_array(&flat)
+}
+
+fn get_robust_list(env: Env, a: &Args) -> JsResult<Value> {
+    let r = proc_scan::get_robust_list(id_arg(env, a, 0, "tid")?)?;
+    env.object_with(&[(c"head", env.bigint(r.head)?), (c"len", env.bigint(r.len)?)])
+}
