@@ -6,7 +6,8 @@
  *  2. freeze every thread, and check again (nothing can change from here on);
  *  3. read each process's layout and pages before anything is injected into it;
  *  4. ask what only the process knows (injected syscalls), and put its registers back;
- *  5. write the images under a temporary name and rename them into place;
+ *  5. write the images under a temporary name and rename them into place (a lazy dump then
+ *     checks the VmFlags it took from before the freeze, see layout.ts);
  *  6. kill the tree, let it run, or keep it frozen for the page server (lazy).
  * Any failure after the freeze removes the partial images and lets the tree run on untouched.
  */
@@ -18,12 +19,13 @@ import {
 } from '../image/index.js';
 import {
   RLIM_INFINITY, readAuxv, readComm, readCwd, readExe, readFds, readLimits, readPersonality, readRoot, readSmaps,
-  readStat, warmPagemapDecoder, readStatus, readTree, type ProcessTree, type Refusal, type SmapsVma, type TreeProcess,
+  readStat, readStatus, readTree, type FlaggedVma, type ProcessTree, type Refusal, type SmapsVma, type TreeProcess,
 } from '../proc/index.js';
 import { askProcess } from './ask-process.js';
 import { dumpRefusals, toImageFd } from './fds.js';
 import { freezeTree, type FrozenTree } from './freeze.js';
-import { dumpMemory, startPagemapPreread, type PrereadPagemap } from './memory.js';
+import { StaleFlagsError, frozenLayout, staleFlags, type FrozenLayout } from './layout.js';
+import { dumpMemory } from './memory.js';
 import { arch, release } from 'node:os';
 
 /** The page server's auth token, written into the images dir: whoever has the images may fetch the pages. */
@@ -58,7 +60,11 @@ export interface DumpResult {
   pages: { present: number; lazy: number; zero: number };
   bytesWritten: number;
   freezeMs: number;
-  /** From the freeze until the tree was killed, resumed, or handed back frozen. */
+  /**
+   * From the freeze until the tree was killed or resumed (eager dumps), or until the images
+   * were committed (lazy: a restore may start from then on; the tree stays frozen to serve
+   * its pages, and what the dump still does, phase 'post-verify', overlaps that start).
+   */
   frozenMs: number;
   injectedSyscalls: number;
   /**
@@ -71,7 +77,7 @@ export interface DumpResult {
   token: string | null;
 }
 
-function refuseIfAny(tree: readonly TreeProcess[], read: (pid: number) => { smaps: SmapsVma[]; fds: ReturnType<typeof readFds> }): void {
+function refuseIfAny(tree: readonly TreeProcess[], read: (pid: number) => { smaps: readonly FlaggedVma[]; fds: ReturnType<typeof readFds> }): void {
   const all: Refusal[] = [];
   for (const p of tree) {
     const { smaps, fds } = read(p.pid);
@@ -111,18 +117,23 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const phases = new Phases();
   const mode = opts.mode ?? 'kill';
   if (mode === 'lazy' && !opts.pageServer) throw new Error('a lazy dump needs the page server address and port');
-  const readState = (pid: number) => ({ smaps: readSmaps(pid), fds: readFds(pid) });
-
-  // 1. Before touching anything.
+  // 1. Before touching anything. The smaps read here also serves a lazy dump after the
+  // freeze, if the layout has not changed (layout.ts).
   const before: ProcessTree = readTree(opts.pid);
-  refuseIfAny(before.processes, readState);
-  warmPagemapDecoder();
+  const preSmaps = new Map<number, SmapsVma[]>();
+  refuseIfAny(before.processes, (pid) => {
+    const smaps = readSmaps(pid);
+    preSmaps.set(pid, smaps);
+    return { smaps, fds: readFds(pid) };
+  });
   phases.lap('pre-check');
   const writer = await ImagesDirWriter.create(opts.imagesDir);
-  // The page server's token depends on nothing the freeze captures: written before it.
+  // The page server's token and the pages files' headers depend on nothing the freeze
+  // captures: written before it (a process gone by then loses its pages file again).
   const token = mode === 'lazy' ? randomBytes(32).toString('hex') : null;
   try {
     if (token) await writer.writeExtraFile(TOKEN_FILE, token + '\n', 0o600);
+    for (const p of before.processes) await writer.pages(p.pid, PAGE_SIZE);
   } catch (err) {
     await writer.abort();
     throw err;
@@ -138,6 +149,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     throw err;
   }
   const tFrozen = performance.now();
+  let tReleased: number | undefined;
+  let committed = false;
   phases.lap('freeze');
   const threads = frozen.processes.reduce((n, p) => n + p.tids.length, 0);
   opts.onProgress?.({ phase: 'frozen', processes: frozen.processes.length, threads, freezeMs: frozen.freezeMs });
@@ -147,18 +160,20 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     const totals = { present: 0, lazy: 0, zero: 0 };
     let bytesWritten = 0;
     let injectedSyscalls = 0;
-    // smaps and pagemap both walk every page table (tens of ms each for GiBs): the pagemaps
-    // of big VMAs are read on the thread pool while this thread reads smaps.
-    const prereads = frozen.processes.map((p) => [p.pid, startPagemapPreread(p.pid)] as const);
-    const states = new Map(frozen.processes.map((p) => [p.pid, readState(p.pid)]));
-    phases.lap('smaps+fds');
-    const pagemaps = new Map<number, PrereadPagemap>();
-    for (const [pid, finish] of prereads) pagemaps.set(pid, await finish());
-    phases.lap('pagemap');
-    refuseIfAny(frozen.processes, (pid) => states.get(pid)!);
+    await writer.keepPagesOf(frozen.processes.map((p) => p.pid));
+    // Only a lazy dump can check reused VmFlags once its images are written (layout.ts).
+    const states = new Map<number, { layout: FrozenLayout; fds: ReturnType<typeof readFds> }>(
+      frozen.processes.map((p) => [p.pid, { layout: frozenLayout(p.pid, mode === 'lazy' ? preSmaps.get(p.pid) : undefined), fds: readFds(p.pid) }]),
+    );
+    phases.lap('layout+fds');
+    refuseIfAny(frozen.processes, (pid) => {
+      const st = states.get(pid)!;
+      return { smaps: st.layout.vmas, fds: st.fds };
+    });
 
     for (const p of frozen.processes) {
-      const { smaps, fds } = states.get(p.pid)!;
+      const { layout, fds } = states.get(p.pid)!;
+      const vmas = layout.vmas;
       // 3. Layout and pages first.
       const regsByTid = new Map(p.tids.map((tid) => [tid, ptrace.getRegs(tid)]));
       const eagerAddresses: number[] = [];
@@ -172,19 +187,19 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       phases.lap('regs');
       const pw = await writer.pages(p.pid, PAGE_SIZE);
       phases.lap('pages-open');
-      const mem = await dumpMemory(p.pid, smaps, pw, { lazy: mode === 'lazy', eagerAddresses, pagemap: pagemaps.get(p.pid) }, (bytes) =>
+      const mem = await dumpMemory(p.pid, vmas, pw, { lazy: mode === 'lazy', eagerAddresses }, (bytes) =>
         opts.onProgress?.({ phase: 'pages', pid: p.pid, bytes }),
       (name) => phases.lap(name));
       for (const k of ['present', 'lazy', 'zero'] as const) totals[k] += mem.pages[k];
       bytesWritten += mem.bytesWritten;
 
       // 4. Then what only the process can tell.
-      const asked = askProcess(p.pid, p.tids, smaps);
+      const status = readStatus(p.pid);
+      const asked = askProcess(p.pid, p.tids, vmas, { caught: status.sigCgt, ignored: status.sigIgn });
       injectedSyscalls += asked.injectedSyscalls;
       phases.lap('inject');
 
       const stat = readStat(p.pid);
-      const status = readStatus(p.pid);
       const exe = readExe(p.pid);
       const auxv = readAuxv(p.pid);
       const limits = readLimits(p.pid);
@@ -243,13 +258,30 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
         tree: frozen.processes.map((p) => ({ pid: p.pid, ppid: p.ppid, tids: p.tids, children: p.children })),
       },
       processes,
-    }, { onPhase: (name) => phases.lap(name) });
+    }, {
+      onPhase: (name) => phases.lap(name),
+      // The images of a lazy dump are worthless without the frozen tree, which holds their
+      // pages: after a crash of this machine there is nothing left to restore, so making them
+      // durable first would protect nothing (the rename still makes them appear whole).
+      durable: mode !== 'lazy',
+    });
+    committed = true;
+    if (mode === 'lazy') {
+      tReleased = performance.now();
+      // Before anyone can fetch a page: were the VmFlags taken from before the freeze right?
+      for (const [pid, st] of states) {
+        const why = st.layout.flags === 'reused' ? staleFlags(pid, st.layout.vmas) : undefined;
+        if (why) throw new StaleFlagsError(why);
+      }
+      phases.lap('post-verify');
+    }
     opts.onProgress?.({ phase: 'written', dir: opts.imagesDir });
 
     // 6. The tree's fate.
     if (mode === 'kill') frozen.kill();
     else if (mode === 'leave-running') frozen.resume();
     phases.lap('release');
+    tReleased ??= performance.now();
     return {
       images,
       processes: processes.length,
@@ -257,14 +289,16 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       pages: totals,
       bytesWritten,
       freezeMs: frozen.freezeMs,
-      frozenMs: performance.now() - tFrozen,
+      frozenMs: tReleased - tFrozen,
       injectedSyscalls,
       phaseMs: phases.ms,
       frozen: mode === 'lazy' ? frozen : null,
       token,
     };
   } catch (err) {
-    await writer.abort();
+    // Nothing of a lazy dump's images has been served yet: retracting them is still safe.
+    if (committed) await writer.retract();
+    else await writer.abort();
     frozen.resume();
     throw err;
   }

@@ -4,7 +4,7 @@
  * succeeds must restore.
  */
 import type { FdEntry, FdKind } from '../image/index.js';
-import { findRefusals, type ProcFdEntry, type Refusal, type SmapsVma } from '../proc/index.js';
+import { findRefusals, type FlaggedVma, type ProcFdEntry, type Refusal } from '../proc/index.js';
 
 function imageFdKind(f: ProcFdEntry): FdKind {
   switch (f.kind) {
@@ -54,7 +54,7 @@ export function toImageFd(f: ProcFdEntry): FdEntry {
 }
 
 /** Everything in pid that the dump must turn away, each naming the pid and the fd or mapping. */
-export function dumpRefusals(pid: number, maps: readonly SmapsVma[], fds: readonly ProcFdEntry[]): Refusal[] {
+export function dumpRefusals(pid: number, maps: readonly FlaggedVma[], fds: readonly ProcFdEntry[]): Refusal[] {
   // The kernel's own mappings ([vvar], [vvar_vclock] are VM_PFNMAP) are rebuilt by restore, not dumped.
   const special = new Set(['vdso', 'vvar', 'vvar_vclock', 'vsyscall']);
   const out = findRefusals(pid, { maps: maps.filter((v) => !special.has(v.kind)), fds });

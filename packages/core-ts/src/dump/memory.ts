@@ -17,7 +17,7 @@ import {
   MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_LOCKED, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE,
   type PagemapEntry, type PagesWriter, type Vma, type VmaKind,
 } from '../image/index.js';
-import { PM_FILE, PM_PRESENT, PM_SWAPPED, PM_ZERO, PagemapReader, readMaps, type PageRuns, type SmapsVma } from '../proc/index.js';
+import { PM_FILE, PM_PRESENT, PM_SWAPPED, PM_ZERO, scanPopulated, type FlaggedVma, type ScanRange } from '../proc/index.js';
 
 const MADVISE_BITS: Record<string, number> = {
   MADV_DONTFORK,
@@ -35,7 +35,7 @@ export class MemoryDumpError extends Error {
   override readonly name = 'MemoryDumpError';
 }
 
-function imageKind(v: SmapsVma): VmaKind {
+function imageKind(v: FlaggedVma): VmaKind {
   switch (v.kind) {
     case 'anon':
     case 'file':
@@ -52,14 +52,12 @@ function imageKind(v: SmapsVma): VmaKind {
   }
 }
 
-function fileBacked(v: SmapsVma): boolean {
+function fileBacked(v: FlaggedVma): boolean {
   return v.kind === 'file';
 }
 
-/** The image form of one VMA; file identity through /proc/PID/map_files, which works for deleted files too. */
-export function toImageVma(pid: number, v: SmapsVma): Vma {
-  const kind = imageKind(v);
-  const prot = (v.perms.read ? PROT_READ : 0) | (v.perms.write ? PROT_WRITE : 0) | (v.perms.exec ? PROT_EXEC : 0);
+/** The image's mmap flags and madvise bits of a VMA: everything the images take from its VmFlags. */
+export function vmaFlagBits(v: FlaggedVma): { flags: number; madvise: number } {
   let flags = v.vmFlags.mayShare ? MAP_SHARED : MAP_PRIVATE;
   if (!fileBacked(v)) flags |= MAP_ANONYMOUS;
   if (v.vmFlags.growsDown) flags |= MAP_GROWSDOWN;
@@ -69,11 +67,31 @@ export function toImageVma(pid: number, v: SmapsVma): Vma {
     const bit = MADVISE_BITS[name];
     if (bit !== undefined) madvise |= 1 << bit;
   }
+  return { flags, madvise };
+}
+
+type FileIds = Map<string, NonNullable<Vma['file']>['id']>;
+
+/**
+ * The image form of one VMA; file identity through /proc/PID/map_files, which works for
+ * deleted files too. `ids` caches it by the device and inode maps shows (a library is
+ * mapped four or five times: one stat each is time the tree spends frozen).
+ */
+export function toImageVma(pid: number, v: FlaggedVma, ids: FileIds = new Map()): Vma {
+  const kind = imageKind(v);
+  const prot = (v.perms.read ? PROT_READ : 0) | (v.perms.write ? PROT_WRITE : 0) | (v.perms.exec ? PROT_EXEC : 0);
+  const { flags, madvise } = vmaFlagBits(v);
   let file: Vma['file'] = null;
   if (kind === 'file') {
-    const link = `/proc/${pid}/map_files/${v.start.toString(16)}-${v.end.toString(16)}`;
-    const st = statSync(link, { bigint: true });
-    file = { path: v.path, id: { dev: st.dev, ino: st.ino, size: Number(st.size), mtimeNs: st.mtimeNs } };
+    const key = `${v.devMajor}:${v.devMinor}:${v.inode}`;
+    let id = ids.get(key);
+    if (!id) {
+      const link = `/proc/${pid}/map_files/${v.start.toString(16)}-${v.end.toString(16)}`;
+      const st = statSync(link, { bigint: true });
+      id = { dev: st.dev, ino: st.ino, size: Number(st.size), mtimeNs: st.mtimeNs };
+      ids.set(key, id);
+    }
+    file = { path: v.path, id };
   }
   return { start: v.start, end: v.end, prot, flags, kind, file, pgoff: kind === 'file' ? v.offset : 0, madvise };
 }
@@ -82,52 +100,6 @@ export interface MemoryPlan {
   /** Pages the kernel touches during a lazy restore: dumped eagerly even in a lazy dump. */
   eagerAddresses: readonly number[];
   lazy: boolean;
-  /** Pagemap runs already read (see prereadPagemap), by VMA start; used when the VMA's end matches. */
-  pagemap?: PrereadPagemap;
-}
-
-export type PrereadPagemap = ReadonlyMap<number, { end: number; runs: PageRuns }>;
-
-/** VMAs at least this big have their pagemap read ahead on the thread pool (see startPagemapPreread). */
-const PREREAD_MIN_BYTES = 16 << 20;
-/** At most this much pagemap (8 bytes a page) is held in read-ahead buffers per process. */
-const PREREAD_MAX_ENTRY_BYTES = 256 << 20;
-
-/**
- * Starts reading the pagemap of the big VMAs of frozen `pid` on the thread pool, with the
- * layout from /proc/PID/maps (cheap: no page-table walk), so that the kernel's walk of them
- * runs while this thread reads /proc/PID/smaps (which walks every page table too). Call the
- * result to get the runs. dumpMemory uses them for each VMA whose bounds match smaps' and reads
- * the others itself, so a mismatch or a failure here costs time, never correctness (errors give
- * an empty map; dumpMemory then meets and reports them).
- */
-export function startPagemapPreread(pid: number): () => Promise<PrereadPagemap> {
-  let reader: PagemapReader;
-  let vmas: Array<{ start: number; end: number }>;
-  try {
-    reader = new PagemapReader(pid);
-  } catch {
-    return () => Promise.resolve(new Map());
-  }
-  try {
-    vmas = readMaps(pid).filter((v) => v.kind !== 'vsyscall' && v.end - v.start >= PREREAD_MIN_BYTES);
-  } catch {
-    reader.close();
-    return () => Promise.resolve(new Map());
-  }
-  let budget = PREREAD_MAX_ENTRY_BYTES;
-  const pending: Array<Promise<[number, { end: number; runs: PageRuns }] | undefined>> = [];
-  for (const v of vmas) {
-    const entryBytes = ((v.end - v.start) / 4096) * 8;
-    if (entryBytes > budget) continue;
-    budget -= entryBytes;
-    pending.push(reader.readAsync(v.start, v.end).then(
-      (runs) => [v.start, { end: v.end, runs }] as [number, { end: number; runs: PageRuns }],
-      () => undefined,
-    ));
-  }
-  const all = Promise.all(pending).finally(() => reader.close());
-  return async () => new Map((await all).filter((e) => e !== undefined));
 }
 
 export interface MemoryDump {
@@ -139,10 +111,14 @@ export interface MemoryDump {
 
 type Disposition = 'skip' | 'present' | 'lazy' | 'zero';
 
+/** VMAs whose pages are never the process's own: the kernel's mappings, and shared ones (the file holds them). */
+function holdsNoPages(v: Vma): boolean {
+  return v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock' || v.kind === 'vsyscall' || (v.flags & MAP_SHARED) !== 0;
+}
+
 /** What to do with a run of pages of a VMA, given its pagemap flags. */
 function dispose(v: Vma, flags: number, lazy: boolean): Disposition {
-  if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock' || v.kind === 'vsyscall') return 'skip';
-  if (v.flags & MAP_SHARED) return 'skip'; // the file holds them
+  if (holdsNoPages(v)) return 'skip';
   if (!(flags & (PM_PRESENT | PM_SWAPPED))) return 'skip'; // never touched: zero-fill (or the file's) on restore
   if (flags & PM_ZERO) return 'zero';
   if (v.kind === 'file') return flags & PM_FILE ? 'skip' : 'present'; // only COW'd copies are ours
@@ -155,7 +131,7 @@ function dispose(v: Vma, flags: number, lazy: boolean): Disposition {
  */
 export async function dumpMemory(
   pid: number,
-  smaps: readonly SmapsVma[],
+  layout: readonly FlaggedVma[],
   pages: PagesWriter,
   plan: MemoryPlan,
   onProgress?: (bytes: number) => void,
@@ -163,8 +139,12 @@ export async function dumpMemory(
 ): Promise<MemoryDump> {
   const lap = onPhase ?? ((): void => undefined);
   const P = pages.pageSize;
-  const vmas = smaps.map((v) => toImageVma(pid, v));
+  const ids: FileIds = new Map();
+  const vmas = layout.map((v) => toImageVma(pid, v, ids));
   lap('mem-vmas');
+  const scanned = vmas.filter((v) => !holdsNoPages(v));
+  const runs = scanPopulated(pid, scanned.map((v): ScanRange => ({ start: v.start, end: v.end, file: v.kind === 'file' })));
+  lap('mem-pagemap');
   const entries: PagemapEntry[] = [];
   const counts = { present: 0, lazy: 0, zero: 0 };
   let bytesWritten = 0;
@@ -198,7 +178,6 @@ export async function dumpMemory(
     }
   };
 
-  const reader = new PagemapReader(pid);
   let ok = false;
   try {
     const pushAbsent = (start: number, n: number, kind: 'lazy' | 'zero'): void => {
@@ -234,42 +213,42 @@ export async function dumpMemory(
       }
     };
 
-    for (const v of vmas) {
-      if (v.kind === 'vsyscall') continue;
-      const pre = plan.pagemap?.get(v.start);
-      const runs = pre && pre.end === v.end ? pre.runs : reader.read(v.start, v.end);
-      for (let i = 0; i < runs.count; i++) {
-        const run = runs.run(i);
-        const what = dispose(v, run.flags, plan.lazy);
-        if (what === 'skip') continue;
-        if (what === 'zero') pushAbsent(run.start, run.pages, 'zero');
-        else if (what === 'present') await pushPresent(run.start, run.pages);
-        else {
-          // A lazy run, with the kernel-touched pages in it dumped eagerly.
-          let from = run.start;
-          const end = run.start + run.pages * P;
-          let lo = 0;
-          let hi = eager.length;
-          while (lo < hi) {
-            const mid = (lo + hi) >>> 1;
-            if (eager[mid]! < run.start) lo = mid + 1;
-            else hi = mid;
-          }
-          for (let k = lo; k < eager.length && eager[k]! < end; k++) {
-            const a = eager[k]!;
-            if (a > from) pushAbsent(from, (a - from) / P, 'lazy');
-            await pushPresent(a, 1);
-            from = a + P;
-          }
-          if (end > from) pushAbsent(from, (end - from) / P, 'lazy');
+    // Runs are in address order and each lies in one scanned VMA: walk both together.
+    let vi = 0;
+    for (let i = 0; i < runs.count; i++) {
+      const run = runs.run(i);
+      while (scanned[vi] && scanned[vi]!.end <= run.start) vi++;
+      const v = scanned[vi];
+      if (!v || run.start < v.start || run.start + run.pages * P > v.end)
+        throw new MemoryDumpError(`pid ${pid}: populated pages at 0x${run.start.toString(16)} outside the VMA they were scanned in`);
+      const what = dispose(v, run.flags, plan.lazy);
+      if (what === 'skip') continue;
+      if (what === 'zero') pushAbsent(run.start, run.pages, 'zero');
+      else if (what === 'present') await pushPresent(run.start, run.pages);
+      else {
+        // A lazy run, with the kernel-touched pages in it dumped eagerly.
+        let from = run.start;
+        const end = run.start + run.pages * P;
+        let lo = 0;
+        let hi = eager.length;
+        while (lo < hi) {
+          const mid = (lo + hi) >>> 1;
+          if (eager[mid]! < run.start) lo = mid + 1;
+          else hi = mid;
         }
+        for (let k = lo; k < eager.length && eager[k]! < end; k++) {
+          const a = eager[k]!;
+          if (a > from) pushAbsent(from, (a - from) / P, 'lazy');
+          await pushPresent(a, 1);
+          from = a + P;
+        }
+        if (end > from) pushAbsent(from, (end - from) / P, 'lazy');
       }
     }
     flush();
     ok = true;
     lap('mem-pagemap');
   } finally {
-    reader.close();
     // On success the last writes are left to the pages writer (its close() waits for them
     // and reports their errors; the buffers are ours alone, nothing reuses them), so they
     // overlap with what the dump does next. On failure, wait: nothing may outlive the error.

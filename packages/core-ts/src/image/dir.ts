@@ -5,19 +5,18 @@
  * leaves a directory at the target path, let alone one that looks valid.
  */
 import { randomBytes } from 'node:crypto';
-import { constants as fsc } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, rmdir, stat, type FileHandle } from 'node:fs/promises';
+import { constants as fsc, closeSync, openSync, readdirSync, renameSync, rmdirSync, statSync, writeSync } from 'node:fs';
+import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import {
-  MAX_MSGPACK_FILE, checkMagic, decodeCoreFile, decodeInventoryFile, decodePagemapFile, encodeCore, encodeInventory,
-  encodePagemap, kindOfTag, withFile,
-} from './codec.js';
+import { MAX_MSGPACK_FILE, checkMagic, decodeCoreFile, decodeInventoryFile, decodePagemapFile, frame, kindOfTag, withFile } from './codec.js';
 import { asImageError, FieldError, ImageError } from './errors.js';
 import { PagesReader, PagesWriter, readPagesInfo, type PagesVerify } from './pages.js';
 import {
   FILE_NAMES, type CoreImage, type ImageSet, type Inventory, type Pagemap, type PagesFileInfo, type ProcessImage,
 } from './types.js';
-import { checkPagemapInPagesFile, checkPagemapInVmas, checkVmas, decodeCore, decodeInventory, normalizePagemap } from './validate.js';
+import {
+  checkPagemapInPagesFile, checkPagemapInVmas, checkVmas, decodeCore, decodeInventory, normalizePagemap, pagemapToWire,
+} from './validate.js';
 
 export interface LoadedImages extends ImageSet {
   dir: string;
@@ -171,17 +170,21 @@ export async function openPagesReader(images: LoadedImages, pid: number, opts: {
 
 /* ------------------------------------------------------------------ writing */
 
-/** Create `path` with `data`; not yet durable: see syncFile. */
-async function writeNew(path: string, data: Uint8Array, mode = 0o600): Promise<void> {
-  let fh: FileHandle | undefined;
+/**
+ * Create `path` with `data`; not yet durable: see syncFile. Synchronous: the files are
+ * small, and while a tree is frozen a thread-pool round trip per open, write and close
+ * costs more than the writes themselves.
+ */
+function writeNew(path: string, data: Uint8Array, mode = 0o600): void {
+  let fd: number | undefined;
   try {
-    fh = await open(path, 'wx', mode);
+    fd = openSync(path, 'wx', mode);
     let done = 0;
-    while (done < data.length) done += (await fh.write(data, done, data.length - done, done)).bytesWritten;
+    while (done < data.length) done += writeSync(fd, data, done, data.length - done, done);
   } catch (err) {
     throw asImageError(path, err);
   } finally {
-    await fh?.close().catch(() => undefined);
+    if (fd !== undefined) closeSync(fd);
   }
 }
 
@@ -207,11 +210,12 @@ async function fsyncDir(path: string): Promise<void> {
   }
 }
 
-async function targetState(dir: string): Promise<'absent' | 'empty' | 'images' | 'other'> {
+/** Synchronous, like the renames around it: a few cheap syscalls, in a frozen tree's downtime. */
+function targetState(dir: string): 'absent' | 'empty' | 'images' | 'other' {
   try {
-    const st = await stat(dir);
+    const st = statSync(dir);
     if (!st.isDirectory()) return 'other';
-    const names = await readdir(dir);
+    const names = readdirSync(dir);
     if (names.length === 0) return 'empty';
     return names.includes(FILE_NAMES.inventory) || names.some((n) => IMAGE_NAME.test(n)) ? 'images' : 'other';
   } catch (err) {
@@ -241,6 +245,8 @@ export class ImagesDirWriter {
   /** Files written but not yet fsynced: commit syncs them all at once, before the rename. */
   private readonly unsynced: string[] = [];
   private done = false;
+  /** commit() renamed the images into place (and retract() has not taken them back). */
+  private committed = false;
 
   private constructor(
     readonly dir: string,
@@ -249,7 +255,7 @@ export class ImagesDirWriter {
   ) {}
 
   static async create(dir: string, opts: ImagesDirWriterOptions = {}): Promise<ImagesDirWriter> {
-    const state = await targetState(dir);
+    const state = targetState(dir);
     if (state === 'other') throw new ImageError(dir, 'exists and is not an empty directory or an images dir: refusing to replace it', 'exists');
     if (state === 'images' && !opts.overwrite) throw new ImageError(dir, 'an images dir already exists here (pass overwrite to replace it)', 'exists');
     const tmpDir = join(dirname(dir), `.${basename(dir)}.lazymig-tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
@@ -284,14 +290,34 @@ export class ImagesDirWriter {
     if (name !== basename(name) || name.startsWith('.') || name === FILE_NAMES.inventory || IMAGE_NAME.test(name))
       throw new ImageError(join(this.tmpDir, name), 'not a valid extra file name (reserved or not a plain name)', 'schema');
     const path = join(this.tmpDir, name);
-    await writeNew(path, typeof data === 'string' ? Buffer.from(data) : data, mode);
+    writeNew(path, typeof data === 'string' ? Buffer.from(data) : data, mode);
     this.unsynced.push(path);
   }
 
-  /** Validate `images` against the pages written, write everything, and rename into place. */
-  async commit(images: ImageSet, opts: { onPhase?: (name: string) => void } = {}): Promise<LoadedImages> {
+  /**
+   * Removes the pages files opened for any pid not in `pids` (processes that exited between
+   * the opening of their pages file and the freeze): a pages file outside the tree is refused.
+   */
+  async keepPagesOf(pids: readonly number[]): Promise<void> {
+    this.live();
+    const keep = new Set(pids);
+    for (const [pid, w] of [...this.writers]) {
+      if (keep.has(pid)) continue;
+      this.writers.delete(pid);
+      await w.abort();
+    }
+  }
+
+  /**
+   * Validate `images` against the pages written, write everything, and rename into place.
+   * With `durable: false` nothing is fsynced: the images still appear whole or not at all
+   * for anyone reading them while this machine runs, but may be lost or damaged by a crash
+   * of it (see the lazy dump: images worthless without the source process).
+   */
+  async commit(images: ImageSet, opts: { onPhase?: (name: string) => void; durable?: boolean } = {}): Promise<LoadedImages> {
     this.live();
     const lap = opts.onPhase ?? (() => undefined);
+    const durable = opts.durable ?? true;
     try {
       // errors name the final paths: that is what the user asked for
       const invFile = join(this.dir, FILE_NAMES.inventory);
@@ -323,26 +349,29 @@ export class ImagesDirWriter {
       const set: ImageSet = { inventory, processes };
       checkSet(this.dir, set, pages);
       lap('commit-validate');
-      // 3. write core and pagemap files, the inventory last
+      // 3. write core and pagemap files, the inventory last (framed as they are: validated in 1.)
       const writes: Array<[string, Uint8Array]> = [];
       for (const p of processes) {
-        writes.push([join(this.tmpDir, FILE_NAMES.core(p.pid)), encodeCore(p.core)]);
-        writes.push([join(this.tmpDir, FILE_NAMES.pagemap(p.pid)), encodePagemap(p.pagemap)]);
+        writes.push([join(this.tmpDir, FILE_NAMES.core(p.pid)), frame('core', p.core)]);
+        writes.push([join(this.tmpDir, FILE_NAMES.pagemap(p.pid)), frame('pagemap', pagemapToWire(p.pagemap))]);
       }
-      await settleAll(writes.map(([path, data]) => writeNew(path, data)));
+      for (const [path, data] of writes) writeNew(path, data);
       const invPath = join(this.tmpDir, FILE_NAMES.inventory);
-      await writeNew(invPath, encodeInventory(inventory));
+      writeNew(invPath, frame('inventory', inventory));
       toSync.push(...writes.map(([path]) => path), invPath);
       lap('commit-write');
       // 4. make everything durable before the rename: every file and the dir's entries, all
       // at once (concurrent fsyncs on one filesystem share journal commits). The order of
       // the files inside the dir does not matter: only the rename makes any of them visible.
-      await settleAll([...toSync.map(syncFile), fsyncDir(this.tmpDir)]);
-      lap('commit-fsync');
+      if (durable) {
+        await settleAll([...toSync.map(syncFile), fsyncDir(this.tmpDir)]);
+        lap('commit-fsync');
+      }
       // 5. rename into place
-      await this.install();
+      await this.install(durable);
       lap('commit-rename');
       this.done = true;
+      this.committed = true;
       return { dir: this.dir, inventory, processes, pages: new Map([...pages].map(([pid, info]) => [pid, { ...info, path: join(this.dir, FILE_NAMES.pages(pid)) }])) };
     } catch (err) {
       await this.abort();
@@ -350,31 +379,58 @@ export class ImagesDirWriter {
     }
   }
 
-  private async install(): Promise<void> {
-    const state = await targetState(this.dir);
+  private async install(durable: boolean): Promise<void> {
+    const state = targetState(this.dir);
     if (state === 'other') throw new ImageError(this.dir, 'exists and is not an empty directory or an images dir: refusing to replace it', 'exists');
     if (state === 'images' && !this.overwrite) throw new ImageError(this.dir, 'an images dir already exists here (pass overwrite to replace it)', 'exists');
     if (state === 'images') {
       const old = join(dirname(this.dir), `.${basename(this.dir)}.lazymig-old-${process.pid}-${randomBytes(4).toString('hex')}`);
-      await rename(this.dir, old);
+      renameSync(this.dir, old);
       try {
-        await rename(this.tmpDir, this.dir);
+        renameSync(this.tmpDir, this.dir);
       } catch (err) {
-        await rename(old, this.dir).catch(() => undefined);
+        try {
+          renameSync(old, this.dir);
+        } catch {
+          /* the old images stay under the hidden name; the error below says what failed */
+        }
         throw err;
       }
       await rm(old, { recursive: true, force: true });
     } else {
-      if (state === 'empty') await rmdir(this.dir).catch(() => undefined); // rename(2) also replaces an empty dir; this keeps it explicit
+      if (state === 'empty') {
+        try {
+          rmdirSync(this.dir); // rename(2) also replaces an empty dir; this keeps it explicit
+        } catch {
+          /* gone or filled meanwhile: the rename below says which */
+        }
+      }
       try {
-        await rename(this.tmpDir, this.dir);
+        renameSync(this.tmpDir, this.dir);
       } catch (err) {
         const code = (err as { code?: unknown }).code;
         if (code === 'ENOTEMPTY' || code === 'EEXIST') throw new ImageError(this.dir, 'appeared while the dump was written: not replacing it', 'exists');
         throw err;
       }
     }
-    await fsyncDir(dirname(this.dir)).catch(() => undefined);
+    if (durable) await fsyncDir(dirname(this.dir)).catch(() => undefined);
+  }
+
+  /**
+   * Takes committed images back (a dump that failed after its commit, before anything used
+   * them): renamed away first, so they disappear at once, then removed.
+   */
+  async retract(): Promise<void> {
+    if (!this.committed) return this.abort();
+    this.committed = false;
+    const away = join(dirname(this.dir), `.${basename(this.dir)}.lazymig-retracted-${process.pid}-${randomBytes(4).toString('hex')}`);
+    try {
+      await rename(this.dir, away);
+    } catch (err) {
+      if ((err as { code?: unknown }).code === 'ENOENT') return;
+      throw asImageError(this.dir, err);
+    }
+    await rm(away, { recursive: true, force: true });
   }
 
   /** Remove the temporary dir and everything in it. Safe to call more than once. */

@@ -16,7 +16,7 @@
  *             against its own CRC whenever it is read.
  * All integers little endian.
  */
-import { readSync } from 'node:fs';
+import { readSync, writeSync } from 'node:fs';
 import { open, rm, type FileHandle } from 'node:fs/promises';
 import { checkKindVersion, checkMagic } from './codec.js';
 import { crc32c, crc32cPages, crc32cUpdate } from './crc32c.js';
@@ -219,7 +219,10 @@ export class PagesWriter {
       const footerCrc = crc32cUpdate(crc32cUpdate(this.headerCrc, table), trailer.subarray(0, 12));
       trailer.writeUInt32LE(footerCrc, 12);
       const pos = (n + 1) * this.pageSize;
-      await writeFully(this.fh, Buffer.concat([table, trailer]), pos);
+      // Synchronously, on the handle's fd (every queued write has completed): one thread-pool
+      // round trip less while the dumped tree is frozen, for at most 4 bytes a page.
+      const tail = Buffer.concat([table, trailer]);
+      for (let done = 0; done < tail.length; ) done += writeSync(this.fh.fd, tail, done, tail.length - done, pos + done);
       if (opts.sync ?? true) await this.fh.sync();
       await this.fh.close();
       return { path: this.path, pid: this.pid, pageSize: this.pageSize, pageCount: n, size: pos + table.length + PAGES_TRAILER_SIZE, fileCrc };

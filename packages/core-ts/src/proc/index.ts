@@ -5,6 +5,7 @@ export * from './errors.js';
 export * from './maps.js';
 export * from './smaps.js';
 export * from './pagemap.js';
+export * from './populated.js';
 export * from './stat.js';
 export * from './status.js';
 export * from './auxv.js';

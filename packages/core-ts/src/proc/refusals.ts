@@ -2,7 +2,7 @@ import type { ProcFdEntry } from './fds.js';
 import { readFds } from './fds.js';
 import type { ProcVma } from './maps.js';
 import { readMaps } from './maps.js';
-import type { SmapsVma } from './smaps.js';
+import type { FlaggedVma } from './smaps.js';
 
 /** Something in a process that a dump cannot carry; `message` names the pid and the object. */
 export interface Refusal {
@@ -28,7 +28,7 @@ function hex(n: number): string {
 }
 
 /** Why a VMA cannot be dumped, or undefined. With smaps VmFlags, also hugetlb and pfn/io mappings. */
-export function vmaRefusalReason(v: ProcVma | SmapsVma): string | undefined {
+export function vmaRefusalReason(v: ProcVma | FlaggedVma): string | undefined {
   if (v.kind === 'shmem') {
     switch (v.shmem) {
       case 'anon_shared':
@@ -72,7 +72,7 @@ export function fdRefusalReason(f: ProcFdEntry): string | undefined {
  * Everything in pid that the dump must refuse before touching anything. Pass already-read
  * maps/fds to avoid reading them twice.
  */
-export function findRefusals(pid: number, have: { maps?: ReadonlyArray<ProcVma | SmapsVma>; fds?: readonly ProcFdEntry[] } = {}): Refusal[] {
+export function findRefusals(pid: number, have: { maps?: ReadonlyArray<ProcVma | FlaggedVma>; fds?: readonly ProcFdEntry[] } = {}): Refusal[] {
   const out: Refusal[] = [];
   for (const v of have.maps ?? readMaps(pid)) {
     const reason = vmaRefusalReason(v);

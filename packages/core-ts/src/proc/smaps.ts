@@ -108,6 +108,9 @@ export interface SmapsVma extends ProcVma {
   madvise: string[];
 }
 
+/** A VMA of maps with the VmFlags smaps adds: all a dump needs of smaps (not its page counts). */
+export type FlaggedVma = ProcVma & Pick<SmapsVma, 'vmFlagCodes' | 'vmFlags' | 'madvise'>;
+
 const HEADER = /^[0-9a-f]+-[0-9a-f]+ /;
 const KV = /^([A-Za-z_][A-Za-z0-9_]*):\s*(.*)$/;
 

@@ -1,0 +1,92 @@
+// The shortcuts a lazy dump takes while the tree is frozen, each against the slow way it
+// replaces: PAGEMAP_SCAN vs a pagemap read, pre-freeze VmFlags vs smaps, the signals asked.
+import test from 'ava';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startWorkload } from '../../../tools/workloads/index.js';
+import { PM_FILE, PM_PRESENT, PM_SWAPPED, PM_ZERO, readMaps, readPagemap, readSmaps, scanPopulated } from '../src/proc/index.js';
+import { sigactionsToAsk } from '../src/dump/ask-process.js';
+import { frozenLayout, staleFlags } from '../src/dump/layout.js';
+import { freezeTree } from '../src/dump/freeze.js';
+import { ImagesDirWriter, sampleImageSet } from '../src/image/index.js';
+
+const hexField = (line: string, key: string): number => Number.parseInt(new RegExp(`${key}=0x([0-9a-f]+)`).exec(line)?.[1] ?? 'NaN', 16);
+
+/** Page address -> our flags (only populated pages), from runs. */
+function pageFlags(runs: Iterable<{ start: number; pages: number; flags: number }>, mask: number): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const r of runs) {
+    for (let i = 0; i < r.pages; i++) if (r.flags & (PM_PRESENT | PM_SWAPPED)) out.set(r.start + i * 4096, r.flags & mask);
+  }
+  return out;
+}
+
+test('PAGEMAP_SCAN finds the same populated, zero and file pages as a pagemap read', async (t) => {
+  const w = await startWorkload('memhog', ['8', '--untouched-mib', '64', '--zero-mib', '1', '--interval-ms', '10']);
+  t.teardown(() => w.kill());
+  await w.waitForLine(/verify ok pass=1 /, 20_000);
+  const frozen = freezeTree(w.pid);
+  t.teardown(() => frozen.resume());
+  const vmas = readMaps(w.pid).filter((v) => v.kind !== 'vsyscall' && v.kind !== 'vvar' && v.kind !== 'vvar_vclock' && !v.perms.shared);
+  const scanned = scanPopulated(w.pid, vmas.map((v) => ({ start: v.start, end: v.end, file: v.kind === 'file' })));
+  const mask = PM_PRESENT | PM_SWAPPED | PM_ZERO;
+  for (const v of vmas) {
+    const inVma = [...scanned].filter((r) => r.start >= v.start && r.start < v.end);
+    t.true(inVma.every((r) => r.start + r.pages * 4096 <= v.end), 'no run crosses a VMA end');
+    const want = pageFlags(readPagemap(w.pid, v.start, v.end), mask | (v.kind === 'file' ? PM_FILE : 0));
+    const got = pageFlags(inVma, mask | (v.kind === 'file' ? PM_FILE : 0));
+    t.deepEqual(got, want, `${v.start.toString(16)} ${v.path}`);
+  }
+  const zero = hexField(w.ready[0], 'zero');
+  t.true([...scanned].some((r) => r.start <= zero && zero < r.start + r.pages * 4096 && r.flags & PM_ZERO), 'the zero-page region is found');
+});
+
+test('the pre-freeze VmFlags are reused only on an identical layout, and staleFlags catches a change of flags', async (t) => {
+  const w = await startWorkload('memhog', ['4', '--interval-ms', '10']);
+  t.teardown(() => w.kill());
+  await w.waitForLine(/verify ok pass=1 /, 20_000);
+  const pre = readSmaps(w.pid);
+  const frozen = freezeTree(w.pid);
+  t.teardown(() => frozen.resume());
+  const same = frozenLayout(w.pid, pre);
+  t.is(same.flags, 'reused');
+  t.deepEqual(same.vmas.map((v) => [v.start, v.end, v.vmFlagCodes]), pre.map((v) => [v.start, v.end, v.vmFlagCodes]));
+  t.is(staleFlags(w.pid, same.vmas), undefined);
+
+  // One VMA longer than it is now: a changed layout, read from smaps again.
+  const grown = pre.map((v, i) => (i === 0 ? { ...v, end: v.end + 4096 } : v));
+  t.is(frozenLayout(w.pid, grown).flags, 'smaps');
+  t.is(frozenLayout(w.pid, undefined).flags, 'smaps');
+
+  // As if a whole VMA had been madvise(MADV_DONTFORK)ed between the two reads.
+  const region = hexField(w.ready[0], 'region');
+  const wrong = same.vmas.map((v) => (v.start === region ? { ...v, madvise: [...v.madvise, 'MADV_DONTFORK'], vmFlagCodes: [...v.vmFlagCodes, 'dc'] } : v));
+  t.regex(staleFlags(w.pid, wrong) ?? '', new RegExp(`^pid ${w.pid}: mapping ${region.toString(16)}-.*flags changed just before the freeze`));
+});
+
+test('sigactions asked: the caught signals and SIGCHLD', (t) => {
+  t.deepEqual(sigactionsToAsk({ caught: 0n, ignored: 0n }), [17]);
+  // SIGINT (2) and SIGUSR1 (10) caught, SIGPIPE (13) ignored: an ignored signal needs no question.
+  t.deepEqual(sigactionsToAsk({ caught: (1n << 1n) | (1n << 9n), ignored: 1n << 12n }), [2, 10, 17]);
+  t.deepEqual(sigactionsToAsk({ caught: 1n << 63n, ignored: 0n }), [17, 64]);
+});
+
+test('images dir writer: pages files of vanished pids are dropped, a non-durable commit and a retract', async (t) => {
+  const root = await mkdtemp(join(tmpdir(), 'lazymig-fast-'));
+  t.teardown(() => rm(root, { recursive: true, force: true }));
+  const { images: set, pages } = sampleImageSet();
+  const dir = join(root, 'img');
+  const w = await ImagesDirWriter.create(dir);
+  await w.pages(999_999, set.inventory.pageSize); // a process that exits before the freeze
+  for (const [pid, data] of pages) await (await w.pages(pid, set.inventory.pageSize)).write(data);
+  await w.keepPagesOf(set.inventory.tree.map((p) => p.pid));
+  const images = await w.commit(set, { durable: false });
+  t.deepEqual(images.inventory.tree.map((p) => p.pid), set.inventory.tree.map((p) => p.pid));
+  t.false((await readdir(dir)).includes('pages-999999.img'));
+  await w.retract();
+  t.false(existsSync(dir));
+  t.deepEqual((await readdir(root)).filter((n) => n.startsWith('.')), [], 'nothing left behind');
+  await w.retract(); // idempotent
+});
