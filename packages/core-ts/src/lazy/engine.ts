@@ -5,11 +5,15 @@
  * Faults come first: the faulting page plus a window after it (doubling while faults are
  * sequential, back to one page otherwise), fetched on the fault lane and installed with
  * one batched call that wakes the waiting threads. The background fetches the remaining
- * pages in large chunks, starting near the latest fault, a few requests in flight.
+ * pages in large chunks, starting near the latest fault, a few requests in flight, and
+ * installs them on native threads (BackgroundInstaller) while the JS thread receives the
+ * next ones and serves faults.
  * REMOVE and UNMAP drop pages that must never be installed; REMAP moves them; FORK adds
  * the child, which misses what its parent missed.
  */
-import { FaultLoop, Userfaultfd, type Fault, type FaultBatch, type UffdEvent } from '@lazymig/uffd-rs';
+import {
+  FaultLoop, Userfaultfd, type BackgroundEnd, type BackgroundInstaller, type Fault, type FaultBatch, type UffdEvent,
+} from '@lazymig/uffd-rs';
 import { silentLogger, type Logger } from '../log.js';
 import type { PageSource } from './page-source.js';
 import { DONE, PageSpace, REQUESTED, type LazyRange, type Run } from './page-space.js';
@@ -40,6 +44,11 @@ export interface LazyEngineOptions {
    * a time: a fault never waits behind more than this much background work.
    */
   installSliceMs?: number;
+  /**
+   * Native threads installing background replies. Default 1. The event-loop FaultLoop's
+   * guarantee holds for them too (see FaultLoop.backgroundInstaller).
+   */
+  installThreads?: number;
   /** Cap on background transfer, bytes per second (faults are never held back). Default: none. */
   maxBackgroundRate?: number;
   onProgress?: (s: LazyStats) => void;
@@ -69,6 +78,14 @@ interface Staged {
   /** Pages of the run before this one have been dealt with. */
   next: number;
   lane: 'fault' | 'background';
+}
+
+/** A contiguous part of a background reply handed to the installer threads. */
+interface Job {
+  s: Staged;
+  /** Pages [from, from + count) of the run. */
+  from: number;
+  count: number;
 }
 
 /** Pages installed per installBatch call while draining staged replies. */
@@ -108,6 +125,12 @@ export class LazyPagesEngine {
   readonly #procs = new Map<number, Proc>(); // by uffd fd
   readonly #loop: FaultLoop;
   #inFlight = 0;
+  readonly #installer: BackgroundInstaller;
+  /** Background jobs on the installer threads, by id. */
+  readonly #jobs = new Map<number, Job>();
+  /** Background replies with jobs on the installer threads, and how many jobs each. */
+  readonly #installing = new Map<Staged, number>();
+  #nextJob = 1;
   /** Received replies waiting to be installed, the ones from the fault lane first. */
   #staged: Staged[] = [];
   #drainScheduled = false;
@@ -139,6 +162,9 @@ export class LazyPagesEngine {
     // On the JS thread itself: reading an event and installing pages are then serialized, so
     // a page is never installed into a range the process has just unmapped or zapped.
     this.#loop = new FaultLoop((b) => this.#onBatch(b), { mode: 'event-loop' });
+    this.#installer = this.#loop.backgroundInstaller((id, bytes, end) => this.#onInstalled(id, bytes, end), {
+      threads: opts.installThreads ?? 1,
+    });
   }
 
   add(t: LazyTarget): void {
@@ -270,8 +296,8 @@ export class LazyPagesEngine {
           this.#installPart(s, 1, 'fault');
           if (faultT !== undefined) this.#serviceUs.push((performance.now() - faultT) * 1000);
           this.#staged.unshift(s);
-        } else this.#staged.push(s);
-        this.#scheduleDrain();
+          this.#scheduleDrain();
+        } else this.#submit(s);
       },
       (err: Error) => {
         if (lane === 'background') this.#inFlight--;
@@ -285,7 +311,7 @@ export class LazyPagesEngine {
    * the fault window) from the staged reply now. False when the page is still on its way.
    */
   #serveFromStaged(p: Proc, range: LazyRange, idx: number, t: number): boolean {
-    for (const s of this.#staged) {
+    for (const s of this.#stagedAndInstalling()) {
       if (s.p !== p || s.run.range !== range) continue;
       const at = idx - s.run.first;
       if (at < s.next || at >= s.run.count) continue;
@@ -301,6 +327,74 @@ export class LazyPagesEngine {
       return true;
     }
     return false;
+  }
+
+  *#stagedAndInstalling(): Iterable<Staged> {
+    yield* this.#staged;
+    yield* this.#installing.keys();
+  }
+
+  /**
+   * Hands a background reply to the installer threads: one job per span of pages still
+   * wanted. Pages already DONE are left out — installed by a fault meanwhile, or dropped
+   * by an event JS has seen (the installer only guards against events read later).
+   */
+  #submit(s: Staged): void {
+    const { p, run, data } = s;
+    const { range, first } = run;
+    let jobs = 0;
+    let i = 0;
+    while (i < run.count) {
+      if (range.state[first + i] === DONE) {
+        i++;
+        continue;
+      }
+      let j = i;
+      while (j < run.count && range.state[first + j] !== DONE) j++;
+      const id = this.#nextJob++;
+      this.#jobs.set(id, { s, from: i, count: j - i });
+      this.#installer.submit(id, p.uffd, range.dst + (first + i) * this.#P, data.subarray(i * this.#P, j * this.#P));
+      jobs++;
+      i = j;
+    }
+    if (jobs > 0) this.#installing.set(s, jobs);
+    else this.#retire(s);
+  }
+
+  /** The installer threads are done with a job. */
+  #onInstalled(id: number, bytes: number, end: BackgroundEnd): void {
+    const job = this.#jobs.get(id);
+    if (!job) return;
+    this.#jobs.delete(id);
+    const { s, from, count } = job;
+    const { p, run } = s;
+    if (!this.#finished && p.alive) {
+      const n = Math.min(count, bytes / this.#P);
+      const installed = n > 0 ? p.space.finish(run.range, run.first + from, n) : 0;
+      this.stats.pagesByBackground += installed;
+      this.stats.bytes += installed * this.#P;
+      if (end === 'gone') this.#gone(p);
+      else if (n < count) {
+        // An event came (or is waiting) since the job was submitted: these pages are
+        // fetched again unless the event dropped them.
+        if (end === 'failed') this.#log.warn('background install failed', { pid: p.pid, address: run.range.dst + (run.first + from + n) * this.#P });
+        p.space.release(run.range, run.first + from + n, count - n);
+      }
+    }
+    const left = (this.#installing.get(s) ?? 1) - 1;
+    if (left > 0) {
+      this.#installing.set(s, left);
+      return;
+    }
+    this.#installing.delete(s);
+    this.#retire(s);
+  }
+
+  /** A background reply is wholly dealt with: its buffer goes back, another request may go. */
+  #retire(s: Staged): void {
+    this.#source.release?.(s.data);
+    this.#inFlight--;
+    this.#pump();
   }
 
   #scheduleDrain(): void {
@@ -448,8 +542,13 @@ export class LazyPagesEngine {
   }
 
   #dropStaged(): void {
+    // Stopping waits for the threads: nothing reads the buffers after this.
+    this.#installer.stop();
     for (const s of this.#staged) this.#source.release?.(s.data);
+    for (const s of this.#installing.keys()) this.#source.release?.(s.data);
     this.#staged = [];
+    this.#installing.clear();
+    this.#jobs.clear();
   }
 
   async #complete(): Promise<void> {
