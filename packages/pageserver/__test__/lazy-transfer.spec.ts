@@ -7,6 +7,7 @@
  * background. At the end the region equals the frozen memory, and the source is killed.
  */
 import test from 'ava';
+import { createServer, type AddressInfo } from 'node:net';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -81,7 +82,8 @@ test('a wrong token is refused with a reason, and pages outside the lazy ranges 
   const server = await serveFrozenTree({ images, frozen: r.frozen!, token: r.token!, address: '127.0.0.1', port: 0 });
   t.teardown(() => server.close());
 
-  await t.throwsAsync(PageClient.connect({ address: '127.0.0.1', port: server.port, token: 'f'.repeat(64), retryForMs: 0 }), {
+  // Refused at once, however long the client would go on trying an unanswered server.
+  await t.throwsAsync(PageClient.connect({ address: '127.0.0.1', port: server.port, token: 'f'.repeat(64), retryForMs: 600_000 }), {
     message: /refused us: wrong token/,
   });
   const client = await PageClient.connect({ address: '127.0.0.1', port: server.port, token: r.token! });
@@ -94,3 +96,38 @@ test('a wrong token is refused with a reason, and pages outside the lazy ranges 
   await client.close();
   t.is(w.exitInfo(), undefined);
 });
+
+test('a client that starts connecting before the page server listens gets through once it does', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'lazymig-xfer-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const w = await startWorkload('memhog', ['4', '--interval-ms', '10']);
+  t.teardown(() => w.kill());
+  await w.waitForLine(/verify ok pass=1 /, 20_000);
+  const r = await dump({ pid: w.pid, imagesDir: join(dir, 'img'), mode: 'lazy', pageServer: { address: '127.0.0.1', port: 1 } });
+  t.teardown(() => r.frozen?.kill());
+  const images = await readImages(join(dir, 'img'));
+  const port = await freePort();
+
+  let connected = false;
+  const connecting = PageClient.connect({ address: '127.0.0.1', port, token: r.token!, retryForMs: 30_000 }).then((c) => ((connected = true), c));
+  connecting.catch(() => undefined);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  t.false(connected, 'nothing listens yet');
+  const server = await serveFrozenTree({ images, frozen: r.frozen!, token: r.token!, address: '127.0.0.1', port });
+  t.teardown(() => server.close());
+  const client = await connecting;
+  t.teardown(() => client.close());
+  const lazy = lazyRanges(images.inventory, images.processes[0]!)[0]!;
+  const page = await client.fetch(w.pid, lazy.start, 1, 'fault');
+  const expected = Buffer.alloc(PAGE_SIZE);
+  processVmRead(w.pid, new Float64Array([lazy.start, PAGE_SIZE]), expected);
+  t.true(Buffer.from(page).equals(expected));
+});
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
+  const port = (s.address() as AddressInfo).port;
+  await new Promise((resolve) => s.close(resolve));
+  return port;
+}

@@ -235,16 +235,25 @@ export class PageClient implements PageSource {
     };
   }
 
+  /**
+   * Opens both lanes. A page server that does not answer yet (a dump still writing or
+   * checking its images; a destination armed before the dump) is tried again for
+   * `retryForMs`; a refusal (wrong token or version) is final.
+   */
   static async connect(opts: PageClientOptions): Promise<PageClient> {
-    const c = new PageClient(opts);
-    try {
-      await Promise.all([c.#lanes.fault.open(), c.#lanes.background.open()]);
-    } catch (err) {
-      c.#lanes.fault.close();
-      c.#lanes.background.close();
-      throw err;
+    const deadline = performance.now() + (opts.retryForMs ?? 10_000);
+    for (let delay = 5; ; delay = Math.min(delay * 2, 200)) {
+      const c = new PageClient(opts);
+      try {
+        await Promise.all([c.#lanes.fault.open(), c.#lanes.background.open()]);
+        return c;
+      } catch (err) {
+        c.#lanes.fault.close();
+        c.#lanes.background.close();
+        if (/refused us/.test((err as Error).message) || performance.now() + delay > deadline) throw err;
+        await sleep(delay);
+      }
     }
-    return c;
   }
 
   fetch(pid: number, address: number, pages: number, priority: Priority): Promise<Uint8Array> {
