@@ -2,7 +2,7 @@
 // dump + copy + restore of the same size as the baseline measured in the same run.
 //
 //   node --import tsx tools/bench/migrate.ts [MiB...]          (default: 64 1024)
-//        [--modes armed,lazy,eager] [--interval-ms 20] [--json]
+//        [--modes armed,lazy,eager] [--interval-ms 20] [--json] [--timeline]
 //
 // Real `lazymig` commands, spawned the way a user types them (dump on the source host,
 // images copied, lazy-pages + restore on the destination host). Modes:
@@ -25,7 +25,7 @@
 // Then ratios: lazy pause at the largest size vs the smallest; lazy vs eager pause.
 // Absolute numbers on a noisy 2-vCPU VM mean little; the ratios are measured in one run.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { cp, mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -44,6 +44,12 @@ const flag = (name: string): string | undefined => {
 const JSON_OUT = argv.includes('--json');
 if (JSON_OUT) argv.splice(argv.indexOf('--json'), 1);
 const INTERVAL = Number(flag('interval-ms') ?? 20);
+// --timeline: every timestamped log line of the three commands, in ms from the freeze.
+const TIMELINE = argv.includes('--timeline');
+if (TIMELINE) {
+  argv.splice(argv.indexOf('--timeline'), 1);
+  process.env['LAZYMIG_LOG'] = 'debug';
+}
 type Mode = 'armed' | 'lazy' | 'eager';
 const MODES = (flag('modes') ?? 'armed,lazy,eager').split(',') as Mode[];
 for (const m of MODES) if (!['armed', 'lazy', 'eager'].includes(m)) throw new Error(`--modes: unknown mode ${m}`);
@@ -61,25 +67,67 @@ function run(hosts: TwoHosts, host: Host, args: string[]): Cmd {
   const child = hosts.spawnIn(host, [LAZYMIG, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
+  // Checked as each chunk of stderr arrives, not by polling: the bench copies the images
+  // the moment dump says they are written, as an orchestrating script would.
+  const waiters = new Set<() => void>();
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => {
+    err += d.toString();
+    for (const w of [...waiters]) w();
+  });
   const exited = new Promise<number>((r) => child.on('close', (code, sig) => r(code ?? (sig ? 128 : 1))));
   return {
     child,
     out: () => out,
     err: () => err,
     exited,
-    waitErr: async (re, timeoutMs) => {
-      const end = performance.now() + timeoutMs;
-      for (;;) {
-        const m = re.exec(err);
-        if (m) return m;
-        if (child.exitCode !== null) throw new Error(`lazymig ${args[0]} exited ${child.exitCode} before ${re}:\n${err}`);
-        if (performance.now() > end) throw new Error(`lazymig ${args[0]}: no ${re} in ${timeoutMs} ms:\n${err}`);
-        await new Promise((r) => setTimeout(r, 5));
-      }
-    },
+    waitErr: (re, timeoutMs) =>
+      new Promise<RegExpExecArray>((resolve, reject) => {
+        const done = (): void => {
+          waiters.delete(check);
+          clearTimeout(timer);
+        };
+        const check = (): void => {
+          const m = re.exec(err);
+          if (m) {
+            done();
+            resolve(m);
+          }
+        };
+        const timer = setTimeout(() => {
+          done();
+          reject(new Error(`lazymig ${args[0]}: no ${re} in ${timeoutMs} ms:\n${err}`));
+        }, timeoutMs);
+        void exited.then((code) => {
+          if (waiters.has(check)) check();
+          if (!waiters.has(check)) return;
+          done();
+          reject(new Error(`lazymig ${args[0]} exited ${code} before ${re}:\n${err}`));
+        });
+        waiters.add(check);
+        check();
+      }),
   };
+}
+
+/**
+ * The images' copy (scp in real life, whose ssh start-up is not lazymig's): the files in
+ * parallel, into a dir made for them.
+ */
+async function copyDir(from: string, to: string): Promise<void> {
+  await mkdir(to);
+  await Promise.all((await readdir(from)).map((f) => copyFile(join(from, f), join(to, f))));
+}
+
+function printTimeline(t0: number, cmds: Cmd[]): void {
+  const lines = cmds
+    .flatMap((c) => c.err().split('\n'))
+    .map((l) => /^ts=(\S+) level=\w+ pid=\d+ comp=(\S+) what="([^"]*)"(.*)$/.exec(l))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .map((m) => ({ t: Date.parse(m[1]!) - t0, line: `${m[2]}: ${m[3]}${m[4]!.length > 400 ? m[4]!.slice(0, 400) + '…' : m[4]}` }))
+    .filter((x) => x.t > -50 && x.t < 2000)
+    .sort((a, b) => a.t - b.t);
+  for (const { t, line } of lines) console.log(`${t.toFixed(0).padStart(8)} ms  ${line}`);
 }
 
 async function mustExit(c: Cmd, what: string): Promise<void> {
@@ -173,10 +221,10 @@ async function migrate(mib: number, mode: Mode): Promise<Result> {
     const dumpArgs = ['dump', '--tree', String(hog.pid), '--images-dir', srcImages];
     if (lazy) dumpArgs.push('--lazy-pages', '--address', hosts.src.address, '--port', String(port));
     const dumper = track(run(hosts, hosts.src, dumpArgs));
-    // The images are complete once dump prints its summary (the page server starts after).
-    if (lazy) await dumper.waitErr(/^dumped /m, 120_000);
+    // Copied the moment dump says they are written (the page server opens a little later).
+    if (lazy) await dumper.waitErr(/^images written to /m, 120_000);
     else await mustExit(dumper, 'dump');
-    await cp(srcImages, dstImages, { recursive: true });
+    await copyDir(srcImages, dstImages);
     if (mode === 'lazy') {
       // Restore is started at once, not after the daemon says it is ready: restore waits
       // (up to 5 s) for lazy-pages.socket, so the two commands start up side by side.
@@ -198,6 +246,7 @@ async function migrate(mib: number, mode: Mode): Promise<Result> {
       summary = JSON.parse(daemon.out().trim().split('\n').pop()!);
     }
     const allInAt = resumedAt + (summary?.totalMs ?? 0);
+    if (TIMELINE) printTimeline(frozenAt, cmds);
     const rx1 = await rxBytes(hosts, hosts.dst);
     // Two whole passes after every page is in: the workload's view is complete.
     const ps0 = passes(hog.readLog());

@@ -1,5 +1,6 @@
 import { commandHelp, parseCommandArgs, type Command } from './command.js';
 import { EXIT, UsageError } from './usage-error.js';
+import { profiled } from './cpu-profile.js';
 import { checkCommand } from './commands/check.js';
 import { showCommand } from './commands/show.js';
 import { dumpCommand } from './commands/dump.js';
@@ -42,7 +43,7 @@ export async function run(argv: string[]): Promise<number> {
     return EXIT.ok;
   }
   try {
-    return await cmd.run(parseCommandArgs(cmd, rest));
+    return await profiled(cmd.name, () => cmd.run(parseCommandArgs(cmd, rest)));
   } catch (err) {
     if (err instanceof UsageError) {
       process.stderr.write(`lazymig ${cmd.name}: ${err.message}\n${commandHelp(cmd)}\n`);

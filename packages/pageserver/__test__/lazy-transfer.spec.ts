@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { PAGE_SIZE, Userfaultfd, processVmRead, testing } from '@lazymig/uffd-rs';
 import { dump, LazyPagesEngine, lazyRanges, readImages } from '@lazymig/core-ts';
 import { startWorkload } from '../../../tools/workloads/index.js';
-import { PageClient, readToken, serveFrozenTree } from '../src/index.js';
+import { frozenTreeContent, PageClient, PageServer, readToken, serveFrozenTree } from '../src/index.js';
 
 test('a frozen memhog region arrives intact through page server, client and engine', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'lazymig-xfer-'));
@@ -131,3 +131,37 @@ async function freePort(): Promise<number> {
   await new Promise((resolve) => s.close(resolve));
   return port;
 }
+
+test('a page server listening before it has anything to serve welcomes nobody until it is opened', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'lazymig-xfer-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const w = await startWorkload('memhog', ['4', '--interval-ms', '10']);
+  t.teardown(() => w.kill());
+  await w.waitForLine(/verify ok pass=1 /, 20_000);
+  const token = 'ab'.repeat(32);
+  // As `dump --lazy-pages` does: listen (and check that it answers) before the freeze.
+  const server = await PageServer.listen({ address: '127.0.0.1', port: 0, token, pageSize: PAGE_SIZE });
+  t.teardown(() => server.close());
+  await server.selfCheck();
+  t.is(server.stats.sessions, 0, 'the self-check is no session');
+
+  const r = await dump({ pid: w.pid, imagesDir: join(dir, 'img'), mode: 'lazy', pageServer: { address: '127.0.0.1', port: server.port }, token });
+  t.teardown(() => r.frozen?.kill());
+  let welcomed = false;
+  const connecting = PageClient.connect({ address: '127.0.0.1', port: server.port, token, retryForMs: 30_000 }).then((c) => ((welcomed = true), c));
+  connecting.catch(() => undefined);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  t.false(welcomed, 'not welcomed before open()');
+  t.is(server.stats.sessions, 0);
+
+  const images = await readImages(join(dir, 'img'));
+  server.open(frozenTreeContent(images, r.frozen!));
+  const client = await connecting;
+  t.teardown(() => client.close());
+  t.is(server.stats.sessions, 2, 'both lanes');
+  const lazy = lazyRanges(images.inventory, images.processes[0]!)[0]!;
+  const page = await client.fetch(w.pid, lazy.start, 1, 'background');
+  const expected = Buffer.alloc(PAGE_SIZE);
+  processVmRead(w.pid, new Float64Array([lazy.start, PAGE_SIZE]), expected);
+  t.true(Buffer.from(page).equals(expected));
+});

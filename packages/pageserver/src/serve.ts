@@ -10,7 +10,7 @@ import {
   type FrozenTree, type LoadedImages, type Logger, type PagesReader,
 } from '@lazymig/core-ts';
 import { LazyRanges } from './protocol/lazy-ranges.js';
-import { PageServer } from './server.js';
+import { PageServer, type PageServerContent } from './server.js';
 
 export async function readToken(imagesDir: string): Promise<string> {
   const path = join(imagesDir, TOKEN_FILE);
@@ -38,6 +38,18 @@ export interface ServeFrozenOptions {
   log?: Logger;
 }
 
+/** What a lazy dump's page server serves: the frozen tree's lazy pages; then it kills the tree. */
+export function frozenTreeContent(images: LoadedImages, frozen: FrozenTree, log: Logger = silentLogger): PageServerContent {
+  return {
+    ranges: rangesOf(images),
+    reader: new FrozenProcessReader(),
+    onComplete: () => {
+      log.info('killing the source tree: the destination holds every page', { root: frozen.root });
+      frozen.kill();
+    },
+  };
+}
+
 /** Serves a lazy dump's frozen tree until the destination holds every page, then kills the tree. */
 export async function serveFrozenTree(o: ServeFrozenOptions): Promise<PageServer> {
   const log = o.log ?? silentLogger;
@@ -46,13 +58,8 @@ export async function serveFrozenTree(o: ServeFrozenOptions): Promise<PageServer
     port: o.port,
     token: o.token,
     pageSize: o.images.inventory.pageSize,
-    ranges: rangesOf(o.images),
-    reader: new FrozenProcessReader(),
+    content: frozenTreeContent(o.images, o.frozen, log),
     log,
-    onComplete: () => {
-      log.info('killing the source tree: the destination holds every page', { root: o.frozen.root });
-      o.frozen.kill();
-    },
   });
 }
 
@@ -82,10 +89,8 @@ export async function serveImages(o: ServeImagesOptions): Promise<{ server: Page
     port: o.port,
     token,
     pageSize: o.images.inventory.pageSize,
-    ranges: rangesOf(o.images),
-    reader: new ImagesReader(readers),
+    content: { ranges: rangesOf(o.images), reader: new ImagesReader(readers), onComplete: () => undefined },
     log: o.log ?? silentLogger,
-    onComplete: () => undefined,
   });
   return {
     server,

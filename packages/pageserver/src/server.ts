@@ -17,6 +17,7 @@ import {
 } from './protocol/messages.js';
 import type { LazyRanges } from './protocol/lazy-ranges.js';
 import { BufferPool } from './buffer-pool.js';
+import { FrameSocket } from './ws-client.js';
 
 type Request = Extract<ClientMessage, { type: 'request' }>;
 
@@ -31,18 +32,28 @@ const HELLO_TIMEOUT_MS = 5_000;
  */
 const BACKGROUND_AHEAD_BYTES = 8 << 20;
 
-export interface PageServerOptions {
-  address: string;
-  port: number;
-  token: string;
+/** What a page server serves, and what it does once the destination holds all of it. */
+export interface PageServerContent {
   ranges: LazyRanges;
   reader: PageReader;
-  pageSize: number;
   /**
    * The destination holds every page. Called once; `bye` is sent after it resolves, and the
    * server then stops listening.
    */
   onComplete: () => Promise<void> | void;
+}
+
+export interface PageServerOptions {
+  address: string;
+  port: number;
+  token: string;
+  pageSize: number;
+  /**
+   * Without it the server listens, and takes hellos, but welcomes nobody until `open()`:
+   * a dump listens before it freezes (setting up off the downtime) and opens once its
+   * images are written and checked. A destination is never welcomed before that.
+   */
+  content?: PageServerContent;
   log?: Logger;
 }
 
@@ -60,6 +71,9 @@ export class PageServer {
   readonly #log: Logger;
   readonly #wss: WebSocketServer;
   readonly #token: Buffer;
+  #content: PageServerContent | null;
+  /** Authenticated connections waiting for open() to be welcomed. */
+  #unwelcomed: Array<() => void> = [];
   #completed = false;
   readonly #pool = new BufferPool();
   /** Background requests not yet read, in arrival order, with their connection. */
@@ -74,6 +88,7 @@ export class PageServer {
     this.#log = opts.log ?? silentLogger;
     this.#wss = wss;
     this.#token = Buffer.from(opts.token);
+    this.#content = opts.content ?? null;
     this.done = new Promise((r) => (this.#resolveDone = r));
     wss.on('connection', (ws, req) => this.#accept(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
   }
@@ -85,6 +100,22 @@ export class PageServer {
       s.once('error', (err) => reject(new Error(`page server: cannot listen on ${opts.address}:${opts.port}: ${err.message}`)));
     });
     return new PageServer(opts, wss);
+  }
+
+  /** Starts serving `content`, welcoming the destinations that said hello meanwhile. */
+  open(content: PageServerContent): void {
+    if (this.#content) throw new Error('page server: already open');
+    this.#content = content;
+    for (const welcome of this.#unwelcomed.splice(0)) welcome();
+  }
+
+  /**
+   * Opens and drops one connection to ourselves (no hello: it is not a session): fails if
+   * the address does not take connections, and runs the accept path once before it counts.
+   */
+  async selfCheck(): Promise<void> {
+    const ws = await FrameSocket.connect({ host: this.#opts.address, port: this.port, handshakeTimeoutMs: 5_000, maxPayload: 1 << 16, pool: this.#pool });
+    ws.terminate();
   }
 
   get port(): number {
@@ -127,11 +158,18 @@ export class PageServer {
         if (got.length !== this.#token.length || !timingSafeEqual(got, this.#token)) return refuse('wrong token');
         authed = true;
         clearTimeout(timer);
-        this.stats.sessions++;
-        log.info('session started', { peer });
-        ws.send(encodeServer({ type: 'welcome', version: PROTOCOL_VERSION }));
+        const welcome = (): void => {
+          if (ws.readyState !== ws.OPEN) return;
+          this.stats.sessions++;
+          log.info('session started', { peer });
+          ws.send(encodeServer({ type: 'welcome', version: PROTOCOL_VERSION }));
+        };
+        if (this.#content) welcome();
+        else this.#unwelcomed.push(welcome);
         return;
       }
+      const content = this.#content;
+      if (!content) return refuse('request before welcome');
       switch (msg.type) {
         case 'hello':
           return refuse('hello sent twice');
@@ -143,7 +181,7 @@ export class PageServer {
           this.#background.push({ ws, m: msg });
           return this.#scheduleDrain();
         case 'complete':
-          return void this.#complete(ws, peer);
+          return void this.#complete(ws, peer, content);
       }
     });
   }
@@ -177,7 +215,8 @@ export class PageServer {
   #serve(ws: WebSocket, m: Request): void {
     this.stats.requests++;
     const { pid, address, pages, id } = m;
-    if (pages > MAX_REQUEST_PAGES || !this.#opts.ranges.contains(pid, address, pages)) {
+    const content = this.#content!;
+    if (pages > MAX_REQUEST_PAGES || !content.ranges.contains(pid, address, pages)) {
       const reason = `pid ${pid} 0x${address.toString(16)}+${pages} pages is not a lazy range of the dump`;
       this.#log.warn('request refused', { pid, address: `0x${address.toString(16)}`, pages });
       ws.send(encodeServer({ type: 'error', id, reason }));
@@ -187,7 +226,7 @@ export class PageServer {
     const frame = this.#pool.acquire(PAGES_HEADER_SIZE + bytes);
     writePagesHeader(frame, id, pid, address, pages, bytes);
     try {
-      this.#opts.reader.readInto(pid, address, frame.subarray(PAGES_HEADER_SIZE));
+      content.reader.readInto(pid, address, frame.subarray(PAGES_HEADER_SIZE));
     } catch (err) {
       this.#pool.release(frame);
       const reason = `reading pid ${pid} at 0x${address.toString(16)}: ${(err as Error).message}`;
@@ -205,12 +244,12 @@ export class PageServer {
     this.stats.bytesSent += frame.length;
   }
 
-  async #complete(ws: WebSocket, peer: string): Promise<void> {
+  async #complete(ws: WebSocket, peer: string, content: PageServerContent): Promise<void> {
     if (this.#completed) return;
     this.#completed = true;
     this.#log.info('destination holds every page', { peer, pages: this.stats.pagesSent });
     try {
-      await this.#opts.onComplete();
+      await content.onComplete();
     } finally {
       ws.send(encodeServer({ type: 'bye' }), () => {
         this.#resolveDone();

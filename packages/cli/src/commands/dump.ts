@@ -1,6 +1,6 @@
-import { createServer } from 'node:net';
+import { randomBytes } from 'node:crypto';
 import { createLogger, dump, type DumpResult } from '@lazymig/core-ts';
-import { serveFrozenTree } from '@lazymig/pageserver';
+import { frozenTreeContent, PageServer } from '@lazymig/pageserver';
 import { PAGE_SIZE } from '@lazymig/uffd-rs';
 import type { Command } from '../command.js';
 import { mib, phaseFields, plural, Progress } from '../ui/progress.js';
@@ -43,47 +43,54 @@ export const dumpCommand: Command = {
     if (lazy && values['leave-running']) throw new UsageError('--lazy-pages and --leave-running exclude each other');
     if (!lazy && (values.address !== undefined || values.port !== undefined))
       throw new UsageError('--address and --port go with --lazy-pages');
-    let server: { address: string; port: number } | undefined;
+    let at: { address: string; port: number } | undefined;
+    let server: PageServer | undefined;
+    const token = randomBytes(32).toString('hex');
     if (lazy) {
       if (typeof values.address !== 'string' || typeof values.port !== 'string') throw new UsageError('--lazy-pages needs --address and --port');
-      server = { address: values.address, port: parsePort(values.port) };
-      // Fail before freezing anything if the page server could not listen.
-      await canListen(server.address, server.port);
+      at = { address: values.address, port: parsePort(values.port) };
+      // Listening before the freeze: a page server that cannot listen fails the dump before
+      // anything is frozen, and its set-up is not downtime. It welcomes nobody until open().
+      server = await PageServer.listen({ ...at, token, pageSize: PAGE_SIZE, log: createLogger('page-server') });
+      await server.selfCheck();
     }
 
     const progress = new Progress();
-    const result = await dump({
-      pid,
-      imagesDir: values['images-dir'],
-      mode: lazy ? 'lazy' : values['leave-running'] ? 'leave-running' : 'kill',
-      ...(server ? { pageServer: server } : {}),
-      onProgress: (p) => {
-        if (p.phase === 'pages') progress.update(`pid ${p.pid}: ${mib(p.bytes)} of pages written`);
-        // Timestamped: the start of the downtime, for benchmarks and post-mortems.
-        else if (p.phase === 'frozen') createLogger('dump').info('tree frozen', { root: pid, processes: p.processes, threads: p.threads, freezeMs: +p.freezeMs.toFixed(2) });
-      },
-    });
+    let result: DumpResult;
+    try {
+      result = await dump({
+        pid,
+        imagesDir: values['images-dir'],
+        mode: lazy ? 'lazy' : values['leave-running'] ? 'leave-running' : 'kill',
+        ...(at ? { pageServer: at, token } : {}),
+        onProgress: (p) => {
+          if (p.phase === 'pages') progress.update(`pid ${p.pid}: ${mib(p.bytes)} of pages written`);
+          // For scripts: the images can be copied from here on (a lazy dump then checks them
+          // before its page server welcomes anyone).
+          else if (p.phase === 'written') {
+            progress.done();
+            process.stderr.write(`images written to ${p.dir}\n`);
+          }
+          // Timestamped: the start of the downtime, for benchmarks and post-mortems.
+          else if (p.phase === 'frozen') createLogger('dump').info('tree frozen', { root: pid, processes: p.processes, threads: p.threads, freezeMs: +p.freezeMs.toFixed(2) });
+        },
+      });
+    } catch (err) {
+      await server?.close();
+      throw err;
+    }
     progress.done();
     createLogger('dump').debug('where the time went', phaseFields(result.phaseMs));
     process.stderr.write(dumpSummary(result) + '\n');
-    if (!server || !result.frozen || !result.token) return EXIT.ok;
-    return servePages(result, server);
+    if (!server || !at || !result.frozen) return EXIT.ok;
+    server.open(frozenTreeContent(result.images, result.frozen, createLogger('page-server')));
+    return servePages(result, server, at);
   },
 };
 
-async function canListen(address: string, port: number): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    const s = createServer();
-    s.once('error', (err) => reject(new Error(`cannot listen on ${address}:${port}: ${err.message}`)));
-    s.listen(port, address, () => s.close(() => resolve()));
-  });
-}
-
 /** A lazy dump goes on as the page server until the destination holds every page. */
-async function servePages(result: DumpResult, at: { address: string; port: number }): Promise<number> {
+async function servePages(result: DumpResult, server: PageServer, at: { address: string; port: number }): Promise<number> {
   const frozen = result.frozen!;
-  const log = createLogger('page-server');
-  const server = await serveFrozenTree({ images: result.images, frozen, token: result.token!, ...at, log });
   process.stderr.write(`page server listening on ${at.address}:${at.port}; the tree stays frozen until the destination has every page\n`);
   const interrupted = new Promise<string>((resolve) => {
     for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, () => resolve(sig));

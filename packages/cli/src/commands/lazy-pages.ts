@@ -4,8 +4,8 @@ import {
   ImagesPageSource, LazyPagesEngine, createLogger, lazyRanges, openPagesReader, readImages, serveControl,
   type LazySummary, type LoadedImages, type Logger, type PageSource, type PagesReader, type ProcessImage,
 } from '@lazymig/core-ts';
-import { PageClient, readToken } from '@lazymig/pageserver';
-import { Userfaultfd } from '@lazymig/uffd-rs';
+import { PageClient, readToken, warmPageTransport } from '@lazymig/pageserver';
+import { PAGE_SIZE, Userfaultfd } from '@lazymig/uffd-rs';
 import type { Command } from '../command.js';
 import { mib, Progress } from '../ui/progress.js';
 import { EXIT, UsageError } from '../usage-error.js';
@@ -159,7 +159,10 @@ async function prepare(o: PrepareOptions): Promise<Daemon> {
       : await whenComplete(o.imagesDir, load, {
           timeoutMs: o.waitImages * 1000,
           onWaiting: (why) => o.log.info('waiting for the images', { dir: o.imagesDir, why }),
-          warmUp: warmImageReading,
+          warmUp: async () => {
+            await warmImageReading();
+            if (o.remote) await warmPageTransport(PAGE_SIZE);
+          },
         });
   const inv = images.inventory;
   if (o.waitImages !== undefined) o.log.debug('the images are in', { dir: o.imagesDir, processes: images.processes.length });

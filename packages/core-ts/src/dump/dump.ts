@@ -50,6 +50,11 @@ export interface DumpOptions {
   /** 'kill' (default), 'leave-running', or 'lazy' (pages stay on the source, the tree stays frozen). */
   mode?: 'kill' | 'leave-running' | 'lazy';
   pageServer?: { address: string; port: number };
+  /**
+   * The page server's token (lazy dumps; 64 hex digits), written into the images. Made here
+   * when not given: a caller that starts its page server before the freeze passes its own.
+   */
+  token?: string;
   onProgress?: (p: DumpProgress) => void;
 }
 
@@ -130,7 +135,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const writer = await ImagesDirWriter.create(opts.imagesDir);
   // The page server's token and the pages files' headers depend on nothing the freeze
   // captures: written before it (a process gone by then loses its pages file again).
-  const token = mode === 'lazy' ? randomBytes(32).toString('hex') : null;
+  if (opts.token !== undefined && !/^[0-9a-f]{64}$/.test(opts.token)) throw new Error('the page server token must be 64 hex digits');
+  const token = mode === 'lazy' ? (opts.token ?? randomBytes(32).toString('hex')) : null;
   try {
     if (token) await writer.writeExtraFile(TOKEN_FILE, token + '\n', 0o600);
     for (const p of before.processes) await writer.pages(p.pid, PAGE_SIZE);
@@ -266,6 +272,9 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       durable: mode !== 'lazy',
     });
     committed = true;
+    // In place: they can be copied now. (A lazy dump's pages are served only after dump()
+    // returns, so a copy of images that the check below retracts never gets any.)
+    opts.onProgress?.({ phase: 'written', dir: opts.imagesDir });
     if (mode === 'lazy') {
       tReleased = performance.now();
       // Before anyone can fetch a page: were the VmFlags taken from before the freeze right?
@@ -275,7 +284,6 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       }
       phases.lap('post-verify');
     }
-    opts.onProgress?.({ phase: 'written', dir: opts.imagesDir });
 
     // 6. The tree's fate.
     if (mode === 'kill') frozen.kill();

@@ -250,10 +250,11 @@ class Rebuilder {
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const tStart = performance.now();
   const callsBefore = injectionStats.calls;
-  const pin = pinToOneCpu(opts.pin ?? true);
   // Needs nothing from the images (but with a pid namespace, the root's pid): started while
-  // they are read, or arrive. Started after pinning, so it inherits the pin.
+  // they are read, or arrive. Pinned once they are here (an early pin would keep a restore
+  // waiting on a busy CPU while the other one idles).
   const early = opts.pidNs ? null : startStub({});
+  let pin: Pin | null = null;
   early?.catch(() => undefined); // awaited (or killed) below
   let stub: StartedStub | undefined;
   let rb: Rebuilder | undefined;
@@ -276,6 +277,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     const presentPages = images.processes.reduce((n, p) => n + p.pagemap.entries.reduce((m, e) => m + (e.kind === 'present' ? e.pages : 0), 0), 0);
     opts.onProgress?.({ phase: 'checked', processes: images.processes.length, threads, presentPages });
 
+    pin = pinToOneCpu(opts.pin ?? true);
     const tStub = performance.now();
     const rootImage = images.processes[0]!;
     stub = await (early ?? startStub({ pidNs: rootImage.pid }));
@@ -290,6 +292,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     rb.lap('stub');
     const root = prepareRoot(stub.pid, rootImage, area, !(opts.shellJob ?? false));
     rb.created.push(root);
+    // On our CPU, like the tracer: the tree forks and clones from the root and inherits it.
+    if (pin.cpu !== null) root.leader.schedSetaffinity(0, [pin.cpu]);
     for (const p of images.processes) checkXstate(stub.pid, p.core.threads, p.pid);
     const rbx = rb;
     const all = forkTree(images, root, area, (p) => rbx.created.push(p), opts.pidNs ?? false);
@@ -309,7 +313,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       }
     }
     stub?.kill();
-    pin.release();
+    pin?.release();
     throw err;
   }
   pin.release();
