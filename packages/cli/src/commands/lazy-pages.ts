@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import {
   clearCompletion, writeCompletion, warmImageReading, whenComplete,
   ImagesPageSource, LazyPagesEngine, createLogger, lazyRanges, openPagesReader, readImages, serveControl,
-  type LazySummary, type LoadedImages, type Logger, type PageSource, type PagesReader, type ProcessImage,
+  type ArrivalOptions, type LazySummary, type LoadedImages, type Logger, type PageSource, type PagesReader, type ProcessImage,
 } from '@lazymig/core-ts';
 import { PageClient, readToken, warmPageTransport } from '@lazymig/pageserver';
 import { PAGE_SIZE, Userfaultfd } from '@lazymig/uffd-rs';
@@ -149,33 +149,43 @@ interface PrepareOptions {
 
 /** The images (waiting for them with --wait-images), the page source, and the engine. */
 async function prepare(o: PrepareOptions): Promise<Daemon> {
-  const load = async (): Promise<{ images: LoadedImages; token: string | null }> => {
-    const images = await readImages(o.imagesDir);
-    return { images, token: o.remote ? await readToken(o.imagesDir) : null };
+  // With --wait-images, each read is retried until its files have arrived and check out.
+  const arrived = <T>(read: () => Promise<T>, waiting?: Pick<ArrivalOptions, 'onWaiting' | 'warmUp'>): Promise<T> =>
+    o.waitImages === undefined ? read() : whenComplete(o.imagesDir, read, { timeoutMs: o.waitImages * 1000, ...waiting });
+  const connect = async (address: string, port: number): Promise<PageClient> => {
+    const token = await arrived(() => readToken(o.imagesDir));
+    const client = await PageClient.connect({ address, port, token, log: o.log, retryForMs: o.sourceTimeout * 1000 });
+    o.log.info('connected to the page server', { address, port });
+    return client;
   };
-  const { images, token } =
-    o.waitImages === undefined
-      ? await load()
-      : await whenComplete(o.imagesDir, load, {
-          timeoutMs: o.waitImages * 1000,
-          onWaiting: (why) => o.log.info('waiting for the images', { dir: o.imagesDir, why }),
-          warmUp: async () => {
-            await warmImageReading();
-            if (o.remote) await warmPageTransport(PAGE_SIZE);
-          },
-        });
+  // Told where the page server is, the connection needs only the token: it is made while
+  // the rest of the images arrive and are checked.
+  const early = o.remote && o.address !== undefined && o.port !== undefined ? connect(o.address, o.port) : null;
+  early?.catch(() => undefined); // awaited below
+  let images: LoadedImages;
+  try {
+    images = await arrived(() => readImages(o.imagesDir), {
+      onWaiting: (why) => o.log.info('waiting for the images', { dir: o.imagesDir, why }),
+      warmUp: async () => {
+        await warmImageReading();
+        if (o.remote) await warmPageTransport(PAGE_SIZE);
+      },
+    });
+  } catch (err) {
+    void early?.then((c) => c.close(), () => undefined);
+    throw err;
+  }
   const inv = images.inventory;
   if (o.waitImages !== undefined) o.log.debug('the images are in', { dir: o.imagesDir, processes: images.processes.length });
   let source: PageSource;
   let lost: Promise<Error> | null = null;
-  if (token !== null) {
+  if (o.remote) {
     const address = o.address ?? inv.pageServer?.address;
     const port = o.port ?? inv.pageServer?.port;
     if (address === undefined || port === undefined) throw new UsageError('--address and --port are needed: the images do not record a page server');
-    const client = await PageClient.connect({ address, port, token, log: o.log, retryForMs: o.sourceTimeout * 1000 });
+    const client = await (early ?? connect(address, port));
     lost = client.lost;
     source = client;
-    o.log.info('connected to the page server', { address, port });
   } else {
     const readers = new Map<number, PagesReader>();
     for (const p of images.processes) readers.set(p.pid, await openPagesReader(images, p.pid));

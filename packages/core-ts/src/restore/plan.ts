@@ -57,12 +57,22 @@ export function hostSpecialSizes(): Map<SpecialKind, number> {
   return (specialSizes = out);
 }
 
+let minAddr: number | null = null;
+
 function mmapMinAddr(): number {
+  if (minAddr !== null) return minAddr;
   try {
-    return Number(readFileSync('/proc/sys/vm/mmap_min_addr', 'utf8').trim()) || 65536;
+    minAddr = Number(readFileSync('/proc/sys/vm/mmap_min_addr', 'utf8').trim()) || 65536;
   } catch {
-    return 65536;
+    minAddr = 65536;
   }
+  return minAddr;
+}
+
+/** What the checks read of this host (once per command), read ahead of the images. */
+export function hostFacts(): void {
+  hostSpecialSizes();
+  mmapMinAddr();
 }
 
 /** Compares a file on this host with the identity recorded at dump time; null when it is the same. */

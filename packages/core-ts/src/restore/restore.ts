@@ -14,18 +14,17 @@ import { reapTracees } from '../tracees.js';
 import { entriesForLazyRestore } from '../lazy/plan.js';
 import { processVmWrite, ptrace } from '@lazymig/uffd-rs';
 import { awaitImages, openPagesReader, readImages, type LoadedImages, type PagemapEntry, type Vma } from '../image/index.js';
-import { readMaps } from '../proc/index.js';
 import { pinToOneCpu, type Pin } from './affinity.js';
 import { CONTROL_SIZE, controlArea, type ControlArea } from './control.js';
 
 import { restoreFds, restoreFsState, restoreLimits, ourTerminalFd } from './files.js';
 import { fillPages, finishVmas, mapVmas, unmapStub } from './memory.js';
 import { setMm } from './mm.js';
-import { checkImages, findHole, hostSpecialSizes, RestoreRefusedError, type Range } from './plan.js';
+import { checkImages, findHole, hostFacts, RestoreRefusedError, type Range } from './plan.js';
 import { injectionStats, type Remote } from './remote.js';
 import { startStub, type StartedStub, type StubExit } from './stub.js';
 import { checkXstate, cloneThreads, restoreSigactions, restoreThreadState, setFinalState } from './threads.js';
-import { forkTree, prepareRoot, type StubProcess } from './tree.js';
+import { forkTree, prepareRoot, seizeStub, type SeizedStub, type StubProcess } from './tree.js';
 import { moveSpecialMappings } from './vdso.js';
 
 /** What a lazy restore gets for each process before it resumes (see LazyHook). */
@@ -250,12 +249,13 @@ class Rebuilder {
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const tStart = performance.now();
   const callsBefore = injectionStats.calls;
-  // Needs nothing from the images (but with a pid namespace, the root's pid): started while
-  // they are read, or arrive. Pinned once they are here (an early pin would keep a restore
+  // Needs nothing from the images (but with a pid namespace, the root's pid): started and
+  // seized while they are read, or arrive. Pinned once they are here (an early pin would keep a restore
   // waiting on a busy CPU while the other one idles).
-  const early = opts.pidNs ? null : startStub({});
-  let pin: Pin | null = null;
+  const earlyStub = opts.pidNs ? null : startStub({});
+  const early = earlyStub?.then((s) => ({ stub: s, seized: seizeStub(s.pid) })) ?? null;
   early?.catch(() => undefined); // awaited (or killed) below
+  let pin: Pin | null = null;
   let stub: StartedStub | undefined;
   let rb: Rebuilder | undefined;
   let tImages = tStart;
@@ -267,7 +267,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         : await awaitImages(opts.imagesDir, {
             timeoutMs: opts.awaitImagesMs,
             onWaiting: (why) => opts.onProgress?.({ phase: 'waiting', reason: why }),
-            warmUp: () => void hostSpecialSizes(),
+            warmUp: () => void hostFacts(),
           });
     tImages = performance.now();
     checkImages(images, { shellJob: opts.shellJob ?? false, lazy: opts.lazy !== undefined, pidNs: opts.pidNs ?? false });
@@ -280,9 +280,14 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     pin = pinToOneCpu(opts.pin ?? true);
     const tStub = performance.now();
     const rootImage = images.processes[0]!;
-    stub = await (early ?? startStub({ pidNs: rootImage.pid }));
+    let seized: SeizedStub;
+    if (early) ({ stub, seized } = await early);
+    else {
+      stub = await startStub({ pidNs: rootImage.pid });
+      seized = seizeStub(stub.pid);
+    }
     // A hole for the control area in the stub's layout and every dumped one.
-    const taken: Range[] = readMaps(stub.pid).filter((v) => v.kind !== 'vsyscall');
+    const taken: Range[] = seized.maps.filter((v) => v.kind !== 'vsyscall');
     for (const p of images.processes) taken.push(...p.core.vmas.filter((v) => v.kind !== 'vsyscall'));
     const area = controlArea(findHole(taken, CONTROL_SIZE));
     rb = new Rebuilder(images, opts, area, pin);
@@ -290,7 +295,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     rb.phaseMs['check'] = tStub - tImages;
     rb.last = tStub;
     rb.lap('stub');
-    const root = prepareRoot(stub.pid, rootImage, area, !(opts.shellJob ?? false));
+    const root = prepareRoot(seized, rootImage, area, !(opts.shellJob ?? false));
     rb.created.push(root);
     // On our CPU, like the tracer: the tree forks and clones from the root and inherits it.
     if (pin.cpu !== null) root.leader.schedSetaffinity(0, [pin.cpu]);
@@ -304,7 +309,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     rb.lap('finish');
   } catch (err) {
     rb?.killAll();
-    stub ??= await early?.catch(() => undefined);
+    stub ??= await earlyStub?.catch(() => undefined);
     if (!rb && stub) {
       try {
         process.kill(stub.pid, 'SIGKILL');

@@ -29,17 +29,29 @@ export interface StubProcess {
   threads: Remote[];
 }
 
-/** The root stub, seized, with the control area mapped through the stub's own gadget. */
-export function prepareRoot(pid: number, image: ProcessImage, area: ControlArea, setsid: boolean): StubProcess {
+/** A started stub, seized, with the `syscall` of its own text to inject through, and its layout. */
+export interface SeizedStub {
+  pid: number;
+  leader: Remote;
+  maps: ReturnType<typeof readMaps>;
+}
+
+/** Seizes the stub: nothing here depends on the images, so it can happen before they arrive. */
+export function seizeStub(pid: number): SeizedStub {
   seizeStopped(pid);
-  const text = readMaps(pid).filter((v) => v.perms.exec && v.kind === 'file');
+  const maps = readMaps(pid);
   let gadget: number | null = null;
-  for (const v of text) {
+  for (const v of maps.filter((m) => m.perms.exec && m.kind === 'file')) {
     gadget = findSyscallGadget(pid, v.start, v.end - v.start);
     if (gadget !== null) break;
   }
   if (gadget === null) throw new RestoreError(`pid ${pid}: the stub has no syscall instruction`, 'process');
-  const leader = new Remote(pid, pid, gadget);
+  return { pid, leader: new Remote(pid, pid, gadget), maps };
+}
+
+/** The root: the seized stub, with the control area mapped through the stub's own gadget. */
+export function prepareRoot(stub: SeizedStub, image: ProcessImage, area: ControlArea, setsid: boolean): StubProcess {
+  const { pid, leader } = stub;
   mapControlArea(leader, area);
   leader.useGadget(area.gadget);
   leader.scratch = new Scratch(pid, area.scratch, area.scratchSize);
