@@ -213,7 +213,8 @@ async function migrate(mib: number, mode: Mode): Promise<Result> {
       const workDir = join(work, 'dst-work');
       await mkdir(workDir);
       const armed = ['--work-dir', workDir, '--wait-images', '120'];
-      daemon = track(run(hosts, hosts.dst, [...daemonArgs, ...armed]));
+      // Told where the page server is, it connects as soon as the token has arrived.
+      daemon = track(run(hosts, hosts.dst, [...daemonArgs, ...armed, '--address', hosts.src.address, '--port', String(port)]));
       restorer = track(run(hosts, hosts.dst, [...restoreArgs, ...armed]));
       await Promise.all([daemon.waitErr(/waiting for the images/, 60_000), restorer.waitErr(/waiting up to/, 60_000)]);
     }
@@ -224,7 +225,9 @@ async function migrate(mib: number, mode: Mode): Promise<Result> {
     // Copied the moment dump says they are written (the page server opens a little later).
     if (lazy) await dumper.waitErr(/^images written to /m, 120_000);
     else await mustExit(dumper, 'dump');
+    const copyStart = Date.now();
     await copyDir(srcImages, dstImages);
+    if (TIMELINE) console.log(`(bench: images copied ${copyStart} .. ${Date.now()})`);
     if (mode === 'lazy') {
       // Restore is started at once, not after the daemon says it is ready: restore waits
       // (up to 5 s) for lazy-pages.socket, so the two commands start up side by side.
@@ -247,6 +250,7 @@ async function migrate(mib: number, mode: Mode): Promise<Result> {
     }
     const allInAt = resumedAt + (summary?.totalMs ?? 0);
     if (TIMELINE) printTimeline(frozenAt, cmds);
+    if (TIMELINE) console.log(`frozen at ${frozenAt}`);
     const rx1 = await rxBytes(hosts, hosts.dst);
     // Two whole passes after every page is in: the workload's view is complete.
     const ps0 = passes(hog.readLog());
