@@ -28,6 +28,16 @@ test('bad invocations exit 2 with a one-line reason', async (t) => {
   const badFlag = await lazymig(['show', '--bogus', 'x']);
   t.is(badFlag.code, 2);
   t.regex(badFlag.stderr, /Unknown option '--bogus'/);
+  const badWait = await lazymig(['restore', '--images-dir', '/tmp/x', '--wait-images', 'soon']);
+  t.is(badWait.code, 2);
+  t.regex(badWait.stderr.split('\n')[0]!, /^lazymig restore: --wait-images must be a number of seconds, got soon$/);
+});
+
+test('restore --wait-images on images that never arrive gives up after that long, naming the dir', async (t) => {
+  const r = await lazymig(['restore', '--images-dir', '/tmp/lazymig-never-there', '--wait-images', '0.3']);
+  t.is(r.code, 1);
+  t.regex(r.stderr, /waiting up to 0\.3 s for the images in \/tmp\/lazymig-never-there/);
+  t.regex(r.stderr, /lazymig restore: \/tmp\/lazymig-never-there: missing/);
 });
 
 test('dump of a pid that does not exist fails with one line naming it, and leaves no images', async (t) => {

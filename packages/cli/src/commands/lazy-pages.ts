@@ -41,7 +41,7 @@ export const lazyPagesCommand: Command = {
     'work-dir': 'where lazy-pages.socket is made (default: the images dir)',
     json: 'print the summary as JSON on stdout',
     'max-rate': 'cap background transfer at this many MiB/s (faults are never held back)',
-    'source-timeout': 'seconds to keep trying to reach a lost page server before giving up (default 10)',
+    'source-timeout': 'seconds to keep trying to reach the page server (at start, or once lost) before giving up (default 10)',
     'wait-images': 'seconds to wait for images still being copied into the images dir (see restore --wait-images)',
   },
   async run({ values }) {
