@@ -6,27 +6,39 @@
  * lazy-pages engine fills it from faults (a native thread touching pages) and from the
  * background. At the end the region equals the frozen memory, and the source is killed.
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { createServer, type AddressInfo } from 'node:net';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PAGE_SIZE, Userfaultfd, processVmRead, testing } from '@lazymig/uffd-rs';
-import { dump, LazyPagesEngine, lazyRanges, readImages } from '@lazymig/core-ts';
-import { startWorkload } from '../../../tools/workloads/index.js';
+import { dump, LazyPagesEngine, lazyRanges, readImages, type DumpResult } from '@lazymig/core-ts';
+import { startWorkload, type Workload } from '../../../tools/workloads/index.js';
 import { frozenTreeContent, PageClient, PageServer, readToken, serveFrozenTree } from '../src/index.js';
 
-test('a frozen memhog region arrives intact through page server, client and engine', async (t) => {
+/** A memhog of `mib` MiB that has verified its memory once, killed at teardown; a temp dir. */
+async function runningMemhog(t: ExecutionContext, mib: number): Promise<{ dir: string; w: Workload }> {
   const dir = await mkdtemp(join(tmpdir(), 'lazymig-xfer-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const w = await startWorkload('memhog', ['8', '--interval-ms', '10']);
+  const w = await startWorkload('memhog', [String(mib), '--interval-ms', '10']);
   t.teardown(() => w.kill());
   await w.waitForLine(/verify ok pass=1 /, 20_000);
+  return { dir, w };
+}
+
+/** A lazy dump of pid into dir/img; the tree stays frozen until teardown kills it. */
+async function lazyDump(t: ExecutionContext, pid: number, dir: string, o: { port?: number; token?: string } = {}): Promise<DumpResult> {
+  const r = await dump({ pid, imagesDir: join(dir, 'img'), mode: 'lazy', pageServer: { address: '127.0.0.1', port: o.port ?? 1 }, ...(o.token ? { token: o.token } : {}) });
+  t.teardown(() => r.frozen?.kill());
+  return r;
+}
+
+test('a frozen memhog region arrives intact through page server, client and engine', async (t) => {
+  const { dir, w } = await runningMemhog(t, 8);
   const region = Number(/region=(0x[0-9a-f]+)/.exec(w.ready[0])![1]);
   const size = Number(/ size=(\d+)/.exec(w.ready[0])![1]);
 
-  const r = await dump({ pid: w.pid, imagesDir: join(dir, 'img'), mode: 'lazy', pageServer: { address: '127.0.0.1', port: 1 } });
-  t.teardown(() => r.frozen?.kill());
+  const r = await lazyDump(t, w.pid, dir);
   const expected = Buffer.alloc(size);
   processVmRead(w.pid, new Float64Array([region, size]), expected);
 
@@ -71,13 +83,8 @@ test('a frozen memhog region arrives intact through page server, client and engi
 });
 
 test('a wrong token is refused with a reason, and pages outside the lazy ranges are not served', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'lazymig-xfer-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const w = await startWorkload('memhog', ['4', '--interval-ms', '10']);
-  t.teardown(() => w.kill());
-  await w.waitForLine(/verify ok pass=1 /, 20_000);
-  const r = await dump({ pid: w.pid, imagesDir: join(dir, 'img'), mode: 'lazy', pageServer: { address: '127.0.0.1', port: 1 } });
-  t.teardown(() => r.frozen?.kill());
+  const { dir, w } = await runningMemhog(t, 4);
+  const r = await lazyDump(t, w.pid, dir);
   const images = await readImages(join(dir, 'img'));
   const server = await serveFrozenTree({ images, frozen: r.frozen!, token: r.token!, address: '127.0.0.1', port: 0 });
   t.teardown(() => server.close());
@@ -98,13 +105,8 @@ test('a wrong token is refused with a reason, and pages outside the lazy ranges 
 });
 
 test('a client that starts connecting before the page server listens gets through once it does', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'lazymig-xfer-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const w = await startWorkload('memhog', ['4', '--interval-ms', '10']);
-  t.teardown(() => w.kill());
-  await w.waitForLine(/verify ok pass=1 /, 20_000);
-  const r = await dump({ pid: w.pid, imagesDir: join(dir, 'img'), mode: 'lazy', pageServer: { address: '127.0.0.1', port: 1 } });
-  t.teardown(() => r.frozen?.kill());
+  const { dir, w } = await runningMemhog(t, 4);
+  const r = await lazyDump(t, w.pid, dir);
   const images = await readImages(join(dir, 'img'));
   const port = await freePort();
 
@@ -133,11 +135,7 @@ async function freePort(): Promise<number> {
 }
 
 test('a page server listening before it has anything to serve welcomes nobody until it is opened', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'lazymig-xfer-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const w = await startWorkload('memhog', ['4', '--interval-ms', '10']);
-  t.teardown(() => w.kill());
-  await w.waitForLine(/verify ok pass=1 /, 20_000);
+  const { dir, w } = await runningMemhog(t, 4);
   const token = 'ab'.repeat(32);
   // As `dump --lazy-pages` does: listen (and check that it answers) before the freeze.
   const server = await PageServer.listen({ address: '127.0.0.1', port: 0, token, pageSize: PAGE_SIZE });
@@ -145,8 +143,7 @@ test('a page server listening before it has anything to serve welcomes nobody un
   await server.selfCheck();
   t.is(server.stats.sessions, 0, 'the self-check is no session');
 
-  const r = await dump({ pid: w.pid, imagesDir: join(dir, 'img'), mode: 'lazy', pageServer: { address: '127.0.0.1', port: server.port }, token });
-  t.teardown(() => r.frozen?.kill());
+  const r = await lazyDump(t, w.pid, dir, { port: server.port, token });
   let welcomed = false;
   const connecting = PageClient.connect({ address: '127.0.0.1', port: server.port, token, retryForMs: 30_000 }).then((c) => ((welcomed = true), c));
   connecting.catch(() => undefined);

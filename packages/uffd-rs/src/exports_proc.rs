@@ -2,7 +2,7 @@
 //! frozen). ptrace.js wraps these raw functions; nothing else should call them.
 
 use crate::export;
-use crate::napi::value::{MAX_SAFE, Typed};
+use crate::napi::value::{Typed, safe_integers};
 use crate::napi::{Args, Env, Export, JsResult, Value, range_error, type_error};
 use crate::proc_scan;
 
@@ -33,17 +33,7 @@ fn mask_arg(env: Env, a: &Args, i: usize, what: &str) -> JsResult<u64> {
 fn pagemap_scan_pid(env: Env, a: &Args) -> JsResult<Value> {
     let pid = id_arg(env, a, 0, "pid")?;
     let words: Vec<u64> = match env.to_typed(a.get(1, "ranges")?, "ranges")? {
-        Typed::F64(s) => s
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| {
-                if x.is_finite() && x.fract() == 0.0 && x >= 0.0 && x <= MAX_SAFE as f64 {
-                    Ok(x as u64)
-                } else {
-                    range_error(format!("ranges[{i}] must be an integer in [0, 2^53), got {x}"))
-                }
-            })
-            .collect::<JsResult<_>>()?,
+        Typed::F64(s) => safe_integers(s, "ranges")?,
         _ => return type_error("ranges must be a Float64Array of [start, end] pairs"),
     };
     if !words.len().is_multiple_of(2) {

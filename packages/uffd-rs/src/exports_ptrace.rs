@@ -7,7 +7,7 @@ use crate::export;
 use crate::napi::ffi::{self, napi_env, napi_value};
 use crate::napi::promise::Deferred;
 use crate::napi::tsfn::Tsfn;
-use crate::napi::value::{MAX_SAFE, Typed};
+use crate::napi::value::{MAX_SAFE, Typed, safe_integers};
 use crate::napi::{Args, Env, Export, JsError, JsResult, Kind, Tagged, Value, range_error, type_error};
 use crate::procmem::{self, Dir, Range};
 use crate::sys::{Subject, SysError};
@@ -367,17 +367,7 @@ fn find_syscall_gadget(env: Env, a: &Args) -> JsResult<Value> {
 
 fn ranges_arg(env: Env, v: Value) -> JsResult<Vec<Range>> {
     let words: Vec<u64> = match env.to_typed(v, "ranges")? {
-        Typed::F64(s) => s
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| {
-                if x.is_finite() && x.fract() == 0.0 && x >= 0.0 && x <= MAX_SAFE as f64 {
-                    Ok(x as u64)
-                } else {
-                    range_error(format!("ranges[{i}] must be an integer in [0, 2^53), got {x}"))
-                }
-            })
-            .collect::<JsResult<_>>()?,
+        Typed::F64(s) => safe_integers(s, "ranges")?,
         Typed::U64(s) => s.to_vec(),
         Typed::Other => return type_error("ranges must be a Float64Array (or BigUint64Array) of [remoteAddr, len] pairs"),
     };

@@ -365,3 +365,18 @@ impl Env {
 pub trait Tagged {
     const TAG: u64;
 }
+
+/// The numbers of a Float64Array that must each be an integer in [0, 2^53) (addresses,
+/// lengths), as u64; `what` names the argument in the RangeError.
+pub fn safe_integers(s: &[f64], what: &str) -> crate::napi::JsResult<Vec<u64>> {
+    s.iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            if x.is_finite() && x.fract() == 0.0 && x >= 0.0 && x <= MAX_SAFE as f64 {
+                Ok(x as u64)
+            } else {
+                crate::napi::range_error(format!("{what}[{i}] must be an integer in [0, 2^53), got {x}"))
+            }
+        })
+        .collect()
+}
