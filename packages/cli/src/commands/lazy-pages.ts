@@ -1,8 +1,8 @@
 import { resolve } from 'node:path';
 import {
-  clearCompletion, writeCompletion, warmImageReading, whenComplete,
+  awaitImages, clearCompletion, writeCompletion, whenComplete,
   ImagesPageSource, LazyPagesEngine, createLogger, lazyRanges, openPagesReader, readImages, serveControl,
-  type ArrivalOptions, type LazySummary, type LoadedImages, type Logger, type PageSource, type PagesReader, type ProcessImage,
+  type LazySummary, type LoadedImages, type Logger, type PageSource, type PagesReader, type ProcessImage,
 } from '@lazymig/core-ts';
 import { PageClient, readToken, warmPageTransport } from '@lazymig/pageserver';
 import { PAGE_SIZE, Userfaultfd } from '@lazymig/uffd-rs';
@@ -150,10 +150,10 @@ interface PrepareOptions {
 /** The images (waiting for them with --wait-images), the page source, and the engine. */
 async function prepare(o: PrepareOptions): Promise<Daemon> {
   // With --wait-images, each read is retried until its files have arrived and check out.
-  const arrived = <T>(read: () => Promise<T>, waiting?: Pick<ArrivalOptions, 'onWaiting' | 'warmUp'>): Promise<T> =>
-    o.waitImages === undefined ? read() : whenComplete(o.imagesDir, read, { timeoutMs: o.waitImages * 1000, ...waiting });
+  const timeoutMs = (o.waitImages ?? 0) * 1000;
   const connect = async (address: string, port: number): Promise<PageClient> => {
-    const token = await arrived(() => readToken(o.imagesDir));
+    const read = (): Promise<string> => readToken(o.imagesDir);
+    const token = await (o.waitImages === undefined ? read() : whenComplete(o.imagesDir, read, { timeoutMs }));
     const client = await PageClient.connect({ address, port, token, log: o.log, retryForMs: o.sourceTimeout * 1000 });
     o.log.info('connected to the page server', { address, port });
     return client;
@@ -164,13 +164,14 @@ async function prepare(o: PrepareOptions): Promise<Daemon> {
   early?.catch(() => undefined); // awaited below
   let images: LoadedImages;
   try {
-    images = await arrived(() => readImages(o.imagesDir), {
-      onWaiting: (why) => o.log.info('waiting for the images', { dir: o.imagesDir, why }),
-      warmUp: async () => {
-        await warmImageReading();
-        if (o.remote) await warmPageTransport(PAGE_SIZE);
-      },
-    });
+    images =
+      o.waitImages === undefined
+        ? await readImages(o.imagesDir)
+        : await awaitImages(o.imagesDir, {
+            timeoutMs,
+            onWaiting: (why) => o.log.info('waiting for the images', { dir: o.imagesDir, why }),
+            ...(o.remote ? { warmUp: () => warmPageTransport(PAGE_SIZE) } : {}),
+          });
   } catch (err) {
     void early?.then((c) => c.close(), () => undefined);
     throw err;
