@@ -129,11 +129,22 @@ export declare class SyscallInjector {
   readonly tid: number
   /** Raw return value: negative errno is returned, not thrown (-2n = ENOENT). Arguments: bigints or safe integers (negative ones two's-complemented). */
   call(nr: number, args?: Array<bigint | number>): bigint
+  /**
+   * Runs many syscalls in one trip: `calls` holds entries of 8 words `[nr, a1..a6, goOn]`;
+   * they run in order through SYSCALL_RUNNER_CODE, which must be at `runner` in the target
+   * (checked), with the list written at `list` (8 words an entry plus 8, in memory the
+   * target can write). Returns the raw return values of the calls that ran: a call that
+   * fails (-4095..-1) without goOn is the last. For calls that neither block nor fork.
+   */
+  runList(runner: number, list: number, calls: BigUint64Array): BigInt64Array
   /** Number of calls that completed. */
   readonly count: number
   readonly pendingSignals: number[]
   restore(): void
 }
+
+/** x86-64 code for SyscallInjector.runList: write it into executable memory of the target. */
+export declare const SYSCALL_RUNNER_CODE: Uint8Array
 
 /** Finds a `syscall` instruction (0f 05) in [start, start+len) of pid's memory; null when none. Reads with process_vm_readv, or /proc/PID/mem for unreadable (execute-only) pages. */
 export declare function findSyscallGadget(pid: number, start: number, len: number): number | null
@@ -200,3 +211,12 @@ export declare function pagemapScanPid(pid: number, ranges: Float64Array, anyof:
 
 /** get_robust_list(tid), from outside the thread (the caller must be allowed to ptrace it). */
 export declare function getRobustList(tid: number): { head: bigint; len: bigint }
+
+/**
+ * A perf counter of thread `tid`'s returns from the syscalls `nrs` (raw_syscalls:sys_exit,
+ * filtered on the number), counting from when this returns; an fd to closeFd. Needs tracefs
+ * (ENOENT without it) and the right to trace the thread.
+ */
+export declare function syscallExitCounter(tid: number, nrs: number[]): number
+/** What a syscallExitCounter has counted so far (also after its thread exited). */
+export declare function readSyscallCounter(fd: number): number

@@ -53,6 +53,10 @@ export class SyscallInjector {
     return native.injectorCall(this.#h, nr, args)
   }
 
+  runList(runner, list, calls) {
+    return native.injectorRunList(this.#h, runner, list, calls)
+  }
+
   get count() {
     return native.injectorCount(this.#h)
   }
@@ -65,6 +69,9 @@ export class SyscallInjector {
     native.injectorRestore(this.#h)
   }
 }
+
+/** The machine code SyscallInjector.runList runs (write it into the target first). */
+export const SYSCALL_RUNNER_CODE = native.syscallRunnerCode()
 
 export function findSyscallGadget(pid, start, len) {
   return native.findSyscallGadget(pid, start, len)
@@ -124,6 +131,14 @@ export const PAGE_IS = Object.freeze({
 
 export function pagemapScanPid(pid, ranges, anyof, report) {
   return native.pagemapScanPid(pid, ranges, anyof, report)
+}
+
+export function syscallExitCounter(tid, nrs) {
+  return native.syscallExitCounter(tid, nrs)
+}
+
+export function readSyscallCounter(fd) {
+  return native.readSyscallCounter(fd)
 }
 
 export function getRobustList(tid) {

@@ -1,14 +1,16 @@
 // The shortcuts a lazy dump takes while the tree is frozen, each against the slow way it
-// replaces: PAGEMAP_SCAN vs a pagemap read, pre-freeze VmFlags vs smaps, the signals asked.
+// replaces: PAGEMAP_SCAN vs a pagemap read, pre-freeze VmFlags vs smaps (and the syscall watch
+// that spares smaps again), the signals asked.
 import test from 'ava';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startWorkload } from '../../../tools/workloads/index.js';
-import { PM_FILE, PM_PRESENT, PM_SWAPPED, PM_ZERO, readMaps, readPagemap, readSmaps, scanPopulated } from '../src/proc/index.js';
+import { PM_FILE, PM_PRESENT, PM_SWAPPED, PM_ZERO, readMaps, readPagemap, readSmaps, readSmapsOffThread, readTree, scanPopulated } from '../src/proc/index.js';
 import { sigactionsToAsk } from '../src/dump/ask-process.js';
 import { frozenLayout, staleFlags } from '../src/dump/layout.js';
+import { FlagSyscallWatch } from '../src/dump/flag-syscalls.js';
 import { freezeTree } from '../src/dump/freeze.js';
 import { ImagesDirWriter, sampleImageSet } from '../src/image/index.js';
 
@@ -53,7 +55,9 @@ test('the pre-freeze VmFlags are reused only on an identical layout, and staleFl
   const same = frozenLayout(w.pid, pre);
   t.is(same.flags, 'reused');
   t.deepEqual(same.vmas.map((v) => [v.start, v.end, v.vmFlagCodes]), pre.map((v) => [v.start, v.end, v.vmFlagCodes]));
-  t.is(staleFlags(w.pid, same.vmas), undefined);
+  const after = await readSmapsOffThread(w.pid);
+  t.deepEqual(after.map((v) => v.vmFlagCodes), readSmaps(w.pid).map((v) => v.vmFlagCodes), 'smaps read off the thread reads the same');
+  t.is(staleFlags(w.pid, same.vmas, after), undefined);
 
   // One VMA longer than it is now: a changed layout, read from smaps again.
   const grown = pre.map((v, i) => (i === 0 ? { ...v, end: v.end + 4096 } : v));
@@ -63,7 +67,7 @@ test('the pre-freeze VmFlags are reused only on an identical layout, and staleFl
   // As if a whole VMA had been madvise(MADV_DONTFORK)ed between the two reads.
   const region = hexField(w.ready[0], 'region');
   const wrong = same.vmas.map((v) => (v.start === region ? { ...v, madvise: [...v.madvise, 'MADV_DONTFORK'], vmFlagCodes: [...v.vmFlagCodes, 'dc'] } : v));
-  t.regex(staleFlags(w.pid, wrong) ?? '', new RegExp(`^pid ${w.pid}: mapping ${region.toString(16)}-.*flags changed just before the freeze`));
+  t.regex(staleFlags(w.pid, wrong, after) ?? '', new RegExp(`^pid ${w.pid}: mapping ${region.toString(16)}-.*flags changed just before the freeze`));
 });
 
 test('sigactions asked: the caught signals and SIGCHLD', (t) => {
@@ -89,4 +93,25 @@ test('images dir writer: pages files of vanished pids are dropped, a non-durable
   t.false(existsSync(dir));
   t.deepEqual((await readdir(root)).filter((n) => n.startsWith('.')), [], 'nothing left behind');
   await w.retract(); // idempotent
+});
+
+test('flag-syscall watch: quiet while the process only computes, not after a madvise or a new thread set', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'lazymig-flagwatch-'));
+  const trigger = join(dir, 'drop');
+  const w = await startWorkload('memhog', ['4', '--interval-ms', '5', '--drop-trigger', trigger]);
+  t.teardown(async () => {
+    w.kill();
+    await rm(dir, { recursive: true, force: true });
+  });
+  await w.waitForLine(/verify ok pass=2 /, 20_000);
+  const watch = FlagSyscallWatch.open(readTree(w.pid));
+  if (!watch) return t.fail('perf counters on the syscall-exit tracepoint are not available here');
+  t.teardown(() => watch.close());
+  // Passes of reading, writing, logging and sleeping: none of that can change a flag.
+  await w.waitForLine(/verify ok pass=5 /, 20_000);
+  t.true(watch.quiet(w.pid, [w.pid]));
+  t.false(watch.quiet(w.pid, [w.pid, w.pid + 1]), 'another thread set is never quiet');
+  await writeFile(trigger, '');
+  await w.waitForLine(/dropped dontneed=/, 20_000);
+  t.false(watch.quiet(w.pid, [w.pid]), 'madvise and munmap were counted');
 });

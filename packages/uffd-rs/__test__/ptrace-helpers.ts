@@ -93,6 +93,7 @@ export const SYS = {
   pause: 34,
   nanosleep: 35,
   getpid: 39,
+  getppid: 110,
   prctl: 157,
   gettid: 186,
 } as const

@@ -6,7 +6,7 @@ import { spawn, execFileSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import { startWorkload, type Workload } from '../../../tools/workloads/index.js'
 import { getThreadAffinity, setThreadAffinity } from '../index.js'
-import { ptrace, PTRACE_EVENT, SyscallInjector, processVmRead, processVmWrite, type Regs, type PtraceSystemError } from '../ptrace.js'
+import { ptrace, PTRACE_EVENT, SYSCALL_RUNNER_CODE, SyscallInjector, processVmRead, processVmWrite, type Regs, type PtraceSystemError } from '../ptrace.js'
 import { PR_GET_TID_ADDRESS, SYS, errCode, freeze, gadgetOf, maps, statFields, statusField, vmaOf } from './ptrace-helpers.js'
 
 async function workload(t: ExecutionContext, ...args: Parameters<typeof startWorkload>): Promise<Workload> {
@@ -199,6 +199,42 @@ test.serial('an injected syscall that blocks times out, is interrupted, and the 
   t.true(ms >= 200 && ms < 1500, `gave up after ${ms.toFixed(0)} ms`)
   t.is(inj.call(SYS.getpid), BigInt(w.pid))
   t.is(inj.count, 1)
+  inj.restore()
+  const since = w.logSize()
+  ptrace.detach(w.pid)
+  await w.waitForLine(/^tick /, 5000, { since })
+  t.notRegex(w.readLog(), /FAILED/)
+})
+
+/** runList entries from rows [nr, a1..a6, goOn] (missing words are 0). */
+function entries(rows: number[][]): BigUint64Array {
+  const out = new BigUint64Array(rows.length * 8)
+  rows.forEach((r, i) => r.forEach((w, j) => (out[i * 8 + j] = BigInt(w))))
+  return out
+}
+
+test.serial('a list of syscalls runs in one trip, stops at the first failure unless that call may fail, and never runs foreign code', async (t) => {
+  const w = await workload(t, 'sleeper', ['--sleep-ms', '50'])
+  const injectors: SyscallInjector[] = []
+  freeze(t, [w.pid], injectors)
+  const inj = new SyscallInjector(w.pid, gadgetOf(w.pid))
+  injectors.push(inj)
+  const area = Number(inj.call(SYS.mmap, [0, 8192, 7, 0x22, -1, 0]))
+  const list = area + 4096
+  const pid = BigInt(w.pid)
+  const ppid = BigInt(statFields(w.pid)[4]!)
+  const notRunner = t.throws(() => inj.runList(area, list, entries([[SYS.getpid]]))) as PtraceSystemError
+  t.is(notRunner.code, 'EINVAL')
+  t.regex(notRunner.message, /no syscall runner/)
+  processVmWrite(w.pid, new Float64Array([area, SYSCALL_RUNNER_CODE.length]), SYSCALL_RUNNER_CODE)
+  const before = inj.count
+  t.deepEqual([...inj.runList(area, list, entries([[SYS.getpid], [SYS.getppid]]))], [pid, ppid])
+  // munmap of an unaligned address fails with EINVAL: the list stops there...
+  t.deepEqual([...inj.runList(area, list, entries([[SYS.getpid], [SYS.munmap, 1, 4096], [SYS.getpid]]))], [pid, -22n])
+  // ...unless that call was allowed to fail.
+  t.deepEqual([...inj.runList(area, list, entries([[SYS.munmap, 1, 4096, 0, 0, 0, 0, 1], [SYS.getppid]]))], [-22n, ppid])
+  t.is(inj.count, before + 6)
+  t.is(inj.call(SYS.munmap, [area, 8192]), 0n)
   inj.restore()
   const since = w.logSize()
   ptrace.detach(w.pid)

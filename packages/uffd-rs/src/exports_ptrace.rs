@@ -11,7 +11,7 @@ use crate::napi::value::{MAX_SAFE, Typed, safe_integers};
 use crate::napi::{Args, Env, Export, JsError, JsResult, Kind, Tagged, Value, range_error, type_error};
 use crate::procmem::{self, Dir, Range};
 use crate::sys::{Subject, SysError};
-use crate::ptrace::inject::Injector;
+use crate::ptrace::inject::{Injector, ListedCall, SYSCALL_RUNNER};
 use crate::ptrace::regs::{REG_NAMES, Regs};
 use crate::ptrace::wait::{StopState, wait_stop};
 use crate::unix_socket::{self, Event, Listener};
@@ -38,6 +38,8 @@ pub const TABLE: &[Export] = &[
     export!("ptraceDetach\0" => detach),
     export!("injectorCreate\0" => injector_create),
     export!("injectorCall\0" => injector_call),
+    export!("injectorRunList\0" => injector_run_list),
+    export!("syscallRunnerCode\0" => syscall_runner_code),
     export!("injectorCount\0" => injector_count),
     export!("injectorPendingSignals\0" => injector_pending),
     export!("injectorRestore\0" => injector_restore),
@@ -333,6 +335,33 @@ fn injector_call(env: Env, a: &Args) -> JsResult<Value> {
     }
     let rax = lock(&h).call(nr, &args)?;
     bigint_i64(env, rax)
+}
+
+/// injectorRunList(h, runner, list, calls: BigUint64Array of [nr, a1..a6, goOn] entries) -> BigInt64Array
+fn injector_run_list(env: Env, a: &Args) -> JsResult<Value> {
+    let h = injector(env, a)?;
+    let runner = env.to_u64(a.get(1, "runner")?, "runner")?;
+    let list = env.to_u64(a.get(2, "list")?, "list")?;
+    let words: Vec<u64> = match env.to_typed(a.get(3, "calls")?, "calls")? {
+        Typed::U64(s) => s.to_vec(),
+        _ => return type_error("calls must be a BigUint64Array of [nr, a1..a6, goOn] entries"),
+    };
+    if !words.len().is_multiple_of(8) {
+        return range_error(format!("calls must hold entries of 8 words, got {} words", words.len()));
+    }
+    let mut calls = Vec::with_capacity(words.len() / 8);
+    for (i, w) in words.chunks_exact(8).enumerate() {
+        if w[0] > 1023 {
+            return range_error(format!("calls[{i}]: nr must be a syscall number (0..1023), got {}", w[0]));
+        }
+        calls.push(ListedCall { nr: w[0], args: w[1..7].try_into().unwrap(), go_on: w[7] != 0 });
+    }
+    let results = lock(&h).run_list(runner, list, &calls)?;
+    env.bigint64_array(&results)
+}
+
+fn syscall_runner_code(env: Env, _a: &Args) -> JsResult<Value> {
+    env.uint8_array(&SYSCALL_RUNNER)
 }
 
 fn injector_count(env: Env, a: &Args) -> JsResult<Value> {

@@ -19,6 +19,8 @@ mod proc_scan;
 #[cfg(feature = "ptrace")]
 mod procmem;
 #[cfg(feature = "ptrace")]
+mod syscall_count;
+#[cfg(feature = "ptrace")]
 mod ptrace;
 mod sys;
 mod testing;

@@ -104,6 +104,12 @@ pub fn read_exact(pid: i32, addr: u64, buf: &mut [u8]) -> SysResult<()> {
     unsafe { transfer(pid, Dir::Read, &r, buf.as_mut_ptr(), buf.len()) }.map(|_| ())
 }
 
+pub fn write_all(pid: i32, addr: u64, buf: &[u8]) -> SysResult<()> {
+    let r = [Range { addr, len: buf.len() as u64 }];
+    // SAFETY: process_vm_writev only reads from buf, which is readable for its length.
+    unsafe { transfer(pid, Dir::Write, &r, buf.as_ptr() as *mut u8, buf.len()) }.map(|_| ())
+}
+
 /// Address of the first `0f 05` in [start, start+len) of pid's memory. Reads through
 /// process_vm_readv, falling back to /proc/PID/mem (which can read execute-only pages).
 pub fn find_syscall_gadget(pid: i32, start: u64, len: u64) -> SysResult<Option<u64>> {

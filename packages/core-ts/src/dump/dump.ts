@@ -18,12 +18,13 @@ import {
   type CoreImage, type DumpMode, type LoadedImages, type PagemapEntry, type ProcessImage, type Rlimit, type ThreadState,
 } from '../image/index.js';
 import {
-  RLIM_INFINITY, readAuxv, readComm, readCwd, readExe, readFds, readLimits, readPersonality, readRoot, readSmaps,
+  RLIM_INFINITY, readAuxv, readComm, readCwd, readExe, readFds, readLimits, readPersonality, readRoot, readSmaps, readSmapsOffThread,
   readStat, readStatus, readTree, type FlaggedVma, type ProcessTree, type Refusal, type SmapsVma, type TreeProcess,
 } from '../proc/index.js';
 import { askProcess } from './ask-process.js';
 import { dumpRefusals, toImageFd } from './fds.js';
 import { freezeTree, type FrozenTree } from './freeze.js';
+import { FlagSyscallWatch } from './flag-syscalls.js';
 import { StaleFlagsError, frozenLayout, staleFlags, type FrozenLayout } from './layout.js';
 import { dumpMemory } from './memory.js';
 import { arch, release } from 'node:os';
@@ -133,12 +134,20 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   // 1. Before touching anything. The smaps read here also serves a lazy dump after the
   // freeze, if the layout has not changed (layout.ts).
   const before: ProcessTree = readTree(opts.pid);
+  // Opened before the read: with no flag-changing syscall until the freeze, a lazy dump can
+  // trust the VmFlags read here without reading smaps again (flag-syscalls.ts).
+  const flagWatch = mode === 'lazy' ? FlagSyscallWatch.open(before) : null;
   const preSmaps = new Map<number, SmapsVma[]>();
-  refuseIfAny(before.processes, (pid) => {
-    const smaps = readSmaps(pid);
-    preSmaps.set(pid, smaps);
-    return { smaps, fds: readFds(pid) };
-  });
+  try {
+    refuseIfAny(before.processes, (pid) => {
+      const smaps = readSmaps(pid);
+      preSmaps.set(pid, smaps);
+      return { smaps, fds: readFds(pid) };
+    });
+  } catch (err) {
+    flagWatch?.close();
+    throw err;
+  }
   phases.lap('pre-check');
   const writer = await ImagesDirWriter.create(opts.imagesDir);
   // The page server's token and the pages files' headers depend on nothing the freeze
@@ -149,6 +158,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     if (token) await writer.writeExtraFile(TOKEN_FILE, token + '\n', 0o600);
     for (const p of before.processes) await writer.pages(p.pid, PAGE_SIZE);
   } catch (err) {
+    flagWatch?.close();
     await writer.abort();
     throw err;
   }
@@ -159,6 +169,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   try {
     frozen = freezeTree(opts.pid);
   } catch (err) {
+    flagWatch?.close();
     await writer.abort();
     throw err;
   }
@@ -170,6 +181,9 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   opts.onProgress?.({ phase: 'frozen', processes: frozen.processes.length, threads, freezeMs: frozen.freezeMs });
 
   try {
+    // Processes whose threads made no flag-changing syscall since before the smaps read.
+    const quiet = new Set(frozen.processes.filter((p) => flagWatch?.quiet(p.pid, p.tids)).map((p) => p.pid));
+    flagWatch?.close();
     const processes: ProcessImage[] = [];
     const totals = { present: 0, lazy: 0, zero: 0 };
     let bytesWritten = 0;
@@ -179,6 +193,16 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     const states = new Map<number, { layout: FrozenLayout; fds: ReturnType<typeof readFds> }>(
       frozen.processes.map((p) => [p.pid, { layout: frozenLayout(p.pid, mode === 'lazy' ? preSmaps.get(p.pid) : undefined), fds: readFds(p.pid) }]),
     );
+    // The check of reused VmFlags needs smaps from after the freeze, unless the process was
+    // quiet: read it now, off this thread, so its page-table walk overlaps the work below
+    // instead of following the commit.
+    const smapsAfterFreeze = new Map<number, Promise<SmapsVma[]>>();
+    for (const [pid, st] of states) {
+      if (st.layout.flags !== 'reused' || quiet.has(pid)) continue;
+      const read = readSmapsOffThread(pid);
+      read.catch(() => undefined); // awaited after the commit, or dropped with the dump
+      smapsAfterFreeze.set(pid, read);
+    }
     phases.lap('layout+fds');
     refuseIfAny(frozen.processes, (pid) => {
       const st = states.get(pid)!;
@@ -286,8 +310,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     if (mode === 'lazy') {
       tReleased = performance.now();
       // Before anyone can fetch a page: were the VmFlags taken from before the freeze right?
-      for (const [pid, st] of states) {
-        const why = st.layout.flags === 'reused' ? staleFlags(pid, st.layout.vmas) : undefined;
+      for (const [pid, read] of smapsAfterFreeze) {
+        const why = staleFlags(pid, states.get(pid)!.layout.vmas, await read);
         if (why) throw new StaleFlagsError(why);
       }
       phases.lap('post-verify');
@@ -312,6 +336,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       token,
     };
   } catch (err) {
+    flagWatch?.close();
     // Nothing of a lazy dump's images has been served yet: retracting them is still safe.
     if (committed) await writer.retract();
     else await writer.abort();

@@ -14,8 +14,10 @@
  * at hugetlb / pfn / io mappings: a stale value would restore a process with the wrong advice
  * (a fork after the restore could then, say, share memory marked WIPEONFORK).
  *
- * So reused flags are only a guess, and `staleFlags` checks it by reading smaps again once
- * the images are written. That is only possible where the tree is still frozen after the
+ * So reused flags are only a guess, unless perf counters on the tree's threads saw none of the
+ * syscalls that make such changes between that read and the freeze (flag-syscalls.ts). Else
+ * `staleFlags` checks it against smaps read again after the freeze (on the thread pool, while
+ * the dump goes on), once the images are written. That is only possible where the tree is still frozen after the
  * images are committed and no copy of it can run yet: a lazy dump, before its page server
  * starts. A lazy dump whose guess was wrong removes its images and resumes the tree, like any
  * failure after the freeze. A destination that copied them meanwhile (one armed with
@@ -74,11 +76,10 @@ function dumpedFlags(v: FlaggedVma): string {
 }
 
 /**
- * Reads smaps of `pid` (still frozen) and says how the reused flags in `used` were wrong, or
- * undefined when the images hold what smaps says now.
+ * Says how the reused flags in `used` were wrong, given `now`, smaps of `pid` read after the
+ * freeze; undefined when the images hold what smaps says.
  */
-export function staleFlags(pid: number, used: readonly FlaggedVma[]): string | undefined {
-  const now = readSmaps(pid);
+export function staleFlags(pid: number, used: readonly FlaggedVma[], now: readonly SmapsVma[]): string | undefined {
   if (!sameLayout(now, used)) return `pid ${pid}: the memory layout changed while the process was frozen`;
   for (let i = 0; i < now.length; i++) {
     const a = used[i]!;

@@ -59,6 +59,34 @@ export function readText(pid: number, file: string): string {
   }
 }
 
+/**
+ * Like readText, but the read (where the kernel does the work of a /proc file such as smaps)
+ * runs on the thread pool: the file is opened now and its first read queued at once, so it
+ * proceeds while this thread goes on with synchronous work.
+ */
+export async function readTextOffThread(pid: number, file: string): Promise<string> {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch (e) {
+    throw wrapFsError(pid, file, e);
+  }
+  const chunks: Buffer[] = [];
+  try {
+    for (;;) {
+      const buf = Buffer.allocUnsafe(256 << 10);
+      const n = await new Promise<number>((resolve, reject) => fs.read(fd, buf, 0, buf.length, null, (err, got) => (err ? reject(err) : resolve(got))));
+      if (n === 0) break;
+      chunks.push(buf.subarray(0, n));
+    }
+  } catch (e) {
+    throw wrapFsError(pid, file, e);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
 export function readBinary(pid: number, file: string): Buffer {
   try {
     return fs.readFileSync(file);

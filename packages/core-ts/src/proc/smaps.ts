@@ -1,4 +1,4 @@
-import { parseError, procDir, readText } from './errors.js';
+import { parseError, procDir, readText, readTextOffThread } from './errors.js';
 import { parseMapsLine } from './maps.js';
 import type { ProcVma } from './maps.js';
 
@@ -145,4 +145,10 @@ export function parseSmaps(pid: number, text: string, file = `/proc/${pid}/smaps
 export function readSmaps(pid: number): SmapsVma[] {
   const file = `${procDir(pid)}/smaps`;
   return parseSmaps(pid, readText(pid, file), file);
+}
+
+/** readSmaps with the page-table walk on the thread pool (see readTextOffThread). */
+export async function readSmapsOffThread(pid: number): Promise<SmapsVma[]> {
+  const file = `${procDir(pid)}/smaps`;
+  return parseSmaps(pid, await readTextOffThread(pid, file), file);
 }

@@ -8,20 +8,26 @@
  *   +2   b8 22 00 00 00        mov eax, 34      <- new children and threads start here
  *   +7   0f 05                 syscall (pause)
  *   +9   eb f7                 jmp +2
+ *   +16  SYSCALL_RUNNER_CODE       runs a list of syscalls in one trip (CallList)
  */
-import { processVmWrite } from '@lazymig/uffd-rs';
+import { SYSCALL_RUNNER_CODE, processVmWrite } from '@lazymig/uffd-rs';
 import { MAP, PROT, type Remote } from './remote.js';
 
 export const CONTROL_PAGES = 8;
 const PAGE = 4096;
 export const CONTROL_SIZE = CONTROL_PAGES * PAGE;
-export const CONTROL_CODE = Buffer.from([0x0f, 0x05, 0xb8, 0x22, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xeb, 0xf7]);
+const RUNNER_OFFSET = 16;
+export const CONTROL_CODE = Buffer.alloc(RUNNER_OFFSET + SYSCALL_RUNNER_CODE.length, 0xcc);
+CONTROL_CODE.set([0x0f, 0x05, 0xb8, 0x22, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xeb, 0xf7]);
+CONTROL_CODE.set(SYSCALL_RUNNER_CODE, RUNNER_OFFSET);
 
 export interface ControlArea {
   addr: number;
   size: number;
   /** a `syscall` instruction */
   gadget: number;
+  /** the syscall runner (SyscallInjector.runList) */
+  runner: number;
   /** top of the stack cloned threads park on (they only ever run the pause loop) */
   stackTop: number;
   /** its lowest address (clone3 takes base and size) */
@@ -36,6 +42,7 @@ export function controlArea(addr: number): ControlArea {
     addr,
     size: CONTROL_SIZE,
     gadget: addr,
+    runner: addr + RUNNER_OFFSET,
     stackTop: addr + 3 * PAGE - 64,
     stackBase: addr + PAGE,
     scratch: addr + 3 * PAGE,

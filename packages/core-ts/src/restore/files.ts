@@ -10,7 +10,7 @@ import { isatty } from 'node:tty';
 import { RLIMIT_NAMES, type CoreImage, type FdEntry, type Rlimit } from '../image/index.js';
 import { RLIM_INFINITY, readLimits } from '../proc/index.js';
 import { RestoreError } from './errors.js';
-import { O, type Remote } from './remote.js';
+import { O, SYS, type CallList, type Remote } from './remote.js';
 
 const F_DUPFD = 0;
 const SEEK_SET = 0;
@@ -59,8 +59,8 @@ function limitValue(v: Rlimit['soft']): bigint {
  * Resource limits as dumped, within what this restore may set: without CAP_SYS_RESOURCE a
  * hard limit cannot be raised, so it stays at the current one (and the soft one under it).
  */
-export function restoreLimits(remote: Remote, core: CoreImage, warn: (msg: string) => void): void {
-  const now = readLimits(remote.pid);
+export function restoreLimits(list: CallList, pid: number, core: CoreImage, warn: (msg: string) => void): void {
+  const now = readLimits(pid);
   core.rlimits.forEach((l, i) => {
     const cur = now.find((x) => x.index === i);
     if (!cur) return;
@@ -68,15 +68,18 @@ export function restoreLimits(remote: Remote, core: CoreImage, warn: (msg: strin
     let hard = limitValue(l.hard);
     if (soft === cur.soft && hard === cur.hard) return;
     if (hard > cur.hard) {
-      warn(`pid ${remote.pid}: RLIMIT_${RLIMIT_NAMES[i]!.toUpperCase()} hard limit ${hard === RLIM_INFINITY ? 'unlimited' : hard} cannot be raised here; kept at ${cur.hard === RLIM_INFINITY ? 'unlimited' : cur.hard}`);
+      warn(`pid ${pid}: RLIMIT_${RLIMIT_NAMES[i]!.toUpperCase()} hard limit ${hard === RLIM_INFINITY ? 'unlimited' : hard} cannot be raised here; kept at ${cur.hard === RLIM_INFINITY ? 'unlimited' : cur.hard}`);
       hard = cur.hard;
       if (soft > hard) soft = hard;
     }
-    remote.prlimit(i, soft, hard);
+    const b = Buffer.alloc(16);
+    b.writeBigUInt64LE(soft, 0);
+    b.writeBigUInt64LE(hard, 8);
+    list.add('prlimit64', SYS.prlimit64, [0, i, list.put(b), 0], { detail: `RLIMIT_${RLIMIT_NAMES[i]!.toUpperCase()}` });
   });
 }
 
-export function restoreFsState(remote: Remote, core: CoreImage): void {
-  remote.chdir(core.cwd);
-  remote.umask(core.umask);
+export function restoreFsState(list: CallList, core: CoreImage): void {
+  list.add('chdir', SYS.chdir, [list.putString(core.cwd)], { detail: core.cwd });
+  list.add('umask', SYS.umask, [core.umask]);
 }

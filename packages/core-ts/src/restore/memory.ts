@@ -17,7 +17,7 @@ import {
 import { readMaps, type ProcVma } from '../proc/index.js';
 import { RestoreError, errnoName, hex } from './errors.js';
 import { SPECIAL_KINDS, type Range } from './plan.js';
-import { MAP, O, RemoteSyscallError, type Remote } from './remote.js';
+import { MAP, O, RemoteSyscallError, SYS, type Remote } from './remote.js';
 
 /** Pages per process_vm_writev batch (16 MiB; at most IOV_MAX ranges). */
 const FILL_BATCH_PAGES = 4096;
@@ -26,11 +26,13 @@ const MAX_IOVECS = 1024;
 /** Unmaps everything of the stub except `keep` and the vdso/vvar group. */
 export function unmapStub(remote: Remote, keep: Range): ProcVma[] {
   const maps = readMaps(remote.pid);
+  const list = remote.list();
   for (const v of maps) {
     if (v.kind === 'vsyscall' || (SPECIAL_KINDS as readonly string[]).includes(v.kind)) continue;
     if (v.start >= keep.start && v.end <= keep.end) continue;
-    remote.munmap(v.start, v.end - v.start);
+    list.add('munmap', SYS.munmap, [v.start, v.end - v.start]);
   }
+  list.run();
   return maps;
 }
 
@@ -67,46 +69,52 @@ export function mapVmas(remote: Remote, vmas: readonly Vma[], entries: readonly 
   const filled = vmasWithPages(vmas, entries, pageSize);
   const widened: Vma[] = [];
   const fds = new Map<string, number>();
-  let mapped = 0;
   try {
-    // One fd per file: read-write only if a shared writable mapping needs it.
+    // One fd per file (opened first: the mmaps below take them): read-write only if a
+    // shared writable mapping needs it.
     const needsRw = new Set(vmas.filter((v) => v.file && v.flags & MAP_SHARED && v.prot & PROT_WRITE).map((v) => v.file!.path));
-    for (const v of vmas) {
-      if (v.kind === 'vsyscall' || (SPECIAL_KINDS as readonly string[]).includes(v.kind)) continue;
-      const len = v.end - v.start;
+    const mapped = vmas.filter((v) => v.kind !== 'vsyscall' && !(SPECIAL_KINDS as readonly string[]).includes(v.kind));
+    for (const v of mapped) {
+      if (v.kind !== 'file' || !v.file || fds.has(v.file.path)) continue;
+      fds.set(v.file.path, remote.open(v.file.path, (needsRw.has(v.file.path) ? O.RDWR : O.RDONLY) | O.CLOEXEC));
+    }
+    const list = remote.list();
+    for (const v of mapped) {
       const widen = filled.has(v) && !(v.prot & PROT_WRITE);
       const prot = v.prot | (widen ? PROT_WRITE : 0);
       let flags = (v.flags & (MAP_SHARED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_GROWSDOWN | MAP_NORESERVE)) | MAP.FIXED_NOREPLACE;
       let fd = -1;
       if (v.kind === 'file' && v.file) {
-        const path = v.file.path;
-        let f = fds.get(path);
-        if (f === undefined) {
-          f = remote.open(path, (needsRw.has(path) ? O.RDWR : O.RDONLY) | O.CLOEXEC);
-          fds.set(path, f);
-        }
-        fd = f;
+        fd = fds.get(v.file.path)!;
         flags &= ~MAP_ANONYMOUS;
       } else flags |= MAP_ANONYMOUS;
-      try {
-        const at = remote.mmap(v.start, len, prot, flags, fd, v.kind === 'file' ? v.pgoff : 0, v.file?.path ?? v.kind);
-        if (at !== v.start) throw new RestoreError(`pid ${remote.pid}: mapping ${hex(v.start)}-${hex(v.end)} landed at ${hex(at)}`, 'address-taken');
-      } catch (err) {
-        if (err instanceof RemoteSyscallError && errnoName(err.errno) === 'EEXIST')
-          throw new RestoreError(
-            `pid ${remote.pid}: the dumped mapping ${hex(v.start)}-${hex(v.end)} (${v.file?.path ?? v.kind}) cannot be restored: the range is taken by ${describeOccupant(remote.pid, v.start, v.end)}`,
-            'address-taken',
-            { cause: err },
-          );
-        throw err;
-      }
+      list.add('mmap', SYS.mmap, [v.start, v.end - v.start, prot, flags, fd, v.kind === 'file' ? v.pgoff : 0], { detail: v.file?.path ?? v.kind });
       if (widen) widened.push(v);
-      mapped++;
     }
+    let at: bigint[];
+    try {
+      at = list.run();
+    } catch (err) {
+      const v = err instanceof RemoteSyscallError && err.listIndex !== undefined ? mapped[err.listIndex] : undefined;
+      if (v && errnoName((err as RemoteSyscallError).errno) === 'EEXIST')
+        throw new RestoreError(
+          `pid ${remote.pid}: the dumped mapping ${hex(v.start)}-${hex(v.end)} (${v.file?.path ?? v.kind}) cannot be restored: the range is taken by ${describeOccupant(remote.pid, v.start, v.end)}`,
+          'address-taken',
+          { cause: err },
+        );
+      throw err;
+    }
+    mapped.forEach((v, i) => {
+      if (Number(at[i]) !== v.start) throw new RestoreError(`pid ${remote.pid}: mapping ${hex(v.start)}-${hex(v.end)} landed at ${hex(Number(at[i]))}`, 'address-taken');
+    });
+    return { widened, mapped: mapped.length };
   } finally {
-    for (const fd of fds.values()) remote.raw(3, [fd]);
+    if (fds.size > 0) {
+      const close = remote.list();
+      for (const fd of fds.values()) close.add('close', SYS.close, [fd], { goOn: true });
+      close.run();
+    }
   }
-  return { widened, mapped };
 }
 
 export interface FillProgress {
@@ -195,18 +203,21 @@ export async function fillPages(pid: number, reader: PagesReader, entries: reado
 
 /** Puts back the protections widened for filling, then the madvise state. */
 export function finishVmas(remote: Remote, vmas: readonly Vma[], widened: readonly Vma[], warn: (msg: string) => void): void {
-  for (const v of widened) remote.mprotect(v.start, v.end - v.start, v.prot);
+  const list = remote.list();
+  for (const v of widened) list.add('mprotect', SYS.mprotect, [v.start, v.end - v.start, v.prot]);
+  // KSM may be compiled out: the process works the same without it (a warning, not a failure).
+  const mergeable: Array<{ v: Vma; i: number }> = [];
   for (const v of vmas) {
     if (!v.madvise || v.kind === 'vsyscall' || (SPECIAL_KINDS as readonly string[]).includes(v.kind)) continue;
     for (const advice of MADV_KNOWN) {
       if (!(v.madvise & (1 << advice))) continue;
-      const r = remote.madvise(v.start, v.end - v.start, advice);
-      if (r < 0n) {
-        const msg = `pid ${remote.pid}: madvise(${hex(v.start)}-${hex(v.end)}, ${advice}) failed: ${errnoName(Number(-r))}`;
-        // KSM may be compiled out: the process works the same without it.
-        if (advice === MADV_MERGEABLE) warn(msg);
-        else throw new RestoreError(msg, 'syscall');
-      }
+      const i = list.add('madvise', SYS.madvise, [v.start, v.end - v.start, advice], { goOn: advice === MADV_MERGEABLE });
+      if (advice === MADV_MERGEABLE) mergeable.push({ v, i });
     }
+  }
+  const results = list.run();
+  for (const { v, i } of mergeable) {
+    const r = results[i]!;
+    if (r < 0n) warn(`pid ${remote.pid}: madvise(${hex(v.start)}-${hex(v.end)}, ${MADV_MERGEABLE}) failed: ${errnoName(Number(-r))}`);
   }
 }

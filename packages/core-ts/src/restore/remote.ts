@@ -35,6 +35,8 @@ export class RemoteSyscallError extends RestoreError {
     readonly syscall: string,
     readonly errno: number,
     detail?: string,
+    /** The failing call's index in a CallList. */
+    readonly listIndex?: number,
   ) {
     super(`pid ${pid}${tid !== pid ? ` (tid ${tid})` : ''}: ${syscall} failed: ${errnoText(errno)}${detail ? `: ${detail}` : ''}`, 'syscall');
   }
@@ -89,20 +91,91 @@ export class Scratch {
   }
 }
 
+/** Entries a CallList runs in one trip: 64 bytes each in the scratch area, plus the end mark. */
+const LIST_TRIP = 64;
+
+interface Listed {
+  name: string;
+  nr: number;
+  args: Array<bigint | number>;
+  detail: string | undefined;
+  goOn: boolean;
+}
+
+/**
+ * Syscalls queued and run in one ptrace trip through the control area's syscall runner
+ * (SyscallInjector.runList) instead of two stops each: on a busy machine every stop waits
+ * for the CPU, and a rebuild makes dozens of calls. Calls run in order and stop at the
+ * first failure, which throws like Remote.call (unless added with goOn). Pointer arguments
+ * go in with put()/putString() first; the list takes the scratch after them.
+ * Without a control area (the bare stub) the calls are injected one by one.
+ */
+export class CallList {
+  readonly #remote: Remote;
+  readonly #calls: Listed[] = [];
+
+  constructor(remote: Remote) {
+    this.#remote = remote;
+    remote.scratch?.reset();
+  }
+
+  get length(): number {
+    return this.#calls.length;
+  }
+
+  /** Queues a call; returns its index (results and errors refer to it). */
+  add(name: string, nr: number, args: Array<bigint | number>, opts: { detail?: string; goOn?: boolean } = {}): number {
+    this.#calls.push({ name, nr, args, detail: opts.detail, goOn: opts.goOn ?? false });
+    return this.#calls.length - 1;
+  }
+
+  put(data: Uint8Array): number {
+    return this.#remote.scratchOrThrow().put(data);
+  }
+
+  putString(s: string): number {
+    return this.#remote.scratchOrThrow().putString(s);
+  }
+
+  /** Runs every queued call; returns their raw results (negative errno for goOn calls that failed). */
+  run(): bigint[] {
+    const out: bigint[] = [];
+    const calls = this.#calls.splice(0);
+    const remote = this.#remote;
+    const list = remote.runner !== null && remote.scratch ? remote.scratch.reserve(Math.min(calls.length, LIST_TRIP) * 64 + 64) : null;
+    for (let at = 0; at < calls.length; ) {
+      const trip = list === null ? calls.slice(at, at + 1) : calls.slice(at, at + LIST_TRIP);
+      const results = list === null ? [remote.raw(trip[0]!.nr, trip[0]!.args)] : remote.rawList(list, trip);
+      for (let i = 0; i < results.length; i++) {
+        const r = results[i]!;
+        const c = trip[i]!;
+        if (r < 0n && r > -4096n && !c.goOn) throw new RemoteSyscallError(remote.pid, remote.tid, `${c.name}(${c.args.map(fmtArg).join(', ')})`, Number(-r), c.detail, at + i);
+        out.push(r);
+      }
+      at += trip.length;
+    }
+    return out;
+  }
+}
+
 /** Counts every injected syscall of a restore (the summary reports it). */
 export const injectionStats = { calls: 0 };
 
 export class Remote {
   private inj: SyscallInjector;
   private done = 0;
+  /** Where the control area's syscall runner is (CallList runs through it), once there is one. */
+  runner: number | null = null;
 
   constructor(
     readonly pid: number,
     readonly tid: number,
     gadget: number,
     public scratch: Scratch | null = null,
+    runner: number | null = null,
   ) {
     this.inj = new SyscallInjector(tid, gadget, { timeoutMs: 10_000 });
+    this.runner = runner;
   }
 
   /** Go on with another gadget (the stub's own `syscall` is unmapped at some point). */
@@ -130,6 +203,34 @@ export class Remote {
     }
   }
 
+  /** Runs `calls` in one trip through the runner (see CallList), with the list at `list`. */
+  rawList(list: number, calls: ReadonlyArray<{ nr: number; args: Array<bigint | number>; goOn?: boolean }>): bigint[] {
+    const words = new BigUint64Array(calls.length * 8);
+    calls.forEach((c, i) => {
+      words[i * 8] = BigInt(c.nr);
+      c.args.forEach((a, j) => (words[i * 8 + 1 + j] = BigInt.asUintN(64, BigInt(a))));
+      words[i * 8 + 7] = c.goOn ? 1n : 0n;
+    });
+    try {
+      const results = this.inj.runList(this.runner!, list, words);
+      injectionStats.calls += results.length;
+      return [...results];
+    } catch (err) {
+      const e = err as Error;
+      throw new RestoreError(`pid ${this.pid}${this.tid !== this.pid ? ` (tid ${this.tid})` : ''}: running ${calls.length} syscalls (${[...new Set(calls.map((c) => c.nr))].join(', ')}): ${e.message}`, 'process', { cause: err });
+    }
+  }
+
+  /** Syscalls to run in one trip. */
+  list(): CallList {
+    return new CallList(this);
+  }
+
+  scratchOrThrow(): Scratch {
+    if (!this.scratch) throw new RestoreError(`pid ${this.pid}: no scratch area yet`, 'process');
+    return this.scratch;
+  }
+
   /** Runs `nr` and throws a RemoteSyscallError naming `name(args)` on failure. */
   call(name: string, nr: number, args: Array<bigint | number> = [], detail?: string): bigint {
     const r = this.raw(nr, args);
@@ -138,9 +239,9 @@ export class Remote {
   }
 
   private need(): Scratch {
-    if (!this.scratch) throw new RestoreError(`pid ${this.pid}: no scratch area yet`, 'process');
-    this.scratch.reset();
-    return this.scratch;
+    const s = this.scratchOrThrow();
+    s.reset();
+    return s;
   }
 
   mmap(addr: number, len: number, prot: number, flags: number, fd = -1, off = 0, detail?: string): number {

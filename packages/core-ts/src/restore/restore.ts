@@ -186,9 +186,11 @@ class Rebuilder {
     p.threads = cloneThreads(leader, core.threads, this.area, this.opts.pidNs ?? false);
     p.tids.push(...p.threads.map((t) => t.tid));
     restoreFds(leader, core.fds, this.opts.shellJob ?? false);
-    restoreFsState(leader, core);
-    restoreLimits(leader, core, (m) => this.warn(m));
-    restoreSigactions(leader, core.sigactions);
+    const state = leader.list();
+    restoreFsState(state, core);
+    restoreLimits(state, p.pid, core, (m) => this.warn(m));
+    restoreSigactions(state, core.sigactions);
+    state.run();
     restoreThreadState(leader, core.threads[0]!);
     p.threads.forEach((t, i) => restoreThreadState(t, core.threads[i + 1]!));
 

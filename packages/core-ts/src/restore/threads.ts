@@ -11,7 +11,7 @@ import { ptrace, type Regs } from '@lazymig/uffd-rs';
 import type { SigAction, ThreadState } from '../image/index.js';
 import { RestoreError } from './errors.js';
 import type { ControlArea } from './control.js';
-import { Remote } from './remote.js';
+import { Remote, RemoteSyscallError, SYS, type CallList } from './remote.js';
 import { hostThreadWithNsTid } from './pidns.js';
 
 const CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000; // VM FS FILES SIGHAND THREAD SYSVSEM
@@ -64,14 +64,13 @@ export function cloneThreads(leader: Remote, threads: readonly ThreadState[], ar
       tid = leader.clone(CLONE_THREAD_FLAGS, area.stackTop);
     }
     seizeStopped(tid);
-    out.push(new Remote(leader.pid, tid, area.gadget, leader.scratch));
+    out.push(new Remote(leader.pid, tid, area.gadget, leader.scratch, area.runner));
   }
   return out;
 }
 
 /** Every handler but SIGKILL's and SIGSTOP's (the stub has only defaults: those are skipped). */
-export function restoreSigactions(remote: Remote, actions: readonly SigAction[]): void {
-  const scratch = remote.scratch!;
+export function restoreSigactions(list: CallList, actions: readonly SigAction[]): void {
   actions.forEach((a, i) => {
     const sig = i + 1;
     if (sig === SIGKILL || sig === SIGSTOP) return;
@@ -81,21 +80,21 @@ export function restoreSigactions(remote: Remote, actions: readonly SigAction[])
     b.writeBigUInt64LE(a.flags, 8);
     b.writeBigUInt64LE(a.restorer, 16);
     b.writeBigUInt64LE(a.mask, 24);
-    scratch.reset();
-    const at = scratch.put(b);
-    remote.call(`rt_sigaction(${sig})`, 13, [sig, at, 0, 8]);
+    list.add(`rt_sigaction(${sig})`, SYS.rt_sigaction, [sig, list.put(b), 0, 8]);
   });
 }
 
 /** What a thread sets for itself: rseq, robust list, clear-child-tid; and its signal mask. */
 export function restoreThreadState(remote: Remote, t: ThreadState): void {
   ptrace.setSigmask(remote.tid, t.sigmask);
-  if (t.robustList.head !== 0n && t.robustList.len !== 0n) remote.setRobustList(t.robustList.head, t.robustList.len);
-  remote.setTidAddress(t.clearChildTid);
-  if (t.rseq) {
-    const r = remote.raw(334, [t.rseq.ptr, t.rseq.len, 0, t.rseq.sig]);
-    if (r === -38n) throw new RestoreError(`pid ${remote.pid}: the kernel has no rseq, the dumped thread ${t.tid} used it`, 'unsupported');
-    if (r < 0n) remote.call('rseq', 334, [t.rseq.ptr, t.rseq.len, 0, t.rseq.sig]);
+  const list = remote.list();
+  if (t.robustList.head !== 0n && t.robustList.len !== 0n) list.add('set_robust_list', SYS.set_robust_list, [t.robustList.head, t.robustList.len]);
+  list.add('set_tid_address', SYS.set_tid_address, [t.clearChildTid]);
+  const rseq = t.rseq ? list.add('rseq', SYS.rseq, [t.rseq.ptr, t.rseq.len, 0, t.rseq.sig], { goOn: true }) : -1;
+  const results = list.run();
+  if (t.rseq && results[rseq]! < 0n) {
+    if (results[rseq] === -38n) throw new RestoreError(`pid ${remote.pid}: the kernel has no rseq, the dumped thread ${t.tid} used it`, 'unsupported');
+    throw new RemoteSyscallError(remote.pid, remote.tid, `rseq(${t.rseq.ptr}, ${t.rseq.len}, 0, ${t.rseq.sig})`, Number(-results[rseq]!));
   }
 }
 

@@ -54,6 +54,7 @@ export function prepareRoot(stub: SeizedStub, image: ProcessImage, area: Control
   const { pid, leader } = stub;
   mapControlArea(leader, area);
   leader.useGadget(area.gadget);
+  leader.runner = area.runner;
   leader.scratch = new Scratch(pid, area.scratch, area.scratchSize);
   if (setsid) leader.setsid();
   return { image, pid, leader, parentPid: null, tids: [pid], threads: [] };
@@ -85,7 +86,7 @@ export function forkTree(images: LoadedImages, root: StubProcess, area: ControlA
     created(p);
     seizeStopped(pid);
     p.tids.push(pid);
-    p.leader = new Remote(pid, pid, area.gadget, new Scratch(pid, area.scratch, area.scratchSize));
+    p.leader = new Remote(pid, pid, area.gadget, new Scratch(pid, area.scratch, area.scratchSize), area.runner);
     byDumped.set(t.pid, p);
     out.push(p);
   }

@@ -56,6 +56,7 @@ pub const NAPI_BIGINT: napi_valuetype = 9;
 pub type napi_typedarray_type = c_int;
 pub const NAPI_UINT8_ARRAY: napi_typedarray_type = 1;
 pub const NAPI_FLOAT64_ARRAY: napi_typedarray_type = 8;
+pub const NAPI_BIGINT64_ARRAY: napi_typedarray_type = 9;
 pub const NAPI_BIGUINT64_ARRAY: napi_typedarray_type = 10;
 pub const NAPI_UINT32_ARRAY: napi_typedarray_type = 6;
 

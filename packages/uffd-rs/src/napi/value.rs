@@ -148,6 +148,9 @@ impl Env {
     pub fn float64_array(self, items: &[f64]) -> JsResult<Value> {
         self.typed_array(ffi::NAPI_FLOAT64_ARRAY, items)
     }
+    pub fn bigint64_array(self, items: &[i64]) -> JsResult<Value> {
+        self.typed_array(ffi::NAPI_BIGINT64_ARRAY, items)
+    }
     pub fn biguint64_array(self, items: &[u64]) -> JsResult<Value> {
         self.typed_array(ffi::NAPI_BIGUINT64_ARRAY, items)
     }

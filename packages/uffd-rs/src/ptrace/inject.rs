@@ -10,6 +10,33 @@ use super::wait::{StopState, wait_stop};
 use super::{PTRACE_EVENT_STOP, get_regs, get_siginfo, interrupt, set_regs, syscall};
 use std::time::{Duration, Instant};
 
+/// Code that runs a list of syscalls in one stop-to-stop trip, for targets that have it
+/// written somewhere executable (restore's control area). rbx points at the list: entries of
+/// 8 words `[nr, a1..a6, go_on]`, ended by nr = -1. Each syscall's return value replaces
+/// `go_on` in its entry; after a failure (-4095..-1) the list stops unless go_on was non-zero.
+/// It ends on an int3 with rbx just past the last entry it ran. It touches no stack and no
+/// register the caller relies on (the injector puts every register back).
+///
+///   0: mov rax,[rbx]; cmp rax,-1; je 3c; mov rdi,[rbx+8]; mov rsi,[rbx+16]; mov rdx,[rbx+24]
+///      mov r10,[rbx+32]; mov r8,[rbx+40]; mov r9,[rbx+48]; syscall; mov rcx,[rbx+56]
+///      mov [rbx+56],rax; add rbx,64; test rcx,rcx; jne 0; cmp rax,-4095; jb 0
+///  3c: int3
+pub const SYSCALL_RUNNER: [u8; 61] = [
+    0x48, 0x8b, 0x03, 0x48, 0x83, 0xf8, 0xff, 0x74, 0x33, 0x48, 0x8b, 0x7b, 0x08, 0x48, 0x8b, 0x73, 0x10, 0x48, 0x8b, 0x53,
+    0x18, 0x4c, 0x8b, 0x53, 0x20, 0x4c, 0x8b, 0x43, 0x28, 0x4c, 0x8b, 0x4b, 0x30, 0x0f, 0x05, 0x48, 0x8b, 0x4b, 0x38, 0x48,
+    0x89, 0x43, 0x38, 0x48, 0x83, 0xc3, 0x40, 0x48, 0x85, 0xc9, 0x75, 0xcc, 0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, 0x72, 0xc4,
+    0xcc,
+];
+
+/// One entry of a SYSCALL_RUNNER list: syscall number, six arguments, and whether the list
+/// goes on when it fails.
+#[derive(Clone, Copy, Debug)]
+pub struct ListedCall {
+    pub nr: u64,
+    pub args: [u64; 6],
+    pub go_on: bool,
+}
+
 /// -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK: kernel-internal
 /// returns that mean "a signal interrupted this syscall, run it again".
 pub fn is_restart_code(rax: u64) -> bool {
@@ -43,6 +70,8 @@ pub struct Injector {
     restart_block_clobbered: bool,
     /// Left at a syscall-enter stop by a failed call: resuming would run that syscall.
     at_entry: bool,
+    /// Where SYSCALL_RUNNER was found in the target (checked once).
+    runner: Option<u64>,
 }
 
 impl Injector {
@@ -64,7 +93,7 @@ impl Injector {
                 .at(gadget)
                 .because(format!("no `syscall` instruction (0f 05) at the gadget: found {:02x} {:02x}", insn[0], insn[1])));
         }
-        let mut inj = Injector { tid, gadget, saved, count: 0, pending: Vec::new(), timeout, moved: false, broken: None, restart_block_clobbered: false, at_entry: false };
+        let mut inj = Injector { tid, gadget, saved, count: 0, pending: Vec::new(), timeout, moved: false, broken: None, restart_block_clobbered: false, at_entry: false, runner: None };
         // At a signal-delivery stop the first resume (with signal 0) would discard the
         // signal: remember it like any signal that arrives during the calls.
         if let Ok(si) = get_siginfo(tid)
@@ -214,6 +243,87 @@ impl Injector {
             return Ok(rax as i64);
         }
         Err(self.err(libc::EINTR, format!("syscall {nr} kept being interrupted by signals ({MAX_RERUNS} tries)")))
+    }
+
+    /// Runs `calls` in one trip through SYSCALL_RUNNER at `runner` in the target, with the list
+    /// written at `list` (8 words an entry, plus one for the end). Returns the raw return
+    /// values of the calls that ran: fewer than `calls` when one failed without go_on (its
+    /// value is the last). None of the calls may block, fork or clone (signals that arrive
+    /// are remembered like in `call`; an interrupted syscall is restarted by the kernel).
+    pub fn run_list(&mut self, runner: u64, list: u64, calls: &[ListedCall]) -> SysResult<Vec<i64>> {
+        if let Some(why) = &self.broken {
+            return Err(self.err(libc::ESRCH, format!("injector unusable: {why}")));
+        }
+        if self.runner != Some(runner) {
+            // As with the gadget: never jump to code that is not ours.
+            let mut code = [0u8; SYSCALL_RUNNER.len()];
+            crate::procmem::read_exact(self.tid, runner, &mut code)?;
+            if code != SYSCALL_RUNNER {
+                return Err(self.err(libc::EINVAL, format!("no syscall runner at {runner:#x}")));
+            }
+            self.runner = Some(runner);
+        }
+        let mut words = Vec::with_capacity((calls.len() + 1) * 8);
+        for c in calls {
+            words.push(c.nr);
+            words.extend_from_slice(&c.args);
+            words.push(c.go_on as u64);
+        }
+        words.extend_from_slice(&[u64::MAX; 8]);
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        crate::procmem::write_all(self.tid, list, &bytes)?;
+        self.leave_entry()?;
+        let mut r = self.saved;
+        r.set_rip(runner);
+        r.set_rbx(list);
+        r.set_orig_rax(u64::MAX);
+        set_regs(self.tid, &r)?;
+        self.moved = true;
+        let trap = runner + SYSCALL_RUNNER.len() as u64;
+        let deadline = Instant::now() + self.timeout;
+        super::cont(self.tid, 0)?;
+        let end = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match wait_stop(self.tid, left) {
+                Ok(StopState::Stopped { signal, event, .. }) => {
+                    if signal == libc::SIGTRAP && event == 0 {
+                        let at = get_regs(self.tid)?;
+                        if at.rip() == trap {
+                            break at.rbx();
+                        }
+                    }
+                    if event == 0 {
+                        self.remember(signal);
+                    }
+                    super::cont(self.tid, 0)?;
+                }
+                Ok(StopState::Syscall { .. }) => super::cont(self.tid, 0)?,
+                Ok(StopState::Exited { code }) => {
+                    self.broken = Some(format!("thread exited with code {code}"));
+                    return Err(self.err(libc::ESRCH, format!("thread exited (code {code}) running a list of {} syscalls", calls.len())));
+                }
+                Ok(StopState::Killed { signal }) => {
+                    self.broken = Some(format!("thread killed by signal {signal}"));
+                    return Err(self.err(libc::ESRCH, format!("thread killed by signal {signal} running a list of {} syscalls", calls.len())));
+                }
+                Err(e) if e.errno == libc::ETIMEDOUT => {
+                    // Somewhere in the list, in a call that blocks: no way back to a known state.
+                    let _ = interrupt(self.tid);
+                    self.broken = Some("a listed syscall did not return".into());
+                    return Err(self.err(libc::ETIMEDOUT, format!("a list of {} syscalls did not finish within {} ms", calls.len(), self.timeout.as_millis())));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let ran = (end.wrapping_sub(list) / 64) as usize;
+        if end < list || ran > calls.len() || (end - list) % 64 != 0 {
+            self.broken = Some("the syscall runner stopped at an unexpected place".into());
+            return Err(self.err(libc::EFAULT, format!("the syscall runner stopped with rbx {end:#x} (list at {list:#x})")));
+        }
+        let mut back = vec![0u8; ran * 64];
+        crate::procmem::read_exact(self.tid, list, &mut back)?;
+        self.count += ran as u64;
+        Ok((0..ran).map(|i| i64::from_ne_bytes(back[i * 64 + 56..i * 64 + 64].try_into().unwrap())).collect())
     }
 
     /// Puts the saved registers back; the thread stays stopped. When the thread had been

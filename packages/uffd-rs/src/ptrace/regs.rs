@@ -27,6 +27,7 @@ macro_rules! reg {
 }
 
 impl Regs {
+    reg!(rbx, set_rbx, 5);
     reg!(r10, set_r10, 7);
     reg!(r9, set_r9, 8);
     reg!(r8, set_r8, 9);
