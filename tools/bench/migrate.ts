@@ -22,7 +22,10 @@
 //   pages        by fault / prefetch (rest of a fault window) / background
 //   fault p50/p99  fault service (fault read until the faulting page is installed)
 //   wire         bytes received on the destination's veth during the migration
-// Then ratios: lazy pause at the largest size vs the smallest; lazy vs eager pause.
+// Then ratios: lazy pause at the largest size vs the smallest; lazy vs eager pause; and
+// the largest lazy transfer against this machine's transfer floor, measured in the same run
+// (tools/workloads/src/transfer-floor.c: process_vm_readv -> TCP over loopback ->
+// UFFDIO_COPY in plain C, no framing, no JS, nothing else running).
 // Absolute numbers on a noisy 2-vCPU VM mean little; the ratios are measured in one run.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { copyFile, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
@@ -30,7 +33,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createTwoHosts, type Host, type TwoHosts } from '../topology/index.js';
-import { startWorkload, waitForLogLine } from '../workloads/index.js';
+import { execFile } from 'node:child_process';
+import { buildWorkload, startWorkload, waitForLogLine } from '../workloads/index.js';
 
 const LAZYMIG = fileURLToPath(new URL('../../packages/cli/bin/lazymig', import.meta.url));
 const argv = process.argv.slice(2);
@@ -324,6 +328,17 @@ for (const mib of SIZES) {
     }
   }
 }
+/** The transfer floor of `mib` MiB on this machine (see the header): ms, MiB/s. */
+async function transferFloor(mib: number): Promise<{ ms: number; mibPerSec: number }> {
+  const bin = await buildWorkload('transfer-floor');
+  const out = await new Promise<string>((resolve, reject) =>
+    execFile(bin, [String(mib)], { timeout: 120_000 }, (err, stdout, stderr) => (err ? reject(new Error(`transfer-floor: ${err.message}\n${stderr}`)) : resolve(stdout))),
+  );
+  const m = /floor_ms=([\d.]+) mib_per_s=(\d+) bad_pages=0/.exec(out);
+  if (!m) throw new Error(`transfer-floor: unexpected output: ${out}`);
+  return { ms: Number(m[1]), mibPerSec: Number(m[2]) };
+}
+
 const get = (mib: number, mode: Mode): Result | undefined => results.find((r) => r.mib === mib && r.mode === mode);
 const small = Math.min(...SIZES);
 const big = Math.max(...SIZES);
@@ -337,5 +352,13 @@ for (const mode of MODES.filter((m) => m !== 'eager')) {
     if (e) console.log(`  ${mib} MiB: ${mode} / eager pause ${x(l.pauseMs, e.pauseMs)}, downtime ${x(l.downtimeMs, e.downtimeMs)}`);
   }
   console.log(`  targets at ${big} MiB, ${mode}: pause ${f(lb.pauseMs)} ms (< 50), all in ${f(lb.allInMs)} ms (< 1000 for 1 GiB)`);
+}
+const lazyModes = MODES.filter((m) => m !== 'eager');
+if (lazyModes.length > 0) {
+  const floor = await transferFloor(big);
+  for (const mode of lazyModes) {
+    const l = get(big, mode)!;
+    console.log(`  ${big} MiB ${mode}: all in ${f(l.allInMs)} ms vs transfer floor ${f(floor.ms)} ms (${f(floor.mibPerSec)} MiB/s, plain C): ${x(l.allInMs, floor.ms)}`);
+  }
 }
 if (JSON_OUT) console.log(JSON.stringify(results));

@@ -11,7 +11,8 @@ import { fileURLToPath } from 'node:url';
 
 export type WorkloadName = 'memhog' | 'appender' | 'threads' | 'forker' | 'sleeper';
 export const WORKLOAD_NAMES: readonly WorkloadName[] = ['memhog', 'appender', 'threads', 'forker', 'sleeper'];
-type ProgramName = WorkloadName | 'supervise';
+// transfer-floor is no workload: a benchmark's baseline (tools/bench/migrate.ts).
+type ProgramName = WorkloadName | 'supervise' | 'transfer-floor';
 
 // The C sources sit beside this file; the compiled copy of it runs from tools/dist/workloads.
 const HERE = path.dirname(fileURLToPath(import.meta.url));

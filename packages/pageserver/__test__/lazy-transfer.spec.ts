@@ -126,6 +126,36 @@ test('a client that starts connecting before the page server listens gets throug
   t.true(Buffer.from(page).equals(expected));
 });
 
+test('a client connects while its token is still on its way: only the hello waits for it; a token that never comes fails the connect', async (t) => {
+  const { dir, w } = await runningMemhog(t, 4);
+  const r = await lazyDump(t, w.pid, dir);
+  const images = await readImages(join(dir, 'img'));
+  const server = await serveFrozenTree({ images, frozen: r.frozen!, token: r.token!, address: '127.0.0.1', port: 0 });
+  t.teardown(() => server.close());
+
+  let giveToken!: (tok: string) => void;
+  const token = new Promise<string>((resolve) => (giveToken = resolve));
+  let connected = false;
+  const connecting = PageClient.connect({ address: '127.0.0.1', port: server.port, token, retryForMs: 10_000 }).then((c) => ((connected = true), c));
+  connecting.catch(() => undefined);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  t.false(connected, 'no hello without the token');
+  t.is(server.stats.sessions, 0);
+  giveToken(r.token!);
+  const client = await connecting;
+  t.teardown(() => client.close());
+  t.is(server.stats.sessions, 2, 'both lanes welcomed');
+  const lazy = lazyRanges(images.inventory, images.processes[0]!)[0]!;
+  const page = await client.fetch(w.pid, lazy.start, 1, 'fault');
+  const expected = Buffer.alloc(PAGE_SIZE);
+  processVmRead(w.pid, new Float64Array([lazy.start, PAGE_SIZE]), expected);
+  t.true(Buffer.from(page).equals(expected));
+
+  const never = Promise.reject(new Error('page-server.token: not there in time'));
+  const err = await t.throwsAsync(PageClient.connect({ address: '127.0.0.1', port: server.port, token: never, retryForMs: 10_000 }));
+  t.regex(err!.message, /page-server\.token: not there in time/);
+});
+
 async function freePort(): Promise<number> {
   const s = createServer();
   await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));

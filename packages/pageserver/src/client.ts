@@ -17,7 +17,12 @@ import { FrameSocket } from './ws-client.js';
 export interface PageClientOptions {
   address: string;
   port: number;
-  token: string;
+  /**
+   * The dump's token. A promise lets the connections be made while it is still on its way
+   * (an armed destination waiting for the images): only the hello waits for it. A rejected
+   * promise fails the connect.
+   */
+  token: string | Promise<string>;
   log?: Logger;
   /** How long to keep trying to (re)connect before giving up. Default 10 s. */
   retryForMs?: number;
@@ -40,6 +45,29 @@ interface Pending {
 }
 
 const HEARTBEAT_MS = 500;
+/**
+ * A connection made before the token is known is replaced by a fresh one after this long
+ * without it: the server drops a connection that has not said hello within 5 s.
+ */
+const TOKEN_WAIT_PER_CONNECTION_MS = 3_000;
+
+/** Raised when the token promise rejects: nothing to retry. */
+class NoToken extends Error {}
+
+async function tokenWithin(token: string | Promise<string>, ms: number): Promise<string | null> {
+  if (typeof token === 'string') return token;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      token.catch((err: Error) => {
+        throw new NoToken(err.message);
+      }),
+      new Promise<null>((r) => (timer = setTimeout(() => r(null), ms))),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 /** Silence after which a connection counts as dead (a busy server still answers pings). */
 const SILENCE_MS = 3_000;
 
@@ -63,13 +91,23 @@ class Lane {
 
   /** Opens the connection and completes the hello; rejects with the server's reason on refusal. */
   async open(): Promise<void> {
-    const { address, port, token } = this.opts;
+    const { address, port } = this.opts;
     let ws: FrameSocket;
-    try {
-      ws = await FrameSocket.connect({ host: address, port, maxPayload: 64 << 20, handshakeTimeoutMs: 5_000, pool: this.pool });
-    } catch (err) {
-      throw new PageServerError(`page server ${address}:${port}: ${(err as Error).message}`);
-    }
+    let token: string | null;
+    do {
+      try {
+        ws = await FrameSocket.connect({ host: address, port, maxPayload: 64 << 20, handshakeTimeoutMs: 5_000, pool: this.pool });
+      } catch (err) {
+        throw new PageServerError(`page server ${address}:${port}: ${(err as Error).message}`);
+      }
+      try {
+        token = await tokenWithin(this.opts.token, TOKEN_WAIT_PER_CONNECTION_MS);
+      } catch (err) {
+        ws.terminate();
+        throw err;
+      }
+      if (token === null) ws.terminate();
+    } while (token === null);
     await new Promise<void>((resolve, reject) => {
       ws.onClose = () => reject(new PageServerError(`page server ${address}:${port} closed the connection`));
       ws.onMessage = (data: Buffer) => {
@@ -85,7 +123,7 @@ class Lane {
         if (m.type === 'reject') return reject(new PageServerError(`page server ${address}:${port} refused us: ${m.reason}`));
         reject(new PageServerError(`page server ${address}:${port}: unexpected ${m.type} before welcome`));
       };
-      ws.send(encodeClient({ type: 'hello', version: PROTOCOL_VERSION, token }));
+      ws.send(encodeClient({ type: 'hello', version: PROTOCOL_VERSION, token: token! }));
     }).catch((err) => {
       ws.onClose = () => undefined;
       ws.terminate();
@@ -180,7 +218,7 @@ class Lane {
           return;
         } catch (err) {
           lastErr = err as Error;
-          if (/refused us/.test(lastErr.message)) break;
+          if (/refused us/.test(lastErr.message) || lastErr instanceof NoToken) break;
           await sleep(delay);
           delay = Math.min(delay * 2, 1_000);
         }
@@ -242,7 +280,9 @@ export class PageClient implements PageSource {
    */
   static async connect(opts: PageClientOptions): Promise<PageClient> {
     const deadline = performance.now() + (opts.retryForMs ?? 10_000);
-    for (let delay = 5; ; delay = Math.min(delay * 2, 200)) {
+    // Short steps: an armed destination waits here for a dump about to start, and a refused
+    // connect on a local network costs next to nothing.
+    for (let delay = 5; ; delay = Math.min(delay * 2, 20)) {
       const c = new PageClient(opts);
       try {
         await Promise.all([c.#lanes.fault.open(), c.#lanes.background.open()]);
@@ -250,7 +290,7 @@ export class PageClient implements PageSource {
       } catch (err) {
         c.#lanes.fault.close();
         c.#lanes.background.close();
-        if (/refused us/.test((err as Error).message) || performance.now() + delay > deadline) throw err;
+        if (/refused us/.test((err as Error).message) || err instanceof NoToken || performance.now() + delay > deadline) throw err;
         await sleep(delay);
       }
     }

@@ -153,7 +153,9 @@ async function prepare(o: PrepareOptions): Promise<Daemon> {
   const timeoutMs = (o.waitImages ?? 0) * 1000;
   const connect = async (address: string, port: number): Promise<PageClient> => {
     const read = (): Promise<string> => readToken(o.imagesDir);
-    const token = await (o.waitImages === undefined ? read() : whenComplete(o.imagesDir, read, { timeoutMs }));
+    // Connected while the token is on its way: only the hello waits for it.
+    const token = o.waitImages === undefined ? read() : whenComplete(o.imagesDir, read, { timeoutMs });
+    token.catch(() => undefined); // PageClient.connect fails with it
     const client = await PageClient.connect({ address, port, token, log: o.log, retryForMs: o.sourceTimeout * 1000 });
     o.log.info('connected to the page server', { address, port });
     return client;

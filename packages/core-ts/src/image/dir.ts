@@ -5,7 +5,7 @@
  * leaves a directory at the target path, let alone one that looks valid.
  */
 import { randomBytes } from 'node:crypto';
-import { constants as fsc, closeSync, openSync, readdirSync, renameSync, rmdirSync, statSync, writeSync } from 'node:fs';
+import { constants as fsc, closeSync, openSync, readFileSync, readdirSync, renameSync, rmdirSync, statSync, writeSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { MAX_MSGPACK_FILE, checkMagic, decodeCoreFile, decodeInventoryFile, decodePagemapFile, frame, kindOfTag, withFile } from './codec.js';
@@ -34,16 +34,21 @@ const IMAGE_NAME = /^(core|pagemap|pages)-(\d+)\.img$/;
 
 /* ------------------------------------------------------------------ reading */
 
-async function readSmallFile(path: string): Promise<Buffer> {
+/**
+ * Synchronous: msgpack image files are a few KiB, and the thread-pool round trips of an
+ * async read (open, stat, read, close) cost more than the reads; a destination reads them
+ * while the migrated tree is frozen, on a machine that is busy just then.
+ */
+function readSmallFile(path: string): Buffer {
   let size: number;
   try {
-    size = (await stat(path)).size;
+    size = statSync(path).size;
   } catch (err) {
     throw asImageError(path, err);
   }
   if (size > MAX_MSGPACK_FILE) throw new ImageError(path, `malformed: ${size} bytes, larger than any valid image file (${MAX_MSGPACK_FILE})`, 'malformed');
   try {
-    return await readFile(path);
+    return readFileSync(path);
   } catch (err) {
     throw asImageError(path, err);
   }
@@ -67,7 +72,7 @@ export async function readImageFile(path: string, opts: { verifyPages?: PagesVer
   checkMagic(path, head);
   const kind = kindOfTag(head.subarray(4, 8).toString('latin1'));
   if (kind === 'pages') return { kind, path, pages: await readPagesInfo(path, { verify: opts.verifyPages ?? 'full' }) };
-  const buf = await readSmallFile(path);
+  const buf = readSmallFile(path);
   // an unknown kind is reported by the decoders (after the checksum)
   if (kind === 'pagemap') return { kind, path, pagemap: decodePagemapFile(path, buf) };
   if (kind === 'core') return { kind, path, core: decodeCoreFile(path, buf) };
@@ -128,13 +133,13 @@ export async function readImages(dir: string, opts: { verifyPages?: PagesVerify 
   const invFile = join(dir, FILE_NAMES.inventory);
   let names: string[];
   try {
-    names = await readdir(dir);
+    names = readdirSync(dir);
   } catch (err) {
     throw asImageError(dir, err);
   }
   if (!names.includes(FILE_NAMES.inventory))
     throw new ImageError(invFile, `missing: ${dir} is not a complete images dir (no ${FILE_NAMES.inventory})`, 'missing');
-  const inventory = decodeInventoryFile(invFile, await readSmallFile(invFile));
+  const inventory = decodeInventoryFile(invFile, readSmallFile(invFile));
   const pids = new Set(inventory.tree.map((t) => t.pid));
   for (const name of names) {
     const m = IMAGE_NAME.exec(name);
@@ -146,8 +151,8 @@ export async function readImages(dir: string, opts: { verifyPages?: PagesVerify 
     const coreFile = join(dir, FILE_NAMES.core(t.pid));
     const pmFile = join(dir, FILE_NAMES.pagemap(t.pid));
     const pagesFile = join(dir, FILE_NAMES.pages(t.pid));
-    const core = decodeCoreFile(coreFile, await readSmallFile(coreFile));
-    const pagemap = decodePagemapFile(pmFile, await readSmallFile(pmFile));
+    const core = decodeCoreFile(coreFile, readSmallFile(coreFile));
+    const pagemap = decodePagemapFile(pmFile, readSmallFile(pmFile));
     pages.set(t.pid, await readPagesInfo(pagesFile, { verify: opts.verifyPages ?? 'footer' }));
     processes.push({ pid: t.pid, core, pagemap });
   }

@@ -16,7 +16,7 @@
  *             against its own CRC whenever it is read.
  * All integers little endian.
  */
-import { readSync, writeSync } from 'node:fs';
+import { fstatSync, readSync, writeSync } from 'node:fs';
 import { open, rm, type FileHandle } from 'node:fs/promises';
 import { checkKindVersion, checkMagic } from './codec.js';
 import { crc32c, crc32cPages, crc32cUpdate } from './crc32c.js';
@@ -61,6 +61,20 @@ async function readFully(fh: FileHandle, file: string, buf: Buffer, off: number,
     const { bytesRead } = await fh.read(buf, off + done, len - done, pos + done);
     if (bytesRead === 0) throw new ImageError(file, `truncated: unexpected end of file at byte ${pos + done} (the file shrank?)`, 'truncated');
     done += bytesRead;
+  }
+}
+
+/**
+ * readFully for the few small parts a pages file is validated by (header, footer, CRC table):
+ * synchronous, because each thread-pool round trip costs more than such a read, and a
+ * destination reads them while the migrated tree is frozen.
+ */
+function readSmallPart(fh: FileHandle, file: string, buf: Buffer, off: number, len: number, pos: number): void {
+  let done = 0;
+  while (done < len) {
+    const n = readSync(fh.fd, buf, off + done, len - done, pos + done);
+    if (n === 0) throw new ImageError(file, `truncated: unexpected end of file at byte ${pos + done} (the file shrank?)`, 'truncated');
+    done += n;
   }
 }
 
@@ -317,14 +331,14 @@ export class PagesReader {
   }
 
   private static async validate(fh: FileHandle, file: string, verify: PagesVerify): Promise<{ info: PagesFileInfo; crcs: Uint32Array }> {
-    const size = (await fh.stat()).size;
+    const size = fstatSync(fh.fd).size;
     const head = Buffer.alloc(Math.min(size, 20));
-    await readFully(fh, file, head, 0, head.length, 0);
+    readSmallPart(fh, file, head, 0, head.length, 0);
     checkMagic(file, head);
     if (size < 20 + PAGES_TRAILER_SIZE) throw new ImageError(file, `truncated: ${size} bytes, too short for a pages file`, 'truncated');
     const P = head.readUInt32LE(12);
     const trailer = Buffer.alloc(PAGES_TRAILER_SIZE);
-    await readFully(fh, file, trailer, 0, PAGES_TRAILER_SIZE, size - PAGES_TRAILER_SIZE);
+    readSmallPart(fh, file, trailer, 0, PAGES_TRAILER_SIZE, size - PAGES_TRAILER_SIZE);
     if (!trailer.subarray(0, 4).equals(TRAILER_MAGIC))
       throw new ImageError(file, `truncated or unfinished: no pages footer at the end of the ${size}-byte file`, 'truncated');
     if (!validPageSize(P)) throw new ImageError(file, `corrupt header: page size ${P} is not a power of two in 4096..2^30`, 'malformed');
@@ -335,9 +349,9 @@ export class PagesReader {
     if (size > expected)
       throw new ImageError(file, `malformed: ${size} bytes, its footer declares ${n} pages of ${P} bytes (${expected} bytes in all)`, 'malformed');
     const header = Buffer.alloc(P);
-    await readFully(fh, file, header, 0, P, 0);
+    readSmallPart(fh, file, header, 0, P, 0);
     const table = Buffer.alloc(n * 4);
-    await readFully(fh, file, table, 0, table.length, (n + 1) * P);
+    readSmallPart(fh, file, table, 0, table.length, (n + 1) * P);
     const footerCrc = crc32cUpdate(crc32cUpdate(crc32c(header), table), trailer.subarray(0, 12));
     if (footerCrc !== trailer.readUInt32LE(12))
       throw new ImageError(file, `checksum mismatch in the header or footer: stored CRC32C ${hex(trailer.readUInt32LE(12))}, contents give ${hex(footerCrc)}`, 'checksum');
