@@ -21,6 +21,12 @@ import { MAP, O, RemoteSyscallError, SYS, type Remote } from './remote.js';
 
 /** Pages per process_vm_writev batch (16 MiB; at most IOV_MAX ranges). */
 const FILL_BATCH_PAGES = 4096;
+/**
+ * Fills up to this size are read with synchronous preads: a lazy restore's few eager pages
+ * (a few dozen KiB) cost less to read than the thread-pool round trips of async reads, on
+ * the way to the resume.
+ */
+const SYNC_FILL_BYTES = 1 << 20;
 const MAX_IOVECS = 1024;
 
 /** Unmaps everything of the stub except `keep` and the vdso/vvar group. */
@@ -164,6 +170,14 @@ function planBatches(entries: readonly PagemapEntry[], P: number): Batch[] {
   return out;
 }
 
+function writeBatch(pid: number, b: Batch, data: Buffer): void {
+  try {
+    processVmWrite(pid, b.ranges, data);
+  } catch (err) {
+    throw new RestoreError(`pid ${pid}: writing ${b.pages} pages at ${hex(b.ranges[0]!)}: ${(err as Error).message}`, 'process', { cause: err });
+  }
+}
+
 /**
  * Copies every present page from the pages file into the process: runs that are contiguous
  * in the file are read with one pread (on the thread pool, the next batch while this one is
@@ -174,6 +188,17 @@ export async function fillPages(pid: number, reader: PagesReader, entries: reado
   const P = reader.pageSize;
   const batches = planBatches(entries, P);
   const totalBytes = batches.reduce((n, b) => n + b.pages * P, 0);
+  if (totalBytes <= SYNC_FILL_BYTES) {
+    const buf = Buffer.allocUnsafe(totalBytes);
+    let written = 0;
+    for (const b of batches) {
+      const data = reader.readAtSync(b.offset, b.pages, buf.subarray(0, b.pages * P));
+      writeBatch(pid, b, data);
+      written += data.length;
+      onProgress?.({ bytes: written, totalBytes });
+    }
+    return written / P;
+  }
   const bufs = [Buffer.allocUnsafe(Math.min(FILL_BATCH_PAGES * P, totalBytes)), Buffer.allocUnsafe(batches.length > 1 ? FILL_BATCH_PAGES * P : 0)];
   const read = (i: number): Promise<Buffer> => {
     const b = batches[i]!;
@@ -185,12 +210,7 @@ export async function fillPages(pid: number, reader: PagesReader, entries: reado
     for (let i = 0; i < batches.length; i++) {
       const data = await pending!;
       pending = i + 1 < batches.length ? read(i + 1) : null;
-      const b = batches[i]!;
-      try {
-        processVmWrite(pid, b.ranges, data);
-      } catch (err) {
-        throw new RestoreError(`pid ${pid}: writing ${b.pages} pages at ${hex(b.ranges[0]!)}: ${(err as Error).message}`, 'process', { cause: err });
-      }
+      writeBatch(pid, batches[i]!, data);
       written += data.length;
       onProgress?.({ bytes: written, totalBytes });
     }

@@ -102,7 +102,7 @@ export interface RestoreResult {
   injectedSyscalls: number;
   /** from reading the images (with awaitImagesMs: from their arrival) to the last detach */
   ms: number;
-  /** where the time went (ms): images, stub, fork, layout, pages, state, finish */
+  /** where the time went (ms): images, check, stub, root, fork, layout, pages, state, lazy-handover, finish */
   phaseMs: Record<string, number>;
   /** CPU the rebuild ran pinned on, null when not pinned */
   pinnedCpu: number | null;
@@ -194,6 +194,7 @@ class Rebuilder {
     restoreThreadState(leader, core.threads[0]!);
     p.threads.forEach((t, i) => restoreThreadState(t, core.threads[i + 1]!));
 
+    this.lap('state');
     if (this.opts.lazy) {
       const ranges = lazyRanges(entries, P);
       if (ranges.length > 0) {
@@ -209,6 +210,7 @@ class Rebuilder {
         };
         await this.opts.lazy({ dumpedPid: p.image.pid, pid: p.pid, ranges, vmas, remote: leader, process: proc });
       }
+      this.lap('lazy-handover');
     }
     setCreds(leader, p);
     this.lap('state');
@@ -299,6 +301,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     rb.lap('stub');
     const root = prepareRoot(seized, rootImage, area, !(opts.shellJob ?? false));
     rb.created.push(root);
+    rb.lap('root');
     // On our CPU, like the tracer: the tree forks and clones from the root and inherits it.
     if (pin.cpu !== null) root.leader.schedSetaffinity(0, [pin.cpu]);
     for (const p of images.processes) checkXstate(stub.pid, p.core.threads, p.pid);
