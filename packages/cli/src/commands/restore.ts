@@ -18,7 +18,7 @@ export function restoreSummary(r: RestoreResult): string {
   return (
     `restored ${plural(r.processes, 'process')}, ${plural(r.threads, 'thread')} (root pid ${r.rootPid}${ns}): ` +
     `${p.present} pages written (${mib(p.present * PAGE_SIZE)}), ${p.lazy} lazy, ${p.zero} zero; ` +
-    `${r.injectedSyscalls} injected syscalls; ${r.ms.toFixed(1)} ms` +
+    `${r.injectedSyscalls} injected syscalls in ${r.injectionTrips} trips; ${r.ms.toFixed(1)} ms` +
     (r.pinnedCpu !== null ? ` (rebuilt on CPU ${r.pinnedCpu})` : '')
   );
 }

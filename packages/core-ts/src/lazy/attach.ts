@@ -17,6 +17,12 @@ export interface RemoteProcess {
   scratch: number;
   write(address: number, data: Uint8Array): void;
   read(address: number, length: number): Buffer;
+  /**
+   * Runs syscalls in one trip, if the target can (restore's runner): the raw return values
+   * of those that ran, which stop after the first failure. Pointers in their arguments
+   * point into `scratch`, which this must leave alone.
+   */
+  syscalls?(calls: ReadonlyArray<{ nr: number; args: Array<number | bigint> }>): bigint[];
 }
 
 const SYS_close = 3;
@@ -46,6 +52,17 @@ function ok(pid: number, what: string, ret: bigint): bigint {
   return ret;
 }
 
+/** remote.syscalls without a runner: one call at a time, stopping after a failure like it. */
+function oneByOne(remote: RemoteProcess, calls: ReadonlyArray<{ nr: number; args: Array<number | bigint> }>): bigint[] {
+  const out: bigint[] = [];
+  for (const c of calls) {
+    const r = remote.syscall(c.nr, c.args);
+    out.push(r);
+    if (r < 0n && r > -4096n) break;
+  }
+  return out;
+}
+
 /**
  * Creates and registers the target's userfaultfd; returns an fd to it in this process
  * (the caller hands it to the daemon and closes it).
@@ -53,27 +70,41 @@ function ok(pid: number, what: string, ret: bigint): bigint {
 export function attachUserfaultfd(remote: RemoteProcess, vmas: ReadonlyArray<{ start: number; end: number }>): number {
   const { pid } = remote;
   const tfd = Number(ok(pid, 'userfaultfd', remote.syscall(SYS_userfaultfd, [O_CLOEXEC | O_NONBLOCK])));
+  let ours = -1;
+  let closed = false;
   try {
-    const api = Buffer.alloc(24);
-    api.writeBigUInt64LE(UFFD_API, 0);
-    api.writeBigUInt64LE(UFFD_EVENTS.fork | UFFD_EVENTS.remap | UFFD_EVENTS.remove | UFFD_EVENTS.unmap | UFFD_EVENTS.threadId, 8);
-    remote.write(remote.scratch, api);
-    ok(pid, 'UFFDIO_API', remote.syscall(SYS_ioctl, [tfd, UFFDIO_API, remote.scratch]));
-    for (const v of vmas) {
-      const reg = Buffer.alloc(32);
-      reg.writeBigUInt64LE(BigInt(v.start), 0);
-      reg.writeBigUInt64LE(BigInt(v.end - v.start), 8);
-      reg.writeBigUInt64LE(UFFDIO_REGISTER_MODE_MISSING, 16);
-      remote.write(remote.scratch, reg);
-      ok(pid, `UFFDIO_REGISTER 0x${v.start.toString(16)}-0x${v.end.toString(16)}`, remote.syscall(SYS_ioctl, [tfd, UFFDIO_REGISTER, remote.scratch]));
-    }
+    // Ours first: the handshake and registrations below act on the same uffd through the
+    // target's fd, so they can go in one trip with the target's close at the end.
     const pidfd = pidfdOpen(pid);
     try {
-      return pidfdGetfd(pidfd, tfd);
+      ours = pidfdGetfd(pidfd, tfd);
     } finally {
       closeFd(pidfd);
     }
+    // The structs, back to back in the scratch: the API one, then one per registration.
+    const structs = Buffer.alloc(32 + vmas.length * 32);
+    structs.writeBigUInt64LE(UFFD_API, 0);
+    structs.writeBigUInt64LE(UFFD_EVENTS.fork | UFFD_EVENTS.remap | UFFD_EVENTS.remove | UFFD_EVENTS.unmap | UFFD_EVENTS.threadId, 8);
+    vmas.forEach((v, i) => {
+      structs.writeBigUInt64LE(BigInt(v.start), 32 + i * 32);
+      structs.writeBigUInt64LE(BigInt(v.end - v.start), 32 + i * 32 + 8);
+      structs.writeBigUInt64LE(UFFDIO_REGISTER_MODE_MISSING, 32 + i * 32 + 16);
+    });
+    remote.write(remote.scratch, structs);
+    const calls = [
+      { nr: SYS_ioctl, args: [tfd, UFFDIO_API, remote.scratch], what: 'UFFDIO_API' },
+      ...vmas.map((v, i) => ({ nr: SYS_ioctl, args: [tfd, UFFDIO_REGISTER, remote.scratch + 32 + i * 32], what: `UFFDIO_REGISTER 0x${v.start.toString(16)}-0x${v.end.toString(16)}` })),
+      { nr: SYS_close, args: [tfd], what: 'close' },
+    ];
+    const results = remote.syscalls ? remote.syscalls(calls) : oneByOne(remote, calls);
+    results.forEach((r, i) => ok(pid, calls[i]!.what, r));
+    closed = results.length === calls.length;
+    if (!closed) throw new AttachError(`pid ${pid}: ${calls[results.length]!.what} did not run`);
+    const fd = ours;
+    ours = -1;
+    return fd;
   } finally {
-    remote.syscall(SYS_close, [tfd]);
+    if (ours >= 0) closeFd(ours);
+    if (!closed) remote.syscall(SYS_close, [tfd]);
   }
 }

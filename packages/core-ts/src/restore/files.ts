@@ -32,23 +32,65 @@ export function restoreFds(remote: Remote, fds: readonly FdEntry[], shellJob: bo
     term = remote.fcntl(src, F_DUPFD, max + 1);
   }
   // close_range(0, ~0U) around the terminal we keep.
-  if (term < 0) remote.closeRange(0, 0xffffffff);
+  const closing = remote.list();
+  if (term < 0) closing.add('close_range', SYS.close_range, [0, 0xffffffff, 0]);
   else {
-    if (term > 0) remote.closeRange(0, term - 1);
-    remote.closeRange(term + 1, 0xffffffff);
+    if (term > 0) closing.add('close_range', SYS.close_range, [0, term - 1, 0]);
+    closing.add('close_range', SYS.close_range, [term + 1, 0xffffffff, 0]);
   }
-  for (const f of fds) {
-    const cloexec = (f.flags & O.CLOEXEC) !== 0;
-    let got: number;
-    if (f.kind === 'tty') got = remote.fcntl(term, F_DUPFD, 0);
-    else got = remote.open(f.path, f.flags & ~OPEN_FLAGS_DROP, 0);
-    if (got !== f.fd) {
-      remote.dup3(got, f.fd, cloexec ? O.CLOEXEC : 0);
-      remote.close(got);
-    } else if (f.kind === 'tty' && cloexec) remote.fcntl(f.fd, 2 /* F_SETFD */, 1);
-    if (f.kind === 'file' && f.offset !== 0n) remote.lseek(f.fd, f.offset, SEEK_SET);
-  }
+  closing.run();
+  if (!openInPlace(remote, fds, term)) openOneByOne(remote, fds, term);
   if (term >= 0) remote.close(term);
+}
+
+/** The fd a dumped fd is reopened as: a new fd from its path, or a copy of the terminal. */
+function reopen(list: CallList, f: FdEntry, term: number): number {
+  return f.kind === 'tty'
+    ? list.add('fcntl(F_DUPFD)', SYS.fcntl, [term, F_DUPFD, 0])
+    : list.add('open', SYS.open, [list.putString(f.path), f.flags & ~OPEN_FLAGS_DROP, 0], { detail: f.path });
+}
+
+/** What a reopened fd needs once it has its number: close-on-exec for a terminal copy, its offset. */
+function settle(list: CallList, f: FdEntry): void {
+  if (f.kind === 'tty' && f.flags & O.CLOEXEC) list.add('fcntl(F_SETFD)', SYS.fcntl, [f.fd, 2 /* F_SETFD */, 1]);
+  if (f.kind === 'file' && f.offset !== 0n) list.add('lseek', SYS.lseek, [f.fd, f.offset, SEEK_SET]);
+}
+
+/**
+ * The usual case in two trips: fds dumped as 0, 1, 2, ... reopen, in order, each at its own
+ * number (the lowest free one). False, with what it opened closed again, when they did not.
+ */
+function openInPlace(remote: Remote, fds: readonly FdEntry[], term: number): boolean {
+  if (fds.length === 0) return true;
+  const list = remote.list();
+  for (const f of fds) reopen(list, f, term);
+  const got = list.run().map(Number);
+  if (got.every((fd, i) => fd === fds[i]!.fd)) {
+    const after = remote.list();
+    for (const f of fds) settle(after, f);
+    after.run();
+    return true;
+  }
+  const undo = remote.list();
+  for (const fd of got) undo.add('close', SYS.close, [fd], { goOn: true });
+  undo.run();
+  return false;
+}
+
+/** Each fd reopened and moved to its number before the next is opened. */
+function openOneByOne(remote: Remote, fds: readonly FdEntry[], term: number): void {
+  for (const f of fds) {
+    const one = remote.list();
+    reopen(one, f, term);
+    const [got] = one.run().map(Number);
+    const rest = remote.list();
+    if (got !== f.fd) {
+      rest.add('dup3', SYS.dup3, [got!, f.fd, f.flags & O.CLOEXEC ? O.CLOEXEC : 0]);
+      rest.add('close', SYS.close, [got!]);
+      if (f.kind === 'file' && f.offset !== 0n) rest.add('lseek', SYS.lseek, [f.fd, f.offset, SEEK_SET]);
+    } else settle(rest, f);
+    rest.run();
+  }
 }
 
 function limitValue(v: Rlimit['soft']): bigint {

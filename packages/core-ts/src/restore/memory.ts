@@ -97,9 +97,12 @@ export function mapVmas(remote: Remote, vmas: readonly Vma[], entries: readonly 
       list.add('mmap', SYS.mmap, [v.start, v.end - v.start, prot, flags, fd, v.kind === 'file' ? v.pgoff : 0], { detail: v.file?.path ?? v.kind });
       if (widen) widened.push(v);
     }
+    // The fds go with the same trip (after every mmap has taken its reference).
+    for (const fd of fds.values()) list.add('close', SYS.close, [fd], { goOn: true });
     let at: bigint[];
     try {
       at = list.run();
+      fds.clear();
     } catch (err) {
       const v = err instanceof RemoteSyscallError && err.listIndex !== undefined ? mapped[err.listIndex] : undefined;
       if (v && errnoName((err as RemoteSyscallError).errno) === 'EEXIST')
@@ -115,6 +118,7 @@ export function mapVmas(remote: Remote, vmas: readonly Vma[], entries: readonly 
     });
     return { widened, mapped: mapped.length };
   } finally {
+    // Still open when the list failed (or never ran).
     if (fds.size > 0) {
       const close = remote.list();
       for (const fd of fds.values()) close.add('close', SYS.close, [fd], { goOn: true });

@@ -158,8 +158,11 @@ export class CallList {
   }
 }
 
-/** Counts every injected syscall of a restore (the summary reports it). */
-export const injectionStats = { calls: 0 };
+/**
+ * Counts every injected syscall of a restore, and the ptrace trips they took (one per single
+ * call or list): the summary reports both.
+ */
+export const injectionStats = { calls: 0, trips: 0 };
 
 export class Remote {
   private inj: SyscallInjector;
@@ -195,6 +198,7 @@ export class Remote {
   /** The raw return value: a negative errno is returned. */
   raw(nr: number, args: Array<bigint | number> = []): bigint {
     injectionStats.calls++;
+    injectionStats.trips++;
     try {
       return this.inj.call(nr, args);
     } catch (err) {
@@ -214,6 +218,7 @@ export class Remote {
     try {
       const results = this.inj.runList(this.runner!, list, words);
       injectionStats.calls += results.length;
+      injectionStats.trips++;
       return [...results];
     } catch (err) {
       const e = err as Error;

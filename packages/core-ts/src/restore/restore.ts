@@ -100,6 +100,8 @@ export interface RestoreResult {
   threads: number;
   pages: { present: number; lazy: number; zero: number };
   injectedSyscalls: number;
+  /** ptrace trips those took (a list of syscalls is one) */
+  injectionTrips: number;
   /** from reading the images (with awaitImagesMs: from their arrival) to the last detach */
   ms: number;
   /** where the time went (ms): images, check, stub, root, fork, layout, pages, state, lazy-handover, finish */
@@ -135,6 +137,11 @@ function setCreds(remote: Remote, p: StubProcess): void {
   remote.call('setgroups', 116, [c.groups.length, at]);
   remote.call('setresgid', 119, [c.gid, c.egid, c.sgid]);
   remote.call('setresuid', 117, [c.uid, c.euid, c.suid]);
+}
+
+/** RemoteProcess.syscalls through `remote`'s runner, with its list at `list` (room reserved by the caller). */
+function runListAt(remote: Remote, list: number): (calls: ReadonlyArray<{ nr: number; args: Array<number | bigint> }>) => bigint[] {
+  return (calls) => remote.rawList(list, calls);
 }
 
 class Rebuilder {
@@ -205,6 +212,7 @@ class Rebuilder {
           pid: p.pid,
           syscall: (nr: number, args: Array<number | bigint>) => leader.raw(nr, args),
           scratch: sc.reserve(4096),
+          ...(leader.runner !== null ? { syscalls: runListAt(leader, sc.reserve((vmas.length + 4) * 64)) } : {}),
           write: (address: number, data: Uint8Array) => void processVmWrite(p.pid, new Float64Array([address, data.length]), data),
           read: (address: number, length: number) => sc.read(address, length),
         };
@@ -253,6 +261,7 @@ class Rebuilder {
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const tStart = performance.now();
   const callsBefore = injectionStats.calls;
+  const tripsBefore = injectionStats.trips;
   // Needs nothing from the images (but with a pid namespace, the root's pid): started and
   // seized while they are read, or arrive. Pinned once they are here (an early pin would keep a restore
   // waiting on a busy CPU while the other one idles).
@@ -336,6 +345,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     threads,
     pages: { ...rb.counts },
     injectedSyscalls: injectionStats.calls - callsBefore,
+    injectionTrips: injectionStats.trips - tripsBefore,
     ms: performance.now() - (opts.awaitImagesMs === undefined ? tStart : tImages),
     phaseMs: rb.phaseMs,
     pinnedCpu: pin.cpu,

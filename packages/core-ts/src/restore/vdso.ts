@@ -8,7 +8,7 @@ import type { ProcVma } from '../proc/index.js';
 import type { Vma } from '../image/index.js';
 import { RestoreError, hex } from './errors.js';
 import { SPECIAL_KINDS, findHole, type Range } from './plan.js';
-import { MREMAP, type Remote } from './remote.js';
+import { MREMAP, SYS, type Remote } from './remote.js';
 
 function overlaps(a: Range, b: Range): boolean {
   return a.start < b.end && b.start < a.end;
@@ -17,10 +17,11 @@ function overlaps(a: Range, b: Range): boolean {
 export function moveSpecialMappings(remote: Remote, current: readonly ProcVma[], dumped: readonly Vma[], avoid: readonly Range[]): number {
   const cur = SPECIAL_KINDS.map((k) => current.find((v) => v.kind === k));
   const dst = SPECIAL_KINDS.map((k) => dumped.find((v) => v.kind === k));
-  let moves = 0;
+  const list = remote.list();
   if (dst.every((d) => d === undefined)) {
     // The dumped process had no vdso (vdso=0): take ours away too.
-    for (const c of cur) if (c) remote.munmap(c.start, c.end - c.start);
+    for (const c of cur) if (c) list.add('munmap', SYS.munmap, [c.start, c.end - c.start]);
+    list.run();
     return 0;
   }
   const pairs = cur.map((c, i) => ({ kind: SPECIAL_KINDS[i]!, c, d: dst[i] }));
@@ -36,16 +37,15 @@ export function moveSpecialMappings(remote: Remote, current: readonly ProcVma[],
     const tmp = findHole([...avoid, ...pairs.map((p) => p.c!), ...pairs.map((p) => p.d!)], hi - lo);
     for (const p of pairs) {
       const to = tmp + (p.c!.start - lo);
-      remote.mremap(p.c!.start, p.c!.end - p.c!.start, p.c!.end - p.c!.start, MREMAP.MAYMOVE | MREMAP.FIXED, to, `[${p.kind}] to a temporary ${hex(to)}`);
+      list.add('mremap', SYS.mremap, [p.c!.start, p.c!.end - p.c!.start, p.c!.end - p.c!.start, MREMAP.MAYMOVE | MREMAP.FIXED, to], { detail: `[${p.kind}] to a temporary ${hex(to)}` });
       p.c = { ...p.c!, start: to, end: to + (p.c!.end - p.c!.start) };
-      moves++;
     }
   }
   for (const p of pairs) {
     if (p.c!.start === p.d!.start) continue;
     const len = p.c!.end - p.c!.start;
-    remote.mremap(p.c!.start, len, len, MREMAP.MAYMOVE | MREMAP.FIXED, p.d!.start, `[${p.kind}] to ${hex(p.d!.start)}`);
-    moves++;
+    list.add('mremap', SYS.mremap, [p.c!.start, len, len, MREMAP.MAYMOVE | MREMAP.FIXED, p.d!.start], { detail: `[${p.kind}] to ${hex(p.d!.start)}` });
   }
-  return moves;
+  // In one trip: the moves are computed up front, and each lands where it was told (FIXED).
+  return list.run().length;
 }
