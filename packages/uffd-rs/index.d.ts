@@ -398,10 +398,11 @@ export interface BenchRustResult {
  * Sets the CPU affinity of the calling thread — the JS thread that makes the call, not the
  * whole process and not the native threads (fault loop, servers) already running:
  * sched_setaffinity(0, cpus). Threads the caller creates afterwards, and processes it
- * forks, inherit the set. Throws RangeError for an empty list, a SystemError (EINVAL)
+ * forks, inherit the set. With `tid`, that thread's instead (any thread the caller may
+ * change: same user, or CAP_SYS_NICE; errors then name the tid). Throws RangeError for an empty list, a SystemError (EINVAL)
  * for a CPU number out of range or a set with no online CPU.
  */
-export declare function setThreadAffinity(cpus: number[]): void
+export declare function setThreadAffinity(cpus: number[], tid?: number): void
 /** The CPUs the calling thread may run on (sched_getaffinity(0)), ascending. */
 export declare function getThreadAffinity(): number[]
 

@@ -217,9 +217,10 @@ export function crc32cPages(data, pageSize, out, outOffset = 0, seed = 0) {
   return native.crc32cPages(data, pageSize, out, outOffset, seed)
 }
 
-/** sched_setaffinity(0, cpus): the CPUs the calling (JS) thread may run on. */
-export function setThreadAffinity(cpus) {
-  native.setThreadAffinity(cpus)
+/** sched_setaffinity(tid ?? 0, cpus): the CPUs the calling (JS) thread, or thread tid, may run on. */
+export function setThreadAffinity(cpus, tid) {
+  if (tid === undefined) native.setThreadAffinity(cpus)
+  else native.setThreadAffinity(cpus, tid)
 }
 
 /** sched_getaffinity(0): the CPUs the calling (JS) thread may run on, ascending. */

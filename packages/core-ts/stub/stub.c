@@ -157,6 +157,14 @@ static int same(const char *a, const char *b) {
 }
 
 /* pid 1 of the new namespace: creates the root at <root> with clone3/set_tid, then reaps. */
+/* The future root keeps only stdin/out/err: <report-fd> and whatever else the restorer had
+ * open without close-on-exec go (a restore replaces all of them anyway, and a stub that is
+ * itself dumped, as restore's rehearsal does, must hold nothing a dump refuses). */
+static void close_inherited(int fd) {
+  sys1(SYS_close, fd);
+  sys3(SYS_close_range, 3, ~0U, 0);
+}
+
 static __attribute__((noreturn)) void ns_init(int fd, u64 root) {
   int tid = (int)root;
   volatile struct clone_args a;
@@ -173,7 +181,7 @@ static __attribute__((noreturn)) void ns_init(int fd, u64 root) {
   a.cgroup = 0;
   i64 pid = sys2(SYS_clone3, (i64)&a, sizeof a);
   if (pid == 0) {
-    sys1(SYS_close, fd);
+    close_inherited(fd);
     child_loop();
   }
   if (pid < 0) {
@@ -214,7 +222,7 @@ __attribute__((noreturn, used)) void stub_main(u64 *sp) {
   i64 pid = sys1(SYS_fork, 0);
   if (pid == 0) {
     if (ns_root) ns_init(fd, ns_root);
-    sys1(SYS_close, fd);
+    close_inherited(fd);
     child_loop();
   }
   if (pid < 0) {

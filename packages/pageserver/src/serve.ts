@@ -3,7 +3,8 @@
  * pages of an images directory on disk.
  */
 import { randomBytes } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   FrozenProcessReader, ImagesReader, TOKEN_FILE, lazyRanges, openPagesReader, silentLogger,
@@ -12,11 +13,16 @@ import {
 import { LazyRanges } from './protocol/lazy-ranges.js';
 import { PageServer, type PageServerContent } from './server.js';
 
+/**
+ * The token of an images dir. Read synchronously (it is a few bytes): an armed destination
+ * says hello the moment it is there, not after thread-pool round trips queued behind the
+ * images being read.
+ */
 export async function readToken(imagesDir: string): Promise<string> {
   const path = join(imagesDir, TOKEN_FILE);
   try {
     // The newline is the token's end: a file still being copied is not taken for a short token.
-    const m = /^([0-9a-f]{32,128})\n$/.exec(await readFile(path, 'utf8'));
+    const m = /^([0-9a-f]{32,128})\n$/.exec(readFileSync(path, 'utf8'));
     if (!m) throw new Error('not a token (or not all of it yet)');
     return m[1]!;
   } catch (err) {

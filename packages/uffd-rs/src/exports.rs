@@ -402,13 +402,23 @@ fn probe_kernel(env: Env, _a: &Args) -> JsResult<Value> {
 
 // ---------- CPU affinity ----------
 
-/// sched_setaffinity(0, cpus): the calling (JS) thread only, not the process.
+/// sched_setaffinity(tid, cpus): by default (no tid) the calling (JS) thread only, not the process.
 fn set_thread_affinity(env: Env, a: &Args) -> JsResult<Value> {
     let cpus: Vec<usize> = u64_list(env, a.get(0, "cpus")?, "cpus")?.into_iter().map(|c| c as usize).collect();
     if cpus.is_empty() {
         return range_error("cpus must not be empty");
     }
-    sys(crate::sys::pin_current_thread(&cpus))?;
+    let tid = match a.opt(1)? {
+        None => 0,
+        Some(v) => {
+            let x = env.to_f64(v, "tid")?;
+            if !(x.fract() == 0.0 && x >= 1.0 && x <= i32::MAX as f64) {
+                return range_error(format!("tid must be a positive integer, got {x}"));
+            }
+            x as i32
+        }
+    };
+    sys(crate::sys::pin_thread(tid, &cpus))?;
     env.undefined()
 }
 

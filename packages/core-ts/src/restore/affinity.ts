@@ -1,8 +1,9 @@
 /**
  * Pinning the tracer (this process's JS thread) and the processes being rebuilt to one CPU:
  * an injected syscall costs ~5x less when tracer and tracee share a CPU (KERNEL-NOTES).
- * Stubs started while we are pinned inherit the pin; the restored threads get the CPU set
- * we had before (the images do not record affinity) by an injected sched_setaffinity.
+ * The stub is pinned from here (sched_setaffinity on its pid) before its first injection;
+ * what it forks and clones inherits that, and the restored threads get back the CPU set we
+ * had before (the images do not record affinity), set the same way.
  *
  * Our own thread's affinity is set natively: uffd-rs setThreadAffinity / getThreadAffinity
  * act on the calling thread (sched_setaffinity(0)), which is the JS thread that traces.

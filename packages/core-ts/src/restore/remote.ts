@@ -255,15 +255,6 @@ export class Remote {
   munmap(addr: number, len: number): void {
     this.call('munmap', SYS.munmap, [addr, len]);
   }
-  mprotect(addr: number, len: number, prot: number): void {
-    this.call('mprotect', SYS.mprotect, [addr, len, prot]);
-  }
-  madvise(addr: number, len: number, advice: number): bigint {
-    return this.raw(SYS.madvise, [addr, len, advice]);
-  }
-  mremap(addr: number, oldLen: number, newLen: number, flags: number, newAddr: number, detail?: string): number {
-    return Number(this.call('mremap', SYS.mremap, [addr, oldLen, newLen, flags, newAddr], detail));
-  }
   open(path: string, flags: number, mode = 0): number {
     const p = this.need().putString(path);
     return Number(this.call('open', SYS.open, [p, flags, mode], path));
@@ -271,62 +262,11 @@ export class Remote {
   close(fd: number): void {
     this.call('close', SYS.close, [fd]);
   }
-  dup3(from: number, to: number, flags: number): void {
-    this.call('dup3', SYS.dup3, [from, to, flags]);
-  }
   fcntl(fd: number, cmd: number, arg: number): number {
     return Number(this.call('fcntl', SYS.fcntl, [fd, cmd, arg]));
   }
-  lseek(fd: number, off: bigint, whence: number): void {
-    this.call('lseek', SYS.lseek, [fd, off, whence]);
-  }
-  closeRange(first: number, last: number): void {
-    this.call('close_range', SYS.close_range, [first, last, 0]);
-  }
-  chdir(path: string): void {
-    const p = this.need().putString(path);
-    this.call('chdir', SYS.chdir, [p], path);
-  }
-  umask(mask: number): void {
-    this.call('umask', SYS.umask, [mask]);
-  }
   setsid(): void {
     this.call('setsid', SYS.setsid, []);
-  }
-  personality(p: number): void {
-    this.call('personality', SYS.personality, [p]);
-  }
-  prctl(option: number, a2: bigint | number, a3: bigint | number = 0, a4: bigint | number = 0, a5: bigint | number = 0, detail?: string): bigint {
-    return this.call('prctl', SYS.prctl, [option, a2, a3, a4, a5], detail);
-  }
-  setName(comm: string): void {
-    const b = Buffer.alloc(16);
-    b.write(comm.slice(0, 15), 'utf8');
-    const p = this.need().put(b);
-    this.prctl(PR.SET_NAME, p, 0, 0, 0, `comm ${comm}`);
-  }
-  prlimit(resource: number, soft: bigint, hard: bigint): void {
-    const b = Buffer.alloc(16);
-    b.writeBigUInt64LE(soft, 0);
-    b.writeBigUInt64LE(hard, 8);
-    const p = this.need().put(b);
-    this.call('prlimit64', SYS.prlimit64, [0, resource, p, 0]);
-  }
-  schedSetaffinity(pid: number, cpus: readonly number[]): void {
-    const words = Math.max(1, Math.ceil((Math.max(...cpus, 0) + 1) / 64));
-    const b = Buffer.alloc(words * 8);
-    for (const c of cpus) b[c >> 3]! |= 1 << (c & 7);
-    const p = this.need().put(b);
-    this.call('sched_setaffinity', SYS.sched_setaffinity, [pid, b.length, p]);
-  }
-  setTidAddress(addr: bigint): void {
-    this.call('set_tid_address', SYS.set_tid_address, [addr]);
-  }
-  setRobustList(head: bigint, len: bigint): void {
-    this.call('set_robust_list', SYS.set_robust_list, [head, len]);
-  }
-  rseq(ptr: bigint, len: number, flags: number, sig: number): void {
-    this.call('rseq', SYS.rseq, [ptr, len, flags, sig]);
   }
   fork(): number {
     return Number(this.call('fork', SYS.fork, []));

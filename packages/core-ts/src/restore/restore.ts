@@ -12,7 +12,7 @@
  */
 import { reapTracees } from '../tracees.js';
 import { entriesForLazyRestore } from '../lazy/plan.js';
-import { processVmWrite, ptrace } from '@lazymig/uffd-rs';
+import { processVmWrite, ptrace, setThreadAffinity } from '@lazymig/uffd-rs';
 import { awaitImages, openPagesReader, readImages, type LoadedImages, type PagemapEntry, type Vma } from '../image/index.js';
 import { pinToOneCpu, type Pin } from './affinity.js';
 import { CONTROL_SIZE, controlArea, type ControlArea } from './control.js';
@@ -21,6 +21,7 @@ import { restoreFds, restoreFsState, restoreLimits, ourTerminalFd } from './file
 import { fillPages, finishVmas, mapVmas, unmapStub } from './memory.js';
 import { setMm } from './mm.js';
 import { checkImages, findHole, hostFacts, RestoreRefusedError, type Range } from './plan.js';
+import { rehearseRestore } from './rehearsal.js';
 import { injectionStats, type Remote } from './remote.js';
 import { startStub, type StartedStub, type StubExit } from './stub.js';
 import { checkXstate, cloneThreads, restoreSigactions, restoreThreadState, setFinalState } from './threads.js';
@@ -229,7 +230,7 @@ class Rebuilder {
   finish(p: StubProcess): void {
     const core = p.image.core;
     const all = [p.leader, ...p.threads];
-    if (this.pin.cpu !== null && this.pin.before.length > 0) for (const r of all) r.schedSetaffinity(0, this.pin.before);
+    if (this.pin.cpu !== null && this.pin.before.length > 0) for (const r of all) setThreadAffinity([...this.pin.before], r.tid);
     // The leader's last syscall: unmap the control area; it stops at the syscall exit.
     p.leader.munmap(this.area.addr, this.area.size);
     p.threads.forEach((t, i) => setFinalState(t.tid, core.threads[i + 1]!));
@@ -260,8 +261,6 @@ class Rebuilder {
  */
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const tStart = performance.now();
-  const callsBefore = injectionStats.calls;
-  const tripsBefore = injectionStats.trips;
   // Needs nothing from the images (but with a pid namespace, the root's pid): started and
   // seized while they are read, or arrive. Pinned once they are here (an early pin would keep a restore
   // waiting on a busy CPU while the other one idles).
@@ -272,6 +271,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let stub: StartedStub | undefined;
   let rb: Rebuilder | undefined;
   let tImages = tStart;
+  let callsBefore = injectionStats.calls;
+  let tripsBefore = injectionStats.trips;
   let threads = 0;
   try {
     const images =
@@ -280,9 +281,15 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         : await awaitImages(opts.imagesDir, {
             timeoutMs: opts.awaitImagesMs,
             onWaiting: (why) => opts.onProgress?.({ phase: 'waiting', reason: why }),
-            warmUp: () => void hostFacts(),
+            warmUp: async () => {
+              hostFacts();
+              await rehearseRestore(restore);
+            },
           });
     tImages = performance.now();
+    // From here: an armed restore has rehearsed meanwhile (rehearsal.ts).
+    callsBefore = injectionStats.calls;
+    tripsBefore = injectionStats.trips;
     checkImages(images, { shellJob: opts.shellJob ?? false, lazy: opts.lazy !== undefined, pidNs: opts.pidNs ?? false });
     if (opts.shellJob && images.processes.some((p) => p.core.fds.some((f) => f.kind === 'tty')) && ourTerminalFd() === null)
       throw new RestoreRefusedError([{ pid: images.inventory.rootPid, code: 'options', message: '--shell-job: the images have a terminal open, but this restore has no terminal to give them' }]);
@@ -308,11 +315,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     rb.phaseMs['check'] = tStub - tImages;
     rb.last = tStub;
     rb.lap('stub');
+    // On our CPU, like the tracer (set from here: every injection after it is then a switch
+    // on one CPU); the tree forks and clones from the root and inherits it.
+    if (pin.cpu !== null) setThreadAffinity([pin.cpu], seized.pid);
     const root = prepareRoot(seized, rootImage, area, !(opts.shellJob ?? false));
     rb.created.push(root);
     rb.lap('root');
-    // On our CPU, like the tracer: the tree forks and clones from the root and inherits it.
-    if (pin.cpu !== null) root.leader.schedSetaffinity(0, [pin.cpu]);
     for (const p of images.processes) checkXstate(stub.pid, p.core.threads, p.pid);
     const rbx = rb;
     const all = forkTree(images, root, area, (p) => rbx.created.push(p), opts.pidNs ?? false);

@@ -84,6 +84,8 @@ export interface StubOptions {
   timeoutMs?: number;
   /** restore into a new pid namespace, the root at this pid there */
   pidNs?: number;
+  /** the stub's fds 0-2: ours (default), or /dev/null */
+  stdio?: 'inherit' | 'ignore';
 }
 
 /** Starts a stub and waits (at most timeoutMs) until it reported its child's pid. */
@@ -92,7 +94,8 @@ export function startStub(opts: StubOptions = {}): Promise<StartedStub> {
   const bin = stubBinary();
   const nsRoot = opts.pidNs ?? 0;
   const args = nsRoot ? ['3', '--pid-ns', String(nsRoot)] : ['3'];
-  const child: ChildProcess = spawn(bin, args, { stdio: ['inherit', 'inherit', 'inherit', 'pipe'] });
+  const io = opts.stdio ?? 'inherit';
+  const child: ChildProcess = spawn(bin, args, { stdio: [io, io, io, 'pipe'] });
   const pipe = child.stdio[3] as Readable;
   let buf = '';
   let released = false;

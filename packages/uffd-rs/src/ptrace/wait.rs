@@ -22,6 +22,10 @@ pub enum StopState {
 const SPIN: Duration = Duration::from_micros(300);
 const FIRST_SLEEP: Duration = Duration::from_micros(50);
 const MAX_SLEEP: Duration = Duration::from_millis(2);
+/// Short sleeps for this long: an injected syscall on a busy machine can wait a few ms for
+/// a CPU, and a stop noticed up to 2 ms late (the longest sleep) was most of that in a
+/// restore's downtime. Waits longer than this are blocked syscalls: back off.
+const SHORT_SLEEPS_FOR: Duration = Duration::from_millis(20);
 
 pub fn decode(status: i32) -> StopState {
     if libc::WIFEXITED(status) {
@@ -77,7 +81,9 @@ pub fn wait_stop(tid: i32, timeout: Duration) -> SysResult<StopState> {
             std::thread::yield_now();
         } else {
             std::thread::sleep(sleep.min(deadline - now));
-            sleep = (sleep * 2).min(MAX_SLEEP);
+            if now - start >= SHORT_SLEEPS_FOR {
+                sleep = (sleep * 2).min(MAX_SLEEP);
+            }
         }
     }
 }

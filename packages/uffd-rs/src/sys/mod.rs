@@ -38,6 +38,11 @@ pub fn now_ns() -> u64 {
 /// Restricts the calling thread to `cpus` (sched_setaffinity(0)); pinning to one CPU cuts
 /// the wake-up cost between CPUs that dominates fault latency on small VMs (KERNEL-NOTES).
 pub fn pin_current_thread(cpus: &[usize]) -> SysResult<()> {
+    pin_thread(0, cpus)
+}
+
+/// sched_setaffinity(tid, cpus): tid 0 is the calling thread.
+pub fn pin_thread(tid: i32, cpus: &[usize]) -> SysResult<()> {
     // SAFETY: cpu_set_t is plain data; CPU_SET is bounds-checked against its size below.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -47,7 +52,8 @@ pub fn pin_current_thread(cpus: &[usize]) -> SysResult<()> {
             }
             libc::CPU_SET(cpu, &mut set);
         }
-        cvt(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) as libc::c_long, "sched_setaffinity")?;
+        cvt(libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) as libc::c_long, "sched_setaffinity")
+            .map_err(|e| if tid != 0 { e.about(crate::sys::Subject::Tid(tid)) } else { e })?;
     }
     Ok(())
 }
