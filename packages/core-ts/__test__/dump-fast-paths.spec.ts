@@ -11,6 +11,8 @@ import { PM_FILE, PM_PRESENT, PM_SWAPPED, PM_ZERO, readMaps, readPagemap, readSm
 import { sigactionsToAsk } from '../src/dump/ask-process.js';
 import { frozenLayout, staleFlags } from '../src/dump/layout.js';
 import { FlagSyscallWatch } from '../src/dump/flag-syscalls.js';
+import { StaleFlagsError, dump } from '../src/dump/index.js';
+import { vmaFlagBits } from '../src/dump/memory.js';
 import { freezeTree } from '../src/dump/freeze.js';
 import { ImagesDirWriter, sampleImageSet } from '../src/image/index.js';
 
@@ -114,4 +116,41 @@ test('flag-syscall watch: quiet while the process only computes, not after a mad
   await writeFile(trigger, '');
   await w.waitForLine(/dropped dontneed=/, 20_000);
   t.false(watch.quiet(w.pid, [w.pid]), 'madvise and munmap were counted');
+});
+
+test('a lazy dump of a process that keeps changing a mapping\'s flags: its images hold the flags it is frozen with, or it withdraws them and the process goes on', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'lazymig-toggle-'));
+  const w = await startWorkload('memhog', ['4', '--interval-ms', '0', '--toggle-dontfork', '1']);
+  t.teardown(async () => {
+    w.kill();
+    await rm(dir, { recursive: true, force: true });
+  });
+  await w.waitForLine(/verify ok pass=3 /, 20_000);
+  const region = hexField(w.ready[0], 'region');
+  let dumped = 0;
+  let withdrawn = 0;
+  for (let i = 0; i < 6; i++) {
+    let r: Awaited<ReturnType<typeof dump>>;
+    try {
+      r = await dump({ pid: w.pid, imagesDir: join(dir, `img${i}`), mode: 'lazy', pageServer: { address: '127.0.0.1', port: 1 } });
+    } catch (err) {
+      t.true(err instanceof StaleFlagsError, String(err));
+      t.false(existsSync(join(dir, `img${i}`)), 'withdrawn images are gone');
+      withdrawn++;
+      continue;
+    }
+    try {
+      // Still frozen: what the images say is what the kernel says now.
+      const now = readSmaps(w.pid).find((v) => v.start === region)!;
+      const imaged = r.images.processes[0]!.core.vmas.find((v) => v.start === region)!;
+      t.is(imaged.madvise, vmaFlagBits(now).madvise, `dump ${i}: madvise bits of the region`);
+      dumped++;
+    } finally {
+      r.frozen!.resume();
+    }
+  }
+  t.log(`${dumped} dumps kept, ${withdrawn} withdrawn`);
+  const since = w.logSize();
+  await w.waitForLine(/verify ok /, 10_000, { since });
+  t.notRegex(w.readLog(), /FAILED/);
 });

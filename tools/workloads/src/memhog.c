@@ -26,7 +26,10 @@
  * --fork-trigger FILE: at the first pass that finds FILE, fork a child that verifies the
  * whole region once and exits; prints forked child=<pid> pass=.., then from the child
  * "child verify ok pid=<pid> pages=<n>" (or "child verify FAILED ..."), then from the parent
- * "child exited status=<s>". */
+ * "child exited status=<s>".
+ * --toggle-dontfork 1: after every pass, madvise the whole region MADV_DONTFORK, then
+ * MADV_DOFORK the next time, and so on: its VmFlags change with no change in
+ * /proc/PID/maps (a dump that reused stale flags would be caught). */
 #include "common.h"
 #include <sys/wait.h>
 
@@ -57,6 +60,7 @@ int main(int argc, char **argv) {
   const char *drop_trigger = opt_str("--drop-trigger", NULL);
   const char *remap_trigger = opt_str("--remap-trigger", NULL);
   const char *fork_trigger = opt_str("--fork-trigger", NULL);
+  long toggle_dontfork = opt_long("--toggle-dontfork", 0);
   int remapped = 0, forked = 0;
   pid_t child = 0;
   long drop_mib = opt_long("--drop-mib", 4);
@@ -187,6 +191,7 @@ int main(int argc, char **argv) {
       return 0;
     }
     check_lifetime(counter);
+    if (toggle_dontfork && madvise(region, live * PAGE, pass % 2 ? MADV_DONTFORK : MADV_DOFORK) != 0) die("madvise");
     if (interval > 0) sleep_ms(interval);
     /* Time beyond the intended sleep counts (e.g. frozen while asleep). */
     last = last + (double)interval > now_ms() ? now_ms() : last + (double)interval;
