@@ -88,6 +88,14 @@ interface Job {
   count: number;
 }
 
+/**
+ * After the first hand-over, background transfer waits this long, or until a fault has been
+ * served if one comes first: a process that has just resumed faults at once, and its first
+ * faults would otherwise share both ends' CPUs with the first megabytes of background data
+ * (measured: 7-15 ms for the first fault instead of ~1 ms).
+ */
+const BACKGROUND_HOLD_MS = 15;
+
 /** Pages installed per installBatch call while draining staged replies. */
 const SLICE_PAGES = 16;
 
@@ -122,6 +130,9 @@ export class LazyPagesEngine {
   readonly #maxRate: number;
   #backgroundBytes = 0;
   #rateTimer: NodeJS.Timeout | null = null;
+  /** Background requests wait until then (performance.now() ms); 0: no hold. */
+  #backgroundFrom = 0;
+  #holdTimer: NodeJS.Timeout | null = null;
   readonly #procs = new Map<number, Proc>(); // by uffd fd
   readonly #loop: FaultLoop;
   #inFlight = 0;
@@ -169,7 +180,10 @@ export class LazyPagesEngine {
 
   add(t: LazyTarget): void {
     // totalMs counts from the first process handed over, not from the daemon's start.
-    if (this.#procs.size === 0) this.#t0 = performance.now();
+    if (this.#procs.size === 0) {
+      this.#t0 = performance.now();
+      this.#holdBackground(BACKGROUND_HOLD_MS);
+    }
     const space = new PageSpace(this.#P);
     for (const r of t.ranges) space.add(r.start, r.src ?? r.start, r.pages);
     this.#adopt(t.pid, t.sourcePid, t.uffd, space);
@@ -205,6 +219,7 @@ export class LazyPagesEngine {
     if (this.#finished) return;
     this.#finished = true;
     if (this.#rateTimer) clearTimeout(this.#rateTimer);
+    if (this.#holdTimer) clearTimeout(this.#holdTimer);
     this.#dropStaged();
     await this.#loop.stop();
     this.#reject(err);
@@ -295,6 +310,7 @@ export class LazyPagesEngine {
           // ahead of background data.
           this.#installPart(s, 1, 'fault');
           if (faultT !== undefined) this.#serviceUs.push((performance.now() - faultT) * 1000);
+          this.#releaseBackground();
           this.#staged.unshift(s);
           this.#scheduleDrain();
         } else this.#submit(s);
@@ -511,7 +527,7 @@ export class LazyPagesEngine {
     if (this.#finished) return;
     const procs = [...this.#procs.values()].filter((p) => p.alive && p.space.remaining > 0);
     while (this.#inFlight < this.#inFlightMax && procs.length > 0) {
-      if (this.#overRate()) break;
+      if (this.#backgroundFrom !== 0 || this.#overRate()) break;
       const p = procs[this.#rr++ % procs.length]!;
       const run = p.space.nextMissing(p.hint, this.#chunk);
       if (!run) {
@@ -524,6 +540,19 @@ export class LazyPagesEngine {
     this.stats.remaining = this.#remaining();
     this.#onProgress?.(this.stats);
     if (this.#sealed && this.stats.remaining === 0 && this.#inFlight === 0) void this.#complete();
+  }
+
+  #holdBackground(ms: number): void {
+    this.#backgroundFrom = performance.now() + ms;
+    this.#holdTimer = setTimeout(() => this.#releaseBackground(), ms);
+  }
+
+  #releaseBackground(): void {
+    if (this.#backgroundFrom === 0) return;
+    this.#backgroundFrom = 0;
+    if (this.#holdTimer) clearTimeout(this.#holdTimer);
+    this.#holdTimer = null;
+    this.#pump();
   }
 
   /** Past the background rate cap: come back when the budget allows another request. */
