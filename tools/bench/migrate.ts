@@ -231,7 +231,7 @@ async function migrate(mib: number, mode: Mode): Promise<Result> {
     else await mustExit(dumper, 'dump');
     const copyStart = Date.now();
     await copyDir(srcImages, dstImages);
-    if (TIMELINE) console.log(`(bench: images copied ${copyStart} .. ${Date.now()})`);
+    const copyEnd = Date.now();
     if (mode === 'lazy') {
       // Restore is started at once, not after the daemon says it is ready: restore waits
       // (up to 5 s) for lazy-pages.socket, so the two commands start up side by side.
@@ -253,8 +253,10 @@ async function migrate(mib: number, mode: Mode): Promise<Result> {
       summary = JSON.parse(daemon.out().trim().split('\n').pop()!);
     }
     const allInAt = resumedAt + (summary?.totalMs ?? 0);
-    if (TIMELINE) printTimeline(frozenAt, cmds);
-    if (TIMELINE) console.log(`frozen at ${frozenAt}`);
+    if (TIMELINE) {
+      printTimeline(frozenAt, cmds);
+      console.log(`(bench: images copied from ${copyStart - frozenAt} to ${copyEnd - frozenAt} ms)`);
+    }
     const rx1 = await rxBytes(hosts, hosts.dst);
     // Two whole passes after every page is in: the workload's view is complete.
     const ps0 = passes(hog.readLog());

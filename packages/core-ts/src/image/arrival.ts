@@ -76,27 +76,28 @@ export async function whenComplete<T>(dir: string, attempt: () => Promise<T>, op
     changed = true;
     wake?.();
   };
-  // The dir itself once it exists; its parent (to see it appear) until then.
-  const watchDir = (): void => {
+  // The dir itself once it exists; its parent (to see it appear) until then. True when it
+  // starts watching another dir: what happened there before is not seen, so look again.
+  const watchDir = (): boolean => {
     for (const d of [dir, dirname(dir)]) {
-      if (d === watched) return;
+      if (d === watched) return false;
       try {
         const w = watch(d, onChange);
         w.on('error', () => undefined);
         watcher?.close();
         watcher = w;
         watched = d;
-        return;
+        return true;
       } catch {
         /* not there (yet): try the parent, or rely on the periodic re-check */
       }
     }
+    return false;
   };
   try {
     let told = false;
     for (;;) {
-      watchDir();
-      changed = false;
+      changed = watchDir();
       try {
         return await attempt();
       } catch (err) {

@@ -16,7 +16,7 @@
  *             against its own CRC whenever it is read.
  * All integers little endian.
  */
-import { fstatSync, readSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync, writeSync } from 'node:fs';
 import { open, rm, type FileHandle } from 'node:fs/promises';
 import { checkKindVersion, checkMagic } from './codec.js';
 import { crc32c, crc32cPages, crc32cUpdate } from './crc32c.js';
@@ -69,10 +69,10 @@ async function readFully(fh: FileHandle, file: string, buf: Buffer, off: number,
  * synchronous, because each thread-pool round trip costs more than such a read, and a
  * destination reads them while the migrated tree is frozen.
  */
-function readSmallPart(fh: FileHandle, file: string, buf: Buffer, off: number, len: number, pos: number): void {
+function readSmallPart(fd: number, file: string, buf: Buffer, off: number, len: number, pos: number): void {
   let done = 0;
   while (done < len) {
-    const n = readSync(fh.fd, buf, off + done, len - done, pos + done);
+    const n = readSync(fd, buf, off + done, len - done, pos + done);
     if (n === 0) throw new ImageError(file, `truncated: unexpected end of file at byte ${pos + done} (the file shrank?)`, 'truncated');
     done += n;
   }
@@ -267,9 +267,23 @@ export type PagesVerify = 'footer' | 'full';
  * return what it holds. Does not keep the file open.
  */
 export async function readPagesInfo(path: string, opts: { verify?: PagesVerify } = {}): Promise<PagesFileInfo> {
-  const r = await PagesReader.open(path, { verify: opts.verify ?? 'footer' });
-  await r.close();
-  return r.info;
+  if (opts.verify === 'full') {
+    const r = await PagesReader.open(path, { verify: 'full' });
+    await r.close();
+    return r.info;
+  }
+  // Only small parts are read: synchronously, like the other image files (dir.ts).
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (err) {
+    throw asImageError(path, err);
+  }
+  try {
+    return PagesReader.validateFooter(fd, path).info;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 export interface PagesReaderOptions {
@@ -331,14 +345,35 @@ export class PagesReader {
   }
 
   private static async validate(fh: FileHandle, file: string, verify: PagesVerify): Promise<{ info: PagesFileInfo; crcs: Uint32Array }> {
-    const size = fstatSync(fh.fd).size;
+    const v = PagesReader.validateFooter(fh.fd, file);
+    if (verify === 'full') await PagesReader.checkWholeFile(fh, file, v.info.size, v.info.fileCrc);
+    return v;
+  }
+
+  /** Every byte against the file's CRC32C (reads the whole file). */
+  private static async checkWholeFile(fh: FileHandle, file: string, size: number, fileCrc: number): Promise<void> {
+    const chunk = Buffer.alloc(Math.min(8 << 20, size));
+    let crc = 0;
+    for (let pos = 0; pos < size - 8; ) {
+      const len = Math.min(chunk.length, size - 8 - pos);
+      await readFully(fh, file, chunk, 0, len, pos);
+      crc = crc32cUpdate(crc, chunk.subarray(0, len));
+      pos += len;
+    }
+    if (crc !== fileCrc)
+      throw new ImageError(file, `checksum mismatch: stored file CRC32C ${hex(fileCrc)}, contents give ${hex(crc)} (page data corrupted)`, 'checksum');
+  }
+
+  /** Header, footer and CRC table, read synchronously (small parts of the file). */
+  static validateFooter(fd: number, file: string): { info: PagesFileInfo; crcs: Uint32Array } {
+    const size = fstatSync(fd).size;
     const head = Buffer.alloc(Math.min(size, 20));
-    readSmallPart(fh, file, head, 0, head.length, 0);
+    readSmallPart(fd, file, head, 0, head.length, 0);
     checkMagic(file, head);
     if (size < 20 + PAGES_TRAILER_SIZE) throw new ImageError(file, `truncated: ${size} bytes, too short for a pages file`, 'truncated');
     const P = head.readUInt32LE(12);
     const trailer = Buffer.alloc(PAGES_TRAILER_SIZE);
-    readSmallPart(fh, file, trailer, 0, PAGES_TRAILER_SIZE, size - PAGES_TRAILER_SIZE);
+    readSmallPart(fd, file, trailer, 0, PAGES_TRAILER_SIZE, size - PAGES_TRAILER_SIZE);
     if (!trailer.subarray(0, 4).equals(TRAILER_MAGIC))
       throw new ImageError(file, `truncated or unfinished: no pages footer at the end of the ${size}-byte file`, 'truncated');
     if (!validPageSize(P)) throw new ImageError(file, `corrupt header: page size ${P} is not a power of two in 4096..2^30`, 'malformed');
@@ -349,9 +384,9 @@ export class PagesReader {
     if (size > expected)
       throw new ImageError(file, `malformed: ${size} bytes, its footer declares ${n} pages of ${P} bytes (${expected} bytes in all)`, 'malformed');
     const header = Buffer.alloc(P);
-    readSmallPart(fh, file, header, 0, P, 0);
+    readSmallPart(fd, file, header, 0, P, 0);
     const table = Buffer.alloc(n * 4);
-    readSmallPart(fh, file, table, 0, table.length, (n + 1) * P);
+    readSmallPart(fd, file, table, 0, table.length, (n + 1) * P);
     const footerCrc = crc32cUpdate(crc32cUpdate(crc32c(header), table), trailer.subarray(0, 12));
     if (footerCrc !== trailer.readUInt32LE(12))
       throw new ImageError(file, `checksum mismatch in the header or footer: stored CRC32C ${hex(trailer.readUInt32LE(12))}, contents give ${hex(footerCrc)}`, 'checksum');
@@ -360,18 +395,6 @@ export class PagesReader {
     if (header.subarray(20).some((b) => b !== 0)) throw new ImageError(file, 'malformed: header padding is not zero', 'malformed');
     const pid = header.readUInt32LE(16);
     const fileCrc = trailer.readUInt32LE(8);
-    if (verify === 'full') {
-      const chunk = Buffer.alloc(Math.min(8 << 20, size));
-      let crc = 0;
-      for (let pos = 0; pos < size - 8; ) {
-        const len = Math.min(chunk.length, size - 8 - pos);
-        await readFully(fh, file, chunk, 0, len, pos);
-        crc = crc32cUpdate(crc, chunk.subarray(0, len));
-        pos += len;
-      }
-      if (crc !== fileCrc)
-        throw new ImageError(file, `checksum mismatch: stored file CRC32C ${hex(fileCrc)}, contents give ${hex(crc)} (page data corrupted)`, 'checksum');
-    }
     const crcs = new Uint32Array(n);
     if (LITTLE_ENDIAN) new Uint8Array(crcs.buffer).set(table);
     else for (let i = 0; i < n; i++) crcs[i] = table.readUInt32LE(i * 4);
