@@ -12,7 +12,7 @@ import { sigactionsToAsk } from '../src/dump/ask-process.js';
 import { frozenLayout, staleFlags } from '../src/dump/layout.js';
 import { FlagSyscallWatch } from '../src/dump/flag-syscalls.js';
 import { StaleFlagsError, dump } from '../src/dump/index.js';
-import { vmaFlagBits } from '../src/dump/memory.js';
+import { vmaFlagBits, wholePopulatedAnon } from '../src/dump/memory.js';
 import { freezeTree } from '../src/dump/freeze.js';
 import { ImagesDirWriter, sampleImageSet } from '../src/image/index.js';
 
@@ -153,4 +153,33 @@ test('a lazy dump of a process that keeps changing a mapping\'s flags: its image
   const since = w.logSize();
   await w.waitForLine(/verify ok /, 10_000, { since });
   t.notRegex(w.readLog(), /FAILED/);
+});
+
+test('wholly populated anonymous VMAs are found before the freeze; untouched and zero-page ones are not; a lazy dump records such a VMA as a scan of the frozen process would', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'lazymig-whole-'));
+  const w = await startWorkload('memhog', ['8', '--interval-ms', '10']);
+  t.teardown(async () => {
+    w.kill();
+    await rm(dir, { recursive: true, force: true });
+  });
+  await w.waitForLine(/verify ok pass=1 /, 20_000);
+  const [region, untouched, zero] = ['region', 'untouched', 'zero'].map((k) => hexField(w.ready[0], k));
+  const anon = readSmaps(w.pid).filter((v) => v.kind === 'anon');
+  const whole = wholePopulatedAnon(w.pid, anon);
+  t.true(whole.has(region!), 'the region memhog wrote is wholly populated');
+  t.false(whole.has(untouched!), 'a VMA never touched is not');
+  t.false(whole.has(zero!), 'a VMA only read (the zero page) is not');
+
+  // A lazy dump (quiet: the region is not scanned while frozen) records what a scan of the
+  // frozen process says: the region's every page, lazily.
+  const r = await dump({ pid: w.pid, imagesDir: join(dir, 'img'), mode: 'lazy', pageServer: { address: '127.0.0.1', port: 1 } });
+  try {
+    const end = region! + (8 << 20);
+    const recorded = r.images.processes[0]!.pagemap.entries.filter((e) => e.start >= region! && e.start < end);
+    const scanned = [...scanPopulated(w.pid, [{ start: region!, end, file: false }])];
+    t.is(scanned.reduce((n, x) => n + x.pages, 0), (8 << 20) / 4096, 'the frozen region is wholly populated');
+    t.deepEqual(recorded, [{ start: region!, pages: (8 << 20) / 4096, kind: 'lazy' }]);
+  } finally {
+    r.frozen!.resume();
+  }
 });

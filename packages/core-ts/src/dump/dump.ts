@@ -26,7 +26,7 @@ import { dumpRefusals, toImageFd } from './fds.js';
 import { freezeTree, type FrozenTree } from './freeze.js';
 import { FlagSyscallWatch } from './flag-syscalls.js';
 import { StaleFlagsError, frozenLayout, staleFlags, type FrozenLayout } from './layout.js';
-import { dumpMemory } from './memory.js';
+import { dumpMemory, wholePopulatedAnon } from './memory.js';
 import { arch, release } from 'node:os';
 
 /** The page server's auth token, written into the images dir: whoever has the images may fetch the pages. */
@@ -138,12 +138,20 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   // trust the VmFlags read here without reading smaps again (flag-syscalls.ts).
   const flagWatch = mode === 'lazy' ? FlagSyscallWatch.open(before) : null;
   const preSmaps = new Map<number, SmapsVma[]>();
+  // A lazy dump's wholly populated anonymous VMAs: not scanned again while frozen (memory.ts).
+  const preWhole = new Map<number, Map<number, number>>();
   try {
     refuseIfAny(before.processes, (pid) => {
       const smaps = readSmaps(pid);
       preSmaps.set(pid, smaps);
       return { smaps, fds: readFds(pid) };
     });
+    if (mode === 'lazy') {
+      for (const p of before.processes) {
+        const anon = preSmaps.get(p.pid)!.filter((v) => ['anon', 'heap', 'stack'].includes(v.kind) && !v.vmFlags.mayShare);
+        preWhole.set(p.pid, wholePopulatedAnon(p.pid, anon));
+      }
+    }
   } catch (err) {
     flagWatch?.close();
     throw err;
@@ -225,7 +233,9 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       phases.lap('regs');
       const pw = await writer.pages(p.pid, PAGE_SIZE);
       phases.lap('pages-open');
-      const mem = await dumpMemory(p.pid, vmas, pw, { lazy: mode === 'lazy', eagerAddresses }, (bytes) =>
+      // Trusted only where nothing could have changed the layout or the flags since.
+      const whole = quiet.has(p.pid) && states.get(p.pid)!.layout.flags === 'reused' ? preWhole.get(p.pid) : undefined;
+      const mem = await dumpMemory(p.pid, vmas, pw, { lazy: mode === 'lazy', eagerAddresses, ...(whole ? { wholeBeforeFreeze: whole } : {}) }, (bytes) =>
         opts.onProgress?.({ phase: 'pages', pid: p.pid, bytes }),
       (name) => phases.lap(name));
       for (const k of ['present', 'lazy', 'zero'] as const) totals[k] += mem.pages[k];

@@ -11,13 +11,13 @@
  *    mappings (vdso, vvar) carry no data.
  */
 import { statSync } from 'node:fs';
-import { processVmRead } from '@lazymig/uffd-rs';
+import { PAGE_SIZE, processVmRead } from '@lazymig/uffd-rs';
 import {
   MADV_DONTDUMP, MADV_DONTFORK, MADV_HUGEPAGE, MADV_MERGEABLE, MADV_NOHUGEPAGE, MADV_WIPEONFORK,
   MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_LOCKED, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE,
   type PagemapEntry, type PagesWriter, type Vma, type VmaKind,
 } from '../image/index.js';
-import { PM_FILE, PM_PRESENT, PM_SWAPPED, PM_ZERO, scanPopulated, type FlaggedVma, type ScanRange } from '../proc/index.js';
+import { PM_FILE, PM_PRESENT, PM_SWAPPED, PM_ZERO, scanPopulated, type FlaggedVma, type PageRun, type PageRuns, type ScanRange } from '../proc/index.js';
 
 const MADVISE_BITS: Record<string, number> = {
   MADV_DONTFORK,
@@ -100,6 +100,40 @@ export interface MemoryPlan {
   /** Pages the kernel touches during a lazy restore: dumped eagerly even in a lazy dump. */
   eagerAddresses: readonly number[];
   lazy: boolean;
+  /**
+   * Lazy dumps: starts of anonymous VMAs (as [start, end)) that were wholly populated a
+   * moment before the freeze (see wholePopulatedAnon), not scanned again: one lazy run each.
+   */
+  wholeBeforeFreeze?: ReadonlyMap<number, number>;
+}
+
+/**
+ * The anonymous VMAs of `ranges` (private, not file-backed) whose every page is populated
+ * (present or swapped, none the shared zero page), as start -> end. Read before a lazy dump's
+ * freeze: such a VMA, still there unchanged at the freeze, needs no scan while frozen. Its
+ * pages can stop being populated only through madvise/munmap (or the kernel's own reclaim of
+ * MADV_FREE'd pages): a lazy dump reads them from the frozen process when asked, so they
+ * then read as what they are, zeros. What a scan must catch is the other way, a page that
+ * becomes populated, and a wholly populated VMA has none left to become so.
+ */
+export function wholePopulatedAnon(pid: number, ranges: ReadonlyArray<{ start: number; end: number }>): Map<number, number> {
+  const out = new Map<number, number>();
+  if (ranges.length === 0) return out;
+  const runs = scanPopulated(pid, ranges.map((r) => ({ start: r.start, end: r.end, file: false })));
+  const P = PAGE_SIZE;
+  let ri = 0;
+  for (const r of ranges) {
+    let covered = 0;
+    let clean = true;
+    while (ri < runs.count && runs.run(ri).start < r.end) {
+      const run = runs.run(ri++);
+      if (run.start < r.start) continue;
+      if (run.flags & PM_ZERO || !(run.flags & (PM_PRESENT | PM_SWAPPED))) clean = false;
+      covered += run.pages;
+    }
+    if (clean && covered * P === r.end - r.start) out.set(r.start, r.end);
+  }
+  return out;
 }
 
 export interface MemoryDump {
@@ -114,6 +148,14 @@ type Disposition = 'skip' | 'present' | 'lazy' | 'zero';
 /** VMAs whose pages are never the process's own: the kernel's mappings, and shared ones (the file holds them). */
 function holdsNoPages(v: Vma): boolean {
   return v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock' || v.kind === 'vsyscall' || (v.flags & MAP_SHARED) !== 0;
+}
+
+/** `scanned` runs and one populated run per VMA of `whole`, in address order. */
+function withWholeRuns(scanned: PageRuns, whole: readonly Vma[], P: number): { count: number; run(i: number): PageRun } {
+  if (whole.length === 0) return scanned;
+  const all: PageRun[] = [...scanned, ...whole.map((v) => ({ start: v.start, pages: (v.end - v.start) / P, flags: PM_PRESENT }))];
+  all.sort((a, b) => a.start - b.start);
+  return { count: all.length, run: (i) => all[i]! };
 }
 
 /** What to do with a run of pages of a VMA, given its pagemap flags. */
@@ -143,7 +185,12 @@ export async function dumpMemory(
   const vmas = layout.map((v) => toImageVma(pid, v, ids));
   lap('mem-vmas');
   const scanned = vmas.filter((v) => !holdsNoPages(v));
-  const runs = scanPopulated(pid, scanned.map((v): ScanRange => ({ start: v.start, end: v.end, file: v.kind === 'file' })));
+  const whole = (v: Vma): boolean => plan.lazy && v.kind !== 'file' && plan.wholeBeforeFreeze?.get(v.start) === v.end;
+  const runs = withWholeRuns(
+    scanPopulated(pid, scanned.filter((v) => !whole(v)).map((v): ScanRange => ({ start: v.start, end: v.end, file: v.kind === 'file' }))),
+    scanned.filter(whole),
+    pages.pageSize,
+  );
   lap('mem-pagemap');
   const entries: PagemapEntry[] = [];
   const counts = { present: 0, lazy: 0, zero: 0 };
