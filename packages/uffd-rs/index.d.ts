@@ -403,8 +403,8 @@ export interface BenchRustResult {
  * for a CPU number out of range or a set with no online CPU.
  */
 export declare function setThreadAffinity(cpus: number[], tid?: number): void
-/** The CPUs the calling thread may run on (sched_getaffinity(0)), ascending. */
-export declare function getThreadAffinity(): number[]
+/** The CPUs the calling thread (or thread `tid`) may run on (sched_getaffinity), ascending. */
+export declare function getThreadAffinity(tid?: number): number[]
 
 /** Helpers for tests and benchmarks, not for production use. */
 export declare const testing: {

@@ -224,8 +224,8 @@ export function setThreadAffinity(cpus, tid) {
 }
 
 /** sched_getaffinity(0): the CPUs the calling (JS) thread may run on, ascending. */
-export function getThreadAffinity() {
-  return native.getThreadAffinity()
+export function getThreadAffinity(tid) {
+  return tid === undefined ? native.getThreadAffinity() : native.getThreadAffinity(tid)
 }
 
 export const testing = Object.freeze({

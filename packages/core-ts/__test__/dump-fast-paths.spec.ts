@@ -3,7 +3,8 @@
 // that spares smaps again), the signals asked.
 import test from 'ava';
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
+import { getThreadAffinity, setThreadAffinity } from '@lazymig/uffd-rs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startWorkload } from '../../../tools/workloads/index.js';
@@ -182,4 +183,23 @@ test('wholly populated anonymous VMAs are found before the freeze; untouched and
   } finally {
     r.frozen!.resume();
   }
+});
+
+test('dump asks its questions with the threads on its own CPU, and gives every thread its CPU set back', async (t) => {
+  const cpus = getThreadAffinity();
+  if (cpus.length < 2) return t.pass('one CPU: nothing to move');
+  const dir = await mkdtemp(join(tmpdir(), 'lazymig-affinity-'));
+  const w = await startWorkload('threads', ['3']);
+  t.teardown(async () => {
+    w.kill();
+    await rm(dir, { recursive: true, force: true });
+  });
+  await w.waitForLine(/^ready /, 20_000);
+  const tids = readdirSync(`/proc/${w.pid}/task`).map(Number).sort((a, b) => a - b);
+  // Each thread a set of its own: the last CPU for one, all for the others.
+  setThreadAffinity([cpus[cpus.length - 1]!], tids[1]!);
+  const before = tids.map((tid) => getThreadAffinity(tid));
+  await dump({ pid: w.pid, imagesDir: join(dir, 'img'), mode: 'leave-running' });
+  t.deepEqual(tids.map((tid) => getThreadAffinity(tid)), before);
+  t.deepEqual(getThreadAffinity(), cpus, 'and ours');
 });

@@ -402,29 +402,35 @@ fn probe_kernel(env: Env, _a: &Args) -> JsResult<Value> {
 
 // ---------- CPU affinity ----------
 
+/// Optional argument i: a thread id, or 0 (the calling thread) when absent.
+fn tid_opt(env: Env, a: &Args, i: usize) -> JsResult<i32> {
+    match a.opt(i)? {
+        None => Ok(0),
+        Some(v) => {
+            let x = env.to_f64(v, "tid")?;
+            if !(x.fract() == 0.0 && x >= 1.0 && x <= i32::MAX as f64) {
+                return range_error(format!("tid must be a positive integer, got {x}"));
+            }
+            Ok(x as i32)
+        }
+    }
+}
+
 /// sched_setaffinity(tid, cpus): by default (no tid) the calling (JS) thread only, not the process.
 fn set_thread_affinity(env: Env, a: &Args) -> JsResult<Value> {
     let cpus: Vec<usize> = u64_list(env, a.get(0, "cpus")?, "cpus")?.into_iter().map(|c| c as usize).collect();
     if cpus.is_empty() {
         return range_error("cpus must not be empty");
     }
-    let tid = match a.opt(1)? {
-        None => 0,
-        Some(v) => {
-            let x = env.to_f64(v, "tid")?;
-            if !(x.fract() == 0.0 && x >= 1.0 && x <= i32::MAX as f64) {
-                return range_error(format!("tid must be a positive integer, got {x}"));
-            }
-            x as i32
-        }
-    };
+    let tid = tid_opt(env, a, 1)?;
     sys(crate::sys::pin_thread(tid, &cpus))?;
     env.undefined()
 }
 
-/// sched_getaffinity(0): the CPUs the calling (JS) thread may run on, ascending.
-fn get_thread_affinity(env: Env, _a: &Args) -> JsResult<Value> {
-    let cpus = sys(crate::sys::current_affinity())?;
+/// sched_getaffinity(tid ?? 0): the CPUs the calling (JS) thread, or thread tid, may run on, ascending.
+fn get_thread_affinity(env: Env, a: &Args) -> JsResult<Value> {
+    let tid = tid_opt(env, a, 0)?;
+    let cpus = sys(crate::sys::thread_affinity(tid))?;
     env.array_of(cpus.iter().map(|&c| env.num(c as u64)))
 }
 

@@ -24,6 +24,7 @@ import {
 import { askProcess } from './ask-process.js';
 import { dumpRefusals, toImageFd } from './fds.js';
 import { freezeTree, type FrozenTree } from './freeze.js';
+import { withTraceesOnOurCpu } from '../host/affinity.js';
 import { FlagSyscallWatch } from './flag-syscalls.js';
 import { StaleFlagsError, frozenLayout, staleFlags, type FrozenLayout } from './layout.js';
 import { dumpMemory, wholePopulatedAnon } from './memory.js';
@@ -243,7 +244,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
 
       // 4. Then what only the process can tell.
       const status = readStatus(p.pid);
-      const asked = askProcess(p.pid, p.tids, vmas, { caught: status.sigCgt, ignored: status.sigIgn });
+      const asked = withTraceesOnOurCpu(p.tids, () => askProcess(p.pid, p.tids, vmas, { caught: status.sigCgt, ignored: status.sigIgn }));
       injectedSyscalls += asked.injectedSyscalls;
       phases.lap('inject');
 

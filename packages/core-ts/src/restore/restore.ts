@@ -14,7 +14,7 @@ import { reapTracees } from '../tracees.js';
 import { entriesForLazyRestore } from '../lazy/plan.js';
 import { processVmWrite, ptrace, setThreadAffinity } from '@lazymig/uffd-rs';
 import { awaitImages, openPagesReader, readImages, type LoadedImages, type PagemapEntry, type Vma } from '../image/index.js';
-import { pinToOneCpu, type Pin } from './affinity.js';
+import { pinToOneCpu, type Pin } from '../host/affinity.js';
 import { CONTROL_SIZE, controlArea, type ControlArea } from './control.js';
 
 import { restoreFds, restoreFsState, restoreLimits, ourTerminalFd } from './files.js';

@@ -58,12 +58,13 @@ pub fn pin_thread(tid: i32, cpus: &[usize]) -> SysResult<()> {
     Ok(())
 }
 
-/// The CPUs the calling thread may run on.
-pub fn current_affinity() -> SysResult<Vec<usize>> {
+/// The CPUs thread `tid` may run on (0: the calling thread).
+pub fn thread_affinity(tid: i32) -> SysResult<Vec<usize>> {
     // SAFETY: as above; sched_getaffinity writes at most size_of::<cpu_set_t>() bytes.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        cvt(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) as libc::c_long, "sched_getaffinity")?;
+        cvt(libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) as libc::c_long, "sched_getaffinity")
+            .map_err(|e| if tid != 0 { e.about(crate::sys::Subject::Tid(tid)) } else { e })?;
         Ok((0..8 * std::mem::size_of::<libc::cpu_set_t>()).filter(|&c| libc::CPU_ISSET(c, &set)).collect())
     }
 }

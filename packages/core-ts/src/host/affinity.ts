@@ -1,12 +1,14 @@
 /**
- * Pinning the tracer (this process's JS thread) and the processes being rebuilt to one CPU:
- * an injected syscall costs ~5x less when tracer and tracee share a CPU (KERNEL-NOTES).
+ * Pinning the tracer (this process's JS thread) and its tracees to one CPU: an injected
+ * syscall costs ~5x less when tracer and tracee share a CPU (KERNEL-NOTES). Restore pins
+ * the processes it rebuilds; dump pins a frozen process's threads while it asks them
+ * questions (`withTraceesOnOurCpu`).
  * The stub is pinned from here (sched_setaffinity on its pid) before its first injection;
  * what it forks and clones inherits that, and the restored threads get back the CPU set we
  * had before (the images do not record affinity), set the same way.
  *
- * Our own thread's affinity is set natively: uffd-rs setThreadAffinity / getThreadAffinity
- * act on the calling thread (sched_setaffinity(0)), which is the JS thread that traces.
+ * Affinity is set natively: uffd-rs setThreadAffinity / getThreadAffinity act on the
+ * calling thread (the JS thread that traces), or on a tid given.
  */
 import { readFileSync } from 'node:fs';
 import { getThreadAffinity, setThreadAffinity } from '@lazymig/uffd-rs';
@@ -46,4 +48,37 @@ export function pinToOneCpu(enable: boolean): Pin {
       setThreadAffinity([...before]);
     },
   };
+}
+
+/**
+ * Runs `fn` with this thread and `tids` on one CPU, then puts every thread's own CPU set
+ * back (the tracees must not notice). Where that cannot be done (one CPU, a cpuset that
+ * excludes ours), `fn` just runs where everything is.
+ */
+export function withTraceesOnOurCpu<T>(tids: readonly number[], fn: () => T): T {
+  const pin = pinToOneCpu(true);
+  const moved: Array<{ tid: number; cpus: number[] }> = [];
+  try {
+    if (pin.cpu !== null) {
+      try {
+        for (const tid of tids) {
+          const cpus = getThreadAffinity(tid);
+          setThreadAffinity([pin.cpu], tid);
+          moved.push({ tid, cpus });
+        }
+      } catch {
+        /* not allowed there: the questions are only slower */
+      }
+    }
+    return fn();
+  } finally {
+    for (const { tid, cpus } of moved) {
+      try {
+        setThreadAffinity(cpus, tid);
+      } catch {
+        /* gone */
+      }
+    }
+    pin.release();
+  }
 }
