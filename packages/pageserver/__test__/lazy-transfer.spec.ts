@@ -12,7 +12,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PAGE_SIZE, Userfaultfd, processVmRead, testing } from '@lazymig/uffd-rs';
-import { dump, LazyPagesEngine, lazyRanges, readImages, type DumpResult } from '@lazymig/core-ts';
+import { dump, LazyPagesEngine, lazyRanges, readImages, type DumpResult, type LoadedImages } from '@lazymig/core-ts';
 import { startWorkload, type Workload } from '../../../tools/workloads/index.js';
 import { frozenTreeContent, PageClient, PageServer, readToken, serveFrozenTree } from '../src/index.js';
 
@@ -119,11 +119,7 @@ test('a client that starts connecting before the page server listens gets throug
   t.teardown(() => server.close());
   const client = await connecting;
   t.teardown(() => client.close());
-  const lazy = lazyRanges(images.inventory, images.processes[0]!)[0]!;
-  const page = await client.fetch(w.pid, lazy.start, 1, 'fault');
-  const expected = Buffer.alloc(PAGE_SIZE);
-  processVmRead(w.pid, new Float64Array([lazy.start, PAGE_SIZE]), expected);
-  t.true(Buffer.from(page).equals(expected));
+  await firstLazyPageIsLive(t, client, images, w.pid, 'fault');
 });
 
 test('a client connects while its token is still on its way: only the hello waits for it; a token that never comes fails the connect', async (t) => {
@@ -145,16 +141,21 @@ test('a client connects while its token is still on its way: only the hello wait
   const client = await connecting;
   t.teardown(() => client.close());
   t.is(server.stats.sessions, 2, 'both lanes welcomed');
-  const lazy = lazyRanges(images.inventory, images.processes[0]!)[0]!;
-  const page = await client.fetch(w.pid, lazy.start, 1, 'fault');
-  const expected = Buffer.alloc(PAGE_SIZE);
-  processVmRead(w.pid, new Float64Array([lazy.start, PAGE_SIZE]), expected);
-  t.true(Buffer.from(page).equals(expected));
+  await firstLazyPageIsLive(t, client, images, w.pid, 'fault');
 
   const never = Promise.reject(new Error('page-server.token: not there in time'));
   const err = await t.throwsAsync(PageClient.connect({ address: '127.0.0.1', port: server.port, token: never, retryForMs: 10_000 }));
   t.regex(err!.message, /page-server\.token: not there in time/);
 });
+
+/** The first lazy page, fetched on `lane`, is what the (frozen) process holds there. */
+async function firstLazyPageIsLive(t: ExecutionContext, client: PageClient, images: LoadedImages, pid: number, lane: 'fault' | 'background'): Promise<void> {
+  const lazy = lazyRanges(images.inventory, images.processes[0]!)[0]!;
+  const page = await client.fetch(pid, lazy.start, 1, lane);
+  const expected = Buffer.alloc(PAGE_SIZE);
+  processVmRead(pid, new Float64Array([lazy.start, PAGE_SIZE]), expected);
+  t.true(Buffer.from(page).equals(expected));
+}
 
 async function freePort(): Promise<number> {
   const s = createServer();
@@ -186,9 +187,5 @@ test('a page server listening before it has anything to serve welcomes nobody un
   const client = await connecting;
   t.teardown(() => client.close());
   t.is(server.stats.sessions, 2, 'both lanes');
-  const lazy = lazyRanges(images.inventory, images.processes[0]!)[0]!;
-  const page = await client.fetch(w.pid, lazy.start, 1, 'background');
-  const expected = Buffer.alloc(PAGE_SIZE);
-  processVmRead(w.pid, new Float64Array([lazy.start, PAGE_SIZE]), expected);
-  t.true(Buffer.from(page).equals(expected));
+  await firstLazyPageIsLive(t, client, images, w.pid, 'background');
 });
