@@ -22,7 +22,7 @@ import type { ProcessTree } from '../proc/index.js';
  * PR_SET_MEMORY_MERGE, PR_SET_THP_DISABLE, ...), ioctl (UFFDIO_REGISTER), the ones that
  * make threads or processes (a new thread has no counter), exec, and shm.
  */
-export const FLAG_SYSCALLS: readonly number[] = [
+const FLAG_SYSCALLS: readonly number[] = [
   9, // mmap
   10, // mprotect
   11, // munmap

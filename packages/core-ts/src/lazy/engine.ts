@@ -130,8 +130,7 @@ export class LazyPagesEngine {
   readonly #maxRate: number;
   #backgroundBytes = 0;
   #rateTimer: NodeJS.Timeout | null = null;
-  /** Background requests wait until then (performance.now() ms); 0: no hold. */
-  #backgroundFrom = 0;
+  /** Background requests wait (BACKGROUND_HOLD_MS) while this timer runs. */
   #holdTimer: NodeJS.Timeout | null = null;
   readonly #procs = new Map<number, Proc>(); // by uffd fd
   readonly #loop: FaultLoop;
@@ -527,7 +526,7 @@ export class LazyPagesEngine {
     if (this.#finished) return;
     const procs = [...this.#procs.values()].filter((p) => p.alive && p.space.remaining > 0);
     while (this.#inFlight < this.#inFlightMax && procs.length > 0) {
-      if (this.#backgroundFrom !== 0 || this.#overRate()) break;
+      if (this.#holdTimer || this.#overRate()) break;
       const p = procs[this.#rr++ % procs.length]!;
       const run = p.space.nextMissing(p.hint, this.#chunk);
       if (!run) {
@@ -543,14 +542,12 @@ export class LazyPagesEngine {
   }
 
   #holdBackground(ms: number): void {
-    this.#backgroundFrom = performance.now() + ms;
     this.#holdTimer = setTimeout(() => this.#releaseBackground(), ms);
   }
 
   #releaseBackground(): void {
-    if (this.#backgroundFrom === 0) return;
-    this.#backgroundFrom = 0;
-    if (this.#holdTimer) clearTimeout(this.#holdTimer);
+    if (!this.#holdTimer) return;
+    clearTimeout(this.#holdTimer);
     this.#holdTimer = null;
     this.#pump();
   }

@@ -119,10 +119,6 @@ export class CallList {
     remote.scratch?.reset();
   }
 
-  get length(): number {
-    return this.#calls.length;
-  }
-
   /** Queues a call; returns its index (results and errors refer to it). */
   add(name: string, nr: number, args: Array<bigint | number>, opts: { detail?: string; goOn?: boolean } = {}): number {
     this.#calls.push({ name, nr, args, detail: opts.detail, goOn: opts.goOn ?? false });
