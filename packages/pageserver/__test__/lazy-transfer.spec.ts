@@ -33,18 +33,22 @@ async function lazyDump(t: ExecutionContext, pid: number, dir: string, o: { port
   return r;
 }
 
-test('a frozen memhog region arrives intact through page server, client and engine', async (t) => {
-  const { dir, w } = await runningMemhog(t, 8);
-  const region = Number(/region=(0x[0-9a-f]+)/.exec(w.ready[0])![1]);
-  const size = Number(/ size=(\d+)/.exec(w.ready[0])![1]);
-
+/** A memhog of `mib` MiB, dumped lazily and served by a page server on loopback (both gone at teardown). */
+async function servedMemhog(t: ExecutionContext, mib: number): Promise<{ dir: string; w: Workload; r: DumpResult; images: LoadedImages; server: PageServer }> {
+  const { dir, w } = await runningMemhog(t, mib);
   const r = await lazyDump(t, w.pid, dir);
-  const expected = Buffer.alloc(size);
-  processVmRead(w.pid, new Float64Array([region, size]), expected);
-
   const images = await readImages(join(dir, 'img'));
   const server = await serveFrozenTree({ images, frozen: r.frozen!, token: r.token!, address: '127.0.0.1', port: 0 });
   t.teardown(() => server.close());
+  return { dir, w, r, images, server };
+}
+
+test('a frozen memhog region arrives intact through page server, client and engine', async (t) => {
+  const { dir, w, images, server } = await servedMemhog(t, 8);
+  const region = Number(/region=(0x[0-9a-f]+)/.exec(w.ready[0])![1]);
+  const size = Number(/ size=(\d+)/.exec(w.ready[0])![1]);
+  const expected = Buffer.alloc(size);
+  processVmRead(w.pid, new Float64Array([region, size]), expected);
 
   // The "restored" memory: a mapping of our own, wherever the kernel puts it; its pages
   // come from the memhog's region at the same offsets.
@@ -83,11 +87,7 @@ test('a frozen memhog region arrives intact through page server, client and engi
 });
 
 test('a wrong token is refused with a reason, and pages outside the lazy ranges are not served', async (t) => {
-  const { dir, w } = await runningMemhog(t, 4);
-  const r = await lazyDump(t, w.pid, dir);
-  const images = await readImages(join(dir, 'img'));
-  const server = await serveFrozenTree({ images, frozen: r.frozen!, token: r.token!, address: '127.0.0.1', port: 0 });
-  t.teardown(() => server.close());
+  const { w, r, images, server } = await servedMemhog(t, 4);
 
   // Refused at once, however long the client would go on trying an unanswered server.
   await t.throwsAsync(PageClient.connect({ address: '127.0.0.1', port: server.port, token: 'f'.repeat(64), retryForMs: 600_000 }), {
@@ -123,11 +123,7 @@ test('a client that starts connecting before the page server listens gets throug
 });
 
 test('a client connects while its token is still on its way: only the hello waits for it; a token that never comes fails the connect', async (t) => {
-  const { dir, w } = await runningMemhog(t, 4);
-  const r = await lazyDump(t, w.pid, dir);
-  const images = await readImages(join(dir, 'img'));
-  const server = await serveFrozenTree({ images, frozen: r.frozen!, token: r.token!, address: '127.0.0.1', port: 0 });
-  t.teardown(() => server.close());
+  const { w, r, images, server } = await servedMemhog(t, 4);
 
   let giveToken!: (tok: string) => void;
   const token = new Promise<string>((resolve) => (giveToken = resolve));
