@@ -1,12 +1,12 @@
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { processVmRead, PAGE_SIZE } from '@lazymig/uffd-rs';
 import { startWorkload } from '../../../tools/workloads/index.js';
-import { dump, DumpRefusedError, openPagesReader, readImages, readMaps, readStatus, TOKEN_FILE } from '../src/index.js';
+import { dump, DumpRefusedError, openPagesReader, readImages, readMaps, readStatus, stubBinary, TOKEN_FILE } from '../src/index.js';
 
 async function tempDir(t: { teardown(fn: () => unknown): void }): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'lazymig-dump-'));
@@ -85,6 +85,59 @@ test('a lazy dump keeps anonymous pages out of the images and leaves the tree fr
   r.frozen!.kill();
   const exit = await w.exited;
   t.is(exit.signal, 'SIGKILL');
+});
+
+/** Live (not zombie) processes named `comm` that are our children or grandchildren. */
+function liveDescendants(comm: string): number[] {
+  const parent = new Map<number, number>();
+  const found: Array<{ pid: number; comm: string; state: string }> = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      parent.set(Number(e), Number(f[1]));
+      found.push({ pid: Number(e), comm: stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')), state: f[0]! });
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  const ours = (pid: number): boolean => parent.get(pid) === process.pid || parent.get(parent.get(pid) ?? 0) === process.pid;
+  return found.filter((p) => p.comm === comm && p.state !== 'Z' && ours(p.pid)).map((p) => p.pid);
+}
+
+/** `fn` with os.tmpdir() pointing at `dir` (tests using it are serial). */
+async function withTmpdir<T>(dir: string, fn: () => Promise<T>): Promise<T> {
+  const before = process.env['TMPDIR'];
+  process.env['TMPDIR'] = dir;
+  try {
+    return await fn();
+  } finally {
+    if (before === undefined) delete process.env['TMPDIR'];
+    else process.env['TMPDIR'] = before;
+  }
+}
+
+// Serial: it points TMPDIR elsewhere for a moment.
+test.serial('a lazy dump rehearses on a throwaway process first, which leaves nothing behind', async (t) => {
+  const dir = await tempDir(t);
+  stubBinary(); // built (when running from the sources) before TMPDIR moves
+  const w = await startWorkload('memhog', ['8', '--interval-ms', '10']);
+  t.teardown(() => w.kill());
+  await w.waitForLine(/verify ok pass=1 /, 20_000);
+  const scratch = join(dir, 'tmp');
+  mkdirSync(scratch);
+  const r = await withTmpdir(scratch, () =>
+    dump({ pid: w.pid, imagesDir: join(dir, 'img'), mode: 'lazy', pageServer: { address: '127.0.0.1', port: 1 } }));
+  t.teardown(() => r.frozen?.kill());
+  t.true((r.phaseMs['pre-rehearsal'] ?? 0) > 0, 'it rehearsed');
+  t.deepEqual(readdirSync(scratch), [], 'its temporary images are gone');
+  // Its stub was killed: gone, or a zombie until Node reaps it.
+  for (let i = 0; i < 100 && liveDescendants('lazymig-stub').length > 0; i++) await new Promise((res) => setTimeout(res, 20));
+  t.deepEqual(liveDescendants('lazymig-stub'), [], 'no stub of ours is left alive');
+  // The real dump is what it would have been without it.
+  t.true(r.pages.lazy >= (8 << 20) / PAGE_SIZE);
+  t.deepEqual((await readImages(join(dir, 'img'))).inventory.rootPid, w.pid);
 });
 
 test('multi-threaded and forking trees: every thread and process is in the images', async (t) => {

@@ -14,7 +14,7 @@
 import { randomBytes } from 'node:crypto';
 import { ptrace, PAGE_SIZE } from '@lazymig/uffd-rs';
 import {
-  FORMAT_VERSION, ImagesDirWriter, warmImageReading, LAZYMIG_VERSION, RLIMIT_NAMES,
+  FORMAT_VERSION, ImagesDirWriter, LAZYMIG_VERSION, RLIMIT_NAMES,
   type CoreImage, type DumpMode, type LoadedImages, type PagemapEntry, type ProcessImage, type Rlimit, type ThreadState,
 } from '../image/index.js';
 import {
@@ -25,9 +25,11 @@ import { askProcess } from './ask-process.js';
 import { dumpRefusals, toImageFd } from './fds.js';
 import { freezeTree, type FrozenTree } from './freeze.js';
 import { withTraceesOnOurCpu } from '../host/affinity.js';
+import { niced } from '../host/priority.js';
 import { FlagSyscallWatch } from './flag-syscalls.js';
 import { StaleFlagsError, frozenLayout, staleFlags, type FrozenLayout } from './layout.js';
 import { dumpMemory, wholePopulatedAnon } from './memory.js';
+import { rehearseLazyDump } from './rehearsal.js';
 import { arch, release } from 'node:os';
 
 /** The page server's auth token, written into the images dir: whoever has the images may fetch the pages. */
@@ -57,6 +59,11 @@ export interface DumpOptions {
    * when not given: a caller that starts its page server before the freeze passes its own.
    */
   token?: string;
+  /**
+   * A lazy dump first dumps a throwaway process of its own (rehearsal.ts), so that its code
+   * runs for the second time while the tree is frozen. Default: true for a lazy dump.
+   */
+  rehearse?: boolean;
   onProgress?: (p: DumpProgress) => void;
 }
 
@@ -124,12 +131,11 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const phases = new Phases();
   const mode = opts.mode ?? 'kill';
   if (mode === 'lazy' && !opts.pageServer) throw new Error('a lazy dump needs the page server address and port');
-  // A lazy dump's downtime is mostly code running for the first time (encoders, checks,
-  // the commit): a sample images dir written and read first makes that a second time.
-  // First of all, so the smaps read below stays as close to the freeze as it can.
-  if (mode === 'lazy') {
-    await warmImageReading().catch(() => undefined);
-    phases.lap('pre-warm');
+  // First of all, so the smaps read below stays as close to the freeze as it can. Below the
+  // workload: it is still running.
+  if (mode === 'lazy' && opts.rehearse !== false) {
+    await niced(() => rehearseLazyDump(dump, opts.pageServer!)).catch(() => undefined);
+    phases.lap('pre-rehearsal');
   }
 
   // 1. Before touching anything. The smaps read here also serves a lazy dump after the

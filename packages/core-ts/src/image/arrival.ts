@@ -10,8 +10,9 @@
  */
 import { watch, type FSWatcher } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { getPriority, setPriority, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { niced } from '../host/priority.js';
 import { readImages, writeImages, type LoadedImages } from './dir.js';
 import { sampleImageSet } from './sample.js';
 import type { PagesVerify } from './pages.js';
@@ -33,32 +34,6 @@ export interface ArrivalOptions {
    * times slower than the next (compilation), and this is time nobody is waiting on.
    */
   warmUp?: () => void | Promise<void>;
-}
-
-/** Nice value of a warm-up: below the workload that is about to be migrated. */
-const WARM_UP_NICE = 10;
-
-/**
- * Runs `fn` with this (JS) thread at nice 10, then back: a destination warming up while the
- * source gets ready to dump shares the CPUs with the workload about to be migrated, which
- * should not stall for it. Only done where the nice value can be lowered again (root):
- * otherwise the rebuild after it would run niced too.
- */
-async function niced(fn: () => void | Promise<void>): Promise<void> {
-  let before: number | null = null;
-  if (process.getuid?.() === 0) {
-    try {
-      before = getPriority(0);
-      setPriority(0, Math.max(before, WARM_UP_NICE));
-    } catch {
-      before = null;
-    }
-  }
-  try {
-    await fn();
-  } finally {
-    if (before !== null) setPriority(0, before);
-  }
 }
 
 /**
