@@ -1,2 +1,3 @@
 export { checkHost, evaluateHost, REQUIRED_UFFD_FEATURES, type CheckItem, type HostCheck } from './check.js';
 export { readHostFacts, parseCapEff, CAPABILITIES, type HostFacts, type CapabilityName } from './facts.js';
+export { niced } from './priority.js';
