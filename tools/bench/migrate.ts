@@ -12,7 +12,7 @@
 //   eager        dump, copy, restore: the baseline
 // Per size and mode:
 //   downtime     freeze to resumed: the `tree frozen` (dump) and `tree resumed` (restore)
-//                log lines' timestamps
+//                log lines' timestamps; (copy) is the part the bench's copy of the images took
 //   pause        the longest stop memhog itself saw (its `stall=` field, a per-page clock
 //                check) from the migration until every page is in; `after` is the longest
 //                stop that began after the resume (a fault waiting for its page)
@@ -28,7 +28,8 @@
 // UFFDIO_COPY in plain C, no framing, no JS, nothing else running).
 // Absolute numbers on a noisy 2-vCPU VM mean little; the ratios are measured in one run.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { copyFile, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { copyFileSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -118,9 +119,14 @@ function run(hosts: TwoHosts, host: Host, args: string[]): Cmd {
  * The images' copy (scp in real life, whose ssh start-up is not lazymig's): the files in
  * parallel, into a dir made for them.
  */
-async function copyDir(from: string, to: string): Promise<void> {
-  await mkdir(to);
-  await Promise.all((await readdir(from)).map((f) => copyFile(join(from, f), join(to, f))));
+/**
+ * The copy a user makes with scp, made as fast as this machine allows: synchronously, in this
+ * process. Async copies spent 3-12 ms in thread-pool round trips on the busy 2-CPU machine,
+ * time of the bench's, not lazymig's; what the copy takes is printed with each result.
+ */
+function copyDir(from: string, to: string): void {
+  mkdirSync(to);
+  for (const f of readdirSync(from)) copyFileSync(join(from, f), join(to, f));
 }
 
 function printTimeline(t0: number, cmds: Cmd[]): void {
@@ -178,6 +184,8 @@ interface Result {
   mode: Mode;
   mib: number;
   downtimeMs: number;
+  /** of the downtime: the bench's copy of the images */
+  copyMs: number;
   pauseMs: number;
   pauseAfterResumeMs: number;
   normalPassMs: number;
@@ -230,7 +238,7 @@ async function migrate(mib: number, mode: Mode): Promise<Result> {
     if (lazy) await dumper.waitErr(/^images written to /m, 120_000);
     else await mustExit(dumper, 'dump');
     const copyStart = Date.now();
-    await copyDir(srcImages, dstImages);
+    copyDir(srcImages, dstImages);
     const copyEnd = Date.now();
     if (mode === 'lazy') {
       // Restore is started at once, not after the daemon says it is ready: restore waits
@@ -242,7 +250,7 @@ async function migrate(mib: number, mode: Mode): Promise<Result> {
     const resumedAt = logTime(restorer.err(), 'tree resumed');
     const frozenAt = logTime(dumper.err(), 'tree frozen');
     await mustExit(restorer, 'restore');
-    restoredPid = Number((await import('node:fs')).readFileSync(pidfile, 'utf8').trim());
+    restoredPid = Number(readFileSync(pidfile, 'utf8').trim());
     let summary: {
       totalMs: number; bytes: number; pagesByFault: number; pagesByPrefetch: number; pagesByBackground: number; zeroFaults: number;
       faultServiceUs: { p50: number; p99: number };
@@ -286,6 +294,7 @@ async function migrate(mib: number, mode: Mode): Promise<Result> {
       mode,
       mib,
       downtimeMs: resumedAt - frozenAt,
+      copyMs: copyEnd - copyStart,
       pauseMs: pause,
       pauseAfterResumeMs: after,
       normalPassMs: normal,
@@ -315,13 +324,14 @@ async function migrate(mib: number, mode: Mode): Promise<Result> {
 
 const f = (n: number, d = 0): string => n.toFixed(d);
 const results: Result[] = [];
+console.error(`CLOCKMAP ${Date.now()} ${process.hrtime.bigint()}`);
 console.log(`migrate bench: memhog ${SIZES.join(', ')} MiB (--interval-ms ${INTERVAL}), modes ${MODES.join(', ')}, node ${process.version}`);
 for (const mib of SIZES) {
   for (const mode of MODES) {
     const r = await migrate(mib, mode);
     results.push(r);
     const head = `${String(mib).padStart(5)} MiB ${mode.padEnd(5)}`;
-    const common = `downtime ${f(r.downtimeMs).padStart(5)} ms, pause ${f(r.pauseMs).padStart(5)} ms (after resume ${f(r.pauseAfterResumeMs)} ms), slowest pass ${f(r.slowPassMs)} ms (normal ${f(r.normalPassMs)} ms), wire ${f(r.wireMiB, 1)} MiB`;
+    const common = `downtime ${f(r.downtimeMs).padStart(5)} ms (copy ${f(r.copyMs)} ms), pause ${f(r.pauseMs).padStart(5)} ms (after resume ${f(r.pauseAfterResumeMs)} ms), slowest pass ${f(r.slowPassMs)} ms (normal ${f(r.normalPassMs)} ms), wire ${f(r.wireMiB, 1)} MiB`;
     if (mode === 'eager') console.log(`${head}  ${common}`);
     else {
       console.log(
