@@ -324,7 +324,6 @@ async function migrate(mib: number, mode: Mode): Promise<Result> {
 
 const f = (n: number, d = 0): string => n.toFixed(d);
 const results: Result[] = [];
-console.error(`CLOCKMAP ${Date.now()} ${process.hrtime.bigint()}`);
 console.log(`migrate bench: memhog ${SIZES.join(', ')} MiB (--interval-ms ${INTERVAL}), modes ${MODES.join(', ')}, node ${process.version}`);
 for (const mib of SIZES) {
   for (const mode of MODES) {
