@@ -434,6 +434,12 @@ export declare const testing: {
    */
   benchRustHandler(opts: { pages?: number; handlerCpu?: number; toucherCpu?: number }): Promise<BenchRustResult>
   /**
+   * A worker takes ~20 µs slices under a background-install gate back to back while the
+   * calling thread takes the gate exclusively `rounds` times (as a FaultLoop reading its
+   * uffd does): the most slices the worker began while the caller waited for the gate.
+   */
+  gateTurns(rounds: number): number
+  /**
    * madvise / munmap / mremap done by a new native thread, resolved when the call returns.
    * With uffd events enabled the calling thread blocks until the event is read, which in
    * 'event-loop' mode is done by the JS thread: so there, use these, not the sync ones.

@@ -242,6 +242,7 @@ export const testing = Object.freeze({
   /** Alias of getThreadAffinity (kept for older tests). */
   getAffinity: () => getThreadAffinity(),
   benchRustHandler: (opts) => native.testBenchRustHandler(opts),
+  gateTurns: (rounds) => native.testGateTurns(rounds),
   madviseOnThread: (addr, len, advice) => native.testOnThread('madvise', addr, len, advice).then(() => undefined),
   unmapOnThread: (addr, len) => native.testOnThread('munmap', addr, len).then(() => undefined),
   mremapOnThread: (addr, oldLen, newLen, newAddr) => native.testOnThread('mremap', addr, oldLen, newLen, newAddr),

@@ -53,6 +53,15 @@ test('a background job submitted before a remove event is read installs nothing 
   t.deepEqual([...values], [BigInt(r.page(0)), 0n, BigInt(r.page(2))])
 })
 
+test('a reader waiting for the gate goes before the next background slice', (t) => {
+  // A worker takes the gate shared for each slice and, with nothing else to do, at once
+  // again for the next; the JS thread waiting to read the uffd (a fault) must get it after
+  // the slice in progress, not after the whole queue of jobs.
+  // 1: the worker may have looked just before the reader announced itself.
+  const worst = testing.gateTurns(300)
+  t.true(worst <= 1, `the worker began ${worst} slices while the reader waited`)
+})
+
 test('background installs need an event-loop FaultLoop', (t) => {
   const r = Region.create(t, { pages: 1 })
   r.serve(() => undefined, { mode: 'thread' })

@@ -16,15 +16,20 @@
 //! the event. Installs made before the read either landed before the target's change (and
 //! are dealt with by it) or failed with EAGAIN (the kernel's mmap_changing).
 //!
-//! A worker holds the gate for one slice (`SLICE_BYTES`) at a time, so a fault read waits
-//! behind at most one slice; the std RwLock prefers a waiting writer over new readers.
+//! A worker holds the gate for one slice (`SLICE_BYTES`) at a time, and does not start
+//! another while the reader waits for the gate (`Gate::waiting`), so a fault read waits
+//! behind at most one slice. The RwLock alone does not give that: when the last reader
+//! leaves, std's lock hands the gate to nobody in particular, and the worker, already
+//! running, took it again for its next slice long before the woken reader could; a reader
+//! measured 30-80 ms waiting behind a deep queue of jobs into cold memory.
 
 use crate::sys::{SysResult, page_size};
 use crate::uffd::{self, FillMode, Status};
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
 
 /// Bytes installed per UFFDIO_COPY while holding a gate: 16 pages of 4 KiB. Small enough
 /// that a fault read rarely waits long, large enough that the ioctl's fixed cost is small.
@@ -43,6 +48,8 @@ pub struct Gate {
     /// (and the kernel may have reused) meanwhile.
     fd: OwnedFd,
     state: RwLock<GateState>,
+    /// Readers of the uffd waiting for `state`: workers start no slice while this is not 0.
+    waiting: AtomicUsize,
 }
 
 impl Gate {
@@ -51,14 +58,16 @@ impl Gate {
         let dup = crate::sys::cvt(unsafe { libc::fcntl(uffd, libc::F_DUPFD_CLOEXEC, 0) } as libc::c_long, "fcntl(F_DUPFD_CLOEXEC)")?;
         // SAFETY: dup is a fresh fd owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(dup as RawFd) };
-        Ok(Arc::new(Gate { fd, state: RwLock::new(GateState { epoch: 0, closed: false }) }))
+        Ok(Arc::new(Gate { fd, state: RwLock::new(GateState { epoch: 0, closed: false }), waiting: AtomicUsize::new(0) }))
     }
 
     /// Runs `read` (the reader's read of the uffd) with no install in progress through
     /// this gate. `read` returns whether it read any non-cooperative event; if so, jobs
     /// submitted before are stale from now on.
     pub fn exclusive<R>(&self, read: impl FnOnce() -> (R, bool)) -> R {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
         let (r, saw_event) = read();
         if saw_event {
             st.epoch += 1;
@@ -69,6 +78,29 @@ impl Gate {
     /// The epoch a job submitted now carries (JS thread: JS has seen every event read).
     pub fn epoch(&self) -> u64 {
         self.state.read().unwrap_or_else(|p| p.into_inner()).epoch
+    }
+
+    /// One slice of a job: `f` runs holding the gate shared, unless the job is stale (an
+    /// event was read since it was submitted at `epoch`, or the gate closed): then None.
+    ///
+    /// A reader waiting for the gate goes first. It was woken when the last slice ended
+    /// and takes the gate as soon as it runs; the worker yields meanwhile (sleeping would
+    /// leave the CPU idle for longer than that takes).
+    fn slice<R>(&self, epoch: u64, stopping: &AtomicBool, f: impl FnOnce(RawFd) -> R) -> Option<R> {
+        let mut tries = 0u32;
+        while self.waiting.load(Ordering::SeqCst) > 0 && !stopping.load(Ordering::Relaxed) {
+            tries += 1;
+            if tries < 1000 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(20));
+            }
+        }
+        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+        if st.closed || st.epoch != epoch {
+            return None;
+        }
+        Some(f(self.fd.as_raw_fd()))
     }
 
     /// No install through this gate from now on (the uffd leaves its loop).
@@ -217,24 +249,21 @@ fn worker<K: Send>(queue: &(Mutex<Queue<K>>, Condvar), stopping: &AtomicBool, de
 /// from the start of the job, and how it ended.
 fn run_job<K: Send>(job: &Job<K>, stopping: &AtomicBool) -> (u64, End) {
     let ps = page_size() as u64;
-    let fd = job.gate.fd.as_raw_fd();
     let mut at = 0u64;
     while at < job.src.len {
         if stopping.load(Ordering::Relaxed) {
             return (at, End::Stale);
         }
         let n = SLICE_BYTES.min(job.src.len - at);
-        let st = job.gate.state.read().unwrap_or_else(|p| p.into_inner());
-        if st.closed || st.epoch != job.epoch {
-            return (at, End::Stale);
-        }
         // With wake (the kernel only wakes when someone waits, so it costs ~nothing): a
         // thread may be waiting for one of these pages whose fault JS has already served by
         // asking the source for it; when that reply comes, the page is in and JS skips it.
         // SAFETY: at + n <= src.len, and the source bytes stay alive and unmodified until
         // the completion is delivered (SrcBytes).
-        let out = unsafe { uffd::copy_from_raw(fd, job.dst + at, job.src.ptr.add(at as usize), n, FillMode { dont_wake: false, wp: false }) };
-        drop(st);
+        let copy = |fd| unsafe { uffd::copy_from_raw(fd, job.dst + at, job.src.ptr.add(at as usize), n, FillMode { dont_wake: false, wp: false }) };
+        let Some(out) = job.gate.slice(job.epoch, stopping, copy) else {
+            return (at, End::Stale);
+        };
         match out {
             Ok(o) => match o.status {
                 Status::Ok => at += n,
@@ -247,4 +276,46 @@ fn run_job<K: Send>(job: &Job<K>, stopping: &AtomicBool) -> (u64, End) {
         }
     }
     (job.src.len, End::Done)
+}
+
+/// For the spec: a worker takes slices of ~20 µs under a gate back to back while this
+/// thread takes the gate exclusively `rounds` times; returns the most slices the worker
+/// began while this thread waited for it (0, or 1 when the worker had already looked as
+/// the reader announced itself, if the reader goes first).
+pub fn gate_turns(rounds: u32) -> SysResult<u64> {
+    let null = std::fs::File::open("/dev/null").map_err(|e| crate::sys::SysError::new("open", e.raw_os_error().unwrap_or(libc::EIO)))?;
+    let gate = Gate::new(null.as_raw_fd())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let overtaking = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let worker = {
+        let (gate, stop, overtaking) = (gate.clone(), stop.clone(), overtaking.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send(());
+            while !stop.load(Ordering::Relaxed) {
+                gate.slice(0, &stop, |_| {
+                    if gate.waiting.load(Ordering::SeqCst) > 0 {
+                        overtaking.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let t = std::time::Instant::now();
+                    while t.elapsed() < Duration::from_micros(20) {
+                        std::hint::spin_loop();
+                    }
+                });
+            }
+        })
+    };
+    let _ = rx.recv();
+    let mut worst = 0;
+    for _ in 0..rounds {
+        let before = overtaking.load(Ordering::SeqCst);
+        gate.exclusive(|| {
+            worst = worst.max(overtaking.load(Ordering::SeqCst) - before);
+            ((), false)
+        });
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = worker.join();
+    Ok(worst)
 }

@@ -50,6 +50,7 @@ pub const TABLE: &[Export] = &[
     export!("testBenchRustHandler\0" => test_bench_rust_handler),
     export!("testOnThread\0" => test_on_thread),
     export!("testForkTarget\0" => test_fork_target),
+    export!("testGateTurns\0" => test_gate_turns),
 ];
 
 /// Values set on the module object next to the functions.
@@ -574,6 +575,11 @@ fn test_touch(env: Env, a: &Args) -> JsResult<Value> {
         let r = sys(r)?;
         env.object_with(&[(c"values", env.biguint64_array(&r.values)?), (c"latencyNs", env.float64_array(&r.latency_ns)?)])
     })
+}
+
+fn test_gate_turns(env: Env, a: &Args) -> JsResult<Value> {
+    let rounds = addr_arg(env, a, 0, "rounds")?;
+    env.num(sys(crate::background::gate_turns(rounds.min(100_000) as u32))?)
 }
 
 fn test_read_u64(env: Env, a: &Args) -> JsResult<Value> {
