@@ -140,6 +140,41 @@ test.serial('a lazy dump rehearses on a throwaway process first, which leaves no
   t.deepEqual((await readImages(join(dir, 'img'))).inventory.rootPid, w.pid);
 });
 
+/** True while `pid` exists and is not a zombie. */
+function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+test('a rehearsal\'s stub dies with the lazymig that started it, even one killed with SIGKILL', async (t) => {
+  const stubTs = new URL('../src/restore/stub.ts', import.meta.url).pathname;
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', `
+    import { startStub } from ${JSON.stringify(stubTs)};
+    const s = await startStub({ stdio: 'ignore', throwaway: true });
+    process.stdout.write(s.reaperPid + ' ' + s.pid + '\\n');
+    setInterval(() => undefined, 1000);
+  `], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => child.kill('SIGKILL'));
+  const line = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('\n')) resolve(out.trim());
+    });
+    child.on('exit', (code) => reject(new Error(`the stub's starter exited ${code} before reporting`)));
+  });
+  const pids = line.split(' ').map(Number);
+  t.teardown(() => pids.forEach((p) => alive(p) && process.kill(p, 'SIGKILL')));
+  t.true(pids.every(alive), `stub processes ${line} running`);
+  child.kill('SIGKILL');
+  for (let i = 0; i < 250 && pids.some(alive); i++) await new Promise((r) => setTimeout(r, 20));
+  t.deepEqual(pids.filter(alive), [], 'the reaper and the future root are gone with their starter');
+});
+
 test('multi-threaded and forking trees: every thread and process is in the images', async (t) => {
   const dir = await tempDir(t);
   const th = await startWorkload('threads', ['3']);

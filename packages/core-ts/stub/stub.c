@@ -1,6 +1,6 @@
 /* lazymig-stub: the empty process a restore turns into a dumped one.
  *
- *   lazymig-stub <report-fd> [--pid-ns <root-pid>]
+ *   lazymig-stub <report-fd> [--pid-ns <root-pid> | --throwaway <parent-pid>]
  *
  * Static, -nostdlib, no libc: nothing in it registers rseq, TLS or signal handlers that a
  * restore would have to undo, and its whole address space is the ELF image, a stack, and
@@ -25,6 +25,10 @@
  * it may outlive the restore).
  * The parent waits for the init: once it is gone (still unreaped, so its pid cannot be
  * reused yet) it writes "init-exit\n", then reaps it and exits 0.
+ *
+ * With --throwaway (a rehearsal's target, never restored) both die with their parent
+ * (PR_SET_PDEATHSIG): a lazymig killed while it rehearses leaves no stub behind.
+ * <parent-pid> is who started us: if it is gone already, the signal came too late.
  */
 typedef unsigned long u64;
 typedef long i64;
@@ -32,9 +36,12 @@ typedef long i64;
 #define SYS_write 1
 #define SYS_close 3
 #define SYS_pause 34
+#define SYS_getpid 39
 #define SYS_fork 57
 #define SYS_exit 60
 #define SYS_wait4 61
+#define SYS_getppid 110
+#define SYS_prctl 157
 #define SYS_waitid 247
 #define SYS_unshare 272
 #define SYS_clone3 435
@@ -47,6 +54,8 @@ typedef long i64;
 #define WNOWAIT 0x01000000
 #define P_PID 1
 #define ECHILD 10
+#define PR_SET_PDEATHSIG 1
+#define SIGKILL 9
 #define EINTR 4
 
 /* struct clone_args, CLONE_ARGS_SIZE_VER2 */
@@ -111,6 +120,12 @@ static void say(int fd, const char *buf, int len) {
     buf += w;
     len -= (int)w;
   }
+}
+
+/* Killed when the parent dies; dead at once if it already has (it was `parent`). */
+static void die_with_parent(i64 parent) {
+  sys2(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+  if (sys1(SYS_getppid, 0) != parent) sys1(SYS_exit, 1);
 }
 
 static __attribute__((noreturn)) void child_loop(void) {
@@ -211,7 +226,11 @@ __attribute__((noreturn, used)) void stub_main(u64 *sp) {
   int fd = 3;
   u64 ns_root = 0;
   if (argc > 1) fd = (int)parse_num(argv[1]);
+  u64 throwaway_parent = 0;
   if (argc > 3 && same(argv[2], "--pid-ns")) ns_root = parse_num(argv[3]);
+  if (argc > 3 && same(argv[2], "--throwaway")) throwaway_parent = parse_num(argv[3]);
+  if (throwaway_parent) die_with_parent((i64)throwaway_parent);
+  i64 self = sys1(SYS_getpid, 0);
   if (ns_root) {
     i64 r = sys1(SYS_unshare, CLONE_NEWPID);
     if (r < 0) {
@@ -221,6 +240,7 @@ __attribute__((noreturn, used)) void stub_main(u64 *sp) {
   }
   i64 pid = sys1(SYS_fork, 0);
   if (pid == 0) {
+    if (throwaway_parent) die_with_parent(self);
     if (ns_root) ns_init(fd, ns_root);
     close_inherited(fd);
     child_loop();

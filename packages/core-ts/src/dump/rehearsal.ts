@@ -5,7 +5,8 @@
  * 1 GiB, about three quarters of a lazy dump's frozen time was that first run (17-20 ms
  * frozen before, 8-13 ms after).
  *
- * The throwaway process is the restore stub waiting in pause() with /dev/null for stdio;
+ * The throwaway process is the restore stub waiting in pause() with /dev/null for stdio
+ * (and dying with us, should we be killed meanwhile);
  * it goes through everything the real dump does (seize, layout, pages, injected questions,
  * /proc, the commit) into a temporary dir, and is killed. Everything it made is gone when
  * this returns, also on failure (which only costs the head start: the caller ignores it).
@@ -21,7 +22,7 @@ export async function rehearseLazyDump(
   pageServer: { address: string; port: number },
 ): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'lazymig-dump-rehearsal-'));
-  const target = await startStub({ stdio: 'ignore' });
+  const target = await startStub({ stdio: 'ignore', throwaway: true });
   try {
     const r = await dump({ pid: target.pid, imagesDir: join(dir, 'images'), mode: 'lazy', pageServer, rehearse: false });
     r.frozen?.kill();

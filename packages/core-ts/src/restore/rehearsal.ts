@@ -20,7 +20,7 @@ import { startStub } from './stub.js';
 
 export async function rehearseRestore(restore: (opts: RestoreOptions) => Promise<RestoreResult>): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'lazymig-rehearsal-'));
-  const target = await startStub({ stdio: 'ignore' });
+  const target = await startStub({ stdio: 'ignore', throwaway: true });
   let restored: RestoreResult | undefined;
   try {
     const images = join(dir, 'images');

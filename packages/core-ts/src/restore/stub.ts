@@ -86,6 +86,11 @@ export interface StubOptions {
   pidNs?: number;
   /** the stub's fds 0-2: ours (default), or /dev/null */
   stdio?: 'inherit' | 'ignore';
+  /**
+   * A rehearsal's target, never restored into: it dies with us (PR_SET_PDEATHSIG), so a
+   * lazymig killed meanwhile leaves no stub behind. Not with pidNs.
+   */
+  throwaway?: boolean;
 }
 
 /** Starts a stub and waits (at most timeoutMs) until it reported its child's pid. */
@@ -93,7 +98,8 @@ export function startStub(opts: StubOptions = {}): Promise<StartedStub> {
   const timeoutMs = opts.timeoutMs ?? 5_000;
   const bin = stubBinary();
   const nsRoot = opts.pidNs ?? 0;
-  const args = nsRoot ? ['3', '--pid-ns', String(nsRoot)] : ['3'];
+  if (nsRoot && opts.throwaway) throw new RestoreError('a throwaway stub has no pid namespace', 'unsupported');
+  const args = nsRoot ? ['3', '--pid-ns', String(nsRoot)] : opts.throwaway ? ['3', '--throwaway', String(process.pid)] : ['3'];
   const io = opts.stdio ?? 'inherit';
   const child: ChildProcess = spawn(bin, args, { stdio: [io, io, io, 'pipe'] });
   const pipe = child.stdio[3] as Readable;
