@@ -131,7 +131,8 @@ class Lane {
     });
     ws.onMessage = (data) => this.#onMessage(data);
     ws.onClose = (err) => {
-      if (err && !/closed by the server \(1000|connection closed|terminated/.test(err.message)) {
+      // Once we closed the lane (the migration is over), a reset while closing is no news.
+      if (err && !this.#closed && !/closed by the server \(1000|connection closed|terminated/.test(err.message)) {
         this.log.warn('connection error', { lane: this.name, error: err.message });
       }
       if (this.ws === ws) this.ws = null;
