@@ -5,7 +5,7 @@
  * going on where it stopped.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { cp, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { lazymigBin } from '../bin-path.js';
@@ -34,9 +34,18 @@ function noteEvents(line: string): void {
   if (m) seen.set(m[2]!, Date.parse(m[1]!));
 }
 
+interface HostCommand {
+  child: ChildProcess;
+  exited: Promise<number>;
+  /** Resolves with the first stderr line matching `re`; rejects if the command ends first. */
+  line(re: RegExp, timeoutMs: number): Promise<string>;
+}
+
 /** A lazymig command inside one of the hosts, its stderr shown with a prefix. */
-function inHost(hosts: TwoHosts, host: Host, label: string, args: string[]): { child: ChildProcess; exited: Promise<number> } {
+function inHost(hosts: TwoHosts, host: Host, label: string, args: string[]): HostCommand {
   const child = hosts.spawnIn(host, [LAZYMIG, ...args], { stdio: ['ignore', 'inherit', 'pipe'] });
+  const lines: string[] = [];
+  const waiters = new Set<() => void>();
   let buf = '';
   child.stderr?.on('data', (d: Buffer) => {
     buf += d.toString();
@@ -46,23 +55,40 @@ function inHost(hosts: TwoHosts, host: Host, label: string, args: string[]): { c
       buf = buf.slice(i + 1);
       if (line.trim()) say(`  [${label}] ${line}`);
       noteEvents(line);
+      lines.push(line);
     }
+    for (const w of [...waiters]) w();
   });
   const exited = new Promise<number>((resolve) => child.on('close', (code, signal) => resolve(code ?? (signal ? 128 : 1))));
-  return { child, exited };
+  const line = (re: RegExp, timeoutMs: number): Promise<string> =>
+    new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => done(new Error(`${label}: no line matching ${re} within ${timeoutMs} ms`)), timeoutMs);
+      const check = (): void => {
+        const l = lines.find((x) => re.test(x));
+        if (l !== undefined) done(null, l);
+      };
+      const done = (err: Error | null, l?: string): void => {
+        clearTimeout(timer);
+        waiters.delete(check);
+        if (err) reject(err);
+        else resolve(l!);
+      };
+      waiters.add(check);
+      void exited.then((rc) => done(new Error(`${label} exited ${rc}`)));
+      check();
+    });
+  return { child, exited, line };
 }
 
-async function waitFor(what: string, cond: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-  const end = performance.now() + timeoutMs;
-  while (performance.now() < end) {
-    if (await cond()) return;
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
+/**
+ * `armed`: the destination's two commands first, waiting for the images (the shortest
+ * pause); `criu`: CRIU's order, dump, copy, then lazy-pages and restore.
+ */
+export type DemoOrder = 'armed' | 'criu';
 
-export async function runDemo(mib: number): Promise<number> {
+export async function runDemo(mib: number, order: DemoOrder = 'armed'): Promise<number> {
   const work = await mkdtemp(join(tmpdir(), 'lazymig-demo-'));
+  const workDir = join(work, 'dst-work');
   const srcImages = join(work, 'src-images');
   const dstImages = join(work, 'dst-images');
   const pidfile = join(work, 'restored.pid');
@@ -85,41 +111,65 @@ export async function runDemo(mib: number): Promise<number> {
   };
 
   try {
-    say(`lazymig demo: migrating a ${mib} MiB memhog from one network namespace to another\n`);
+    say(`lazymig demo: migrating a ${mib} MiB memhog from one network namespace to another (${order === 'armed' ? 'destination armed first' : "CRIU's order"})\n`);
     hosts = await createTwoHosts();
     say(`source host ${hosts.src.address} (netns ${hosts.src.ns}), destination host ${hosts.dst.address} (netns ${hosts.dst.ns})`);
     hog = await startWorkload('memhog', [String(mib), '--interval-ms', '20'], { logDir: work });
     say(`memhog pid ${hog.pid} filled ${mib} MiB and verifies it every pass; log: ${hog.logPath}`);
     await hog.waitForLine(/verify ok pass=3 /, 30_000);
 
-    say(`\n[src]# lazymig dump --tree ${hog.pid} --images-dir ${srcImages} --lazy-pages --address ${hosts.src.address} --port ${PORT}`);
+    const at = ['--address', hosts.src.address, '--port', String(PORT)];
+    const daemonArgs = ['lazy-pages', '--page-server', ...at, '--images-dir', dstImages];
+    const restoreArgs = ['restore', '--images-dir', dstImages, '--lazy-pages', '--restore-detached', '--pidfile', pidfile];
+    let daemon: HostCommand | undefined;
+    let restorer: HostCommand | undefined;
+    if (order === 'armed') {
+      // The destination first: both commands start up and wait for the images, so Node's
+      // start-up and restore's preparations are over before the freeze. The socket lives in
+      // a work dir of its own: the images dir does not exist until the copy makes it.
+      const armed = ['--work-dir', workDir, '--wait-images', '120'];
+      say(`\n[dst]# mkdir ${workDir}`);
+      await mkdir(workDir);
+      say(`[dst]# ${['lazymig', ...daemonArgs, ...armed].join(' ')} &`);
+      daemon = inHost(hosts, hosts.dst, 'dst lazy-pages', [...daemonArgs, ...armed]);
+      children.push(daemon.child);
+      say(`[dst]# ${['lazymig', ...restoreArgs, ...armed].join(' ')} &`);
+      restorer = inHost(hosts, hosts.dst, 'dst restore', [...restoreArgs, ...armed]);
+      children.push(restorer.child);
+      await Promise.all([daemon.line(/waiting for the images/, 60_000), restorer.line(/waiting up to/, 60_000)]);
+      mark('destination armed');
+    }
+
+    say(`\n[src]# lazymig dump --tree ${hog.pid} --images-dir ${srcImages} --lazy-pages ${at.join(' ')}`);
     mark('dump started');
-    const dumper = inHost(hosts, hosts.src, 'src dump', ['dump', '--tree', String(hog.pid), '--images-dir', srcImages, '--lazy-pages', '--address', hosts.src.address, '--port', String(PORT)]);
+    const dumper = inHost(hosts, hosts.src, 'src dump', ['dump', '--tree', String(hog.pid), '--images-dir', srcImages, '--lazy-pages', ...at]);
     children.push(dumper.child);
-    await waitFor('the images', async () => (await readFile(join(srcImages, 'inventory.img')).then(() => true, () => false)) || dumper.child.exitCode !== null, 60_000);
-    if (dumper.child.exitCode !== null) throw new Error(`dump failed (exit ${dumper.child.exitCode})`);
+    // Copied the moment dump says they are written, as a script would.
+    await dumper.line(/^images written to /, 60_000);
     mark('frozen, images written');
 
     say(`\n[src]# scp -r ${srcImages} dst:${dstImages}      (here: cp -r)`);
+    const logBefore = (await readFile(hog.logPath, 'utf8')).length;
     await cp(srcImages, dstImages, { recursive: true });
     mark('images copied');
 
-    say(`\n[dst]# lazymig lazy-pages --page-server --address ${hosts.src.address} --port ${PORT} --images-dir ${dstImages}`);
-    const daemon = inHost(hosts, hosts.dst, 'dst lazy-pages', ['lazy-pages', '--page-server', '--address', hosts.src.address, '--port', String(PORT), '--images-dir', dstImages]);
-    children.push(daemon.child);
-    // No need to wait for the daemon: restore waits (up to 5 s) for its socket, so the two
-    // start up side by side and the process is frozen for less time.
-    say(`\n[dst]# lazymig restore --images-dir ${dstImages} --lazy-pages --restore-detached --pidfile ${pidfile}`);
-    const logBefore = (await readFile(hog.logPath, 'utf8')).length;
-    const restorer = inHost(hosts, hosts.dst, 'dst restore', ['restore', '--images-dir', dstImages, '--lazy-pages', '--restore-detached', '--pidfile', pidfile]);
-    children.push(restorer.child);
-    const rc = await restorer.exited;
+    if (order === 'criu') {
+      say(`\n[dst]# lazymig ${daemonArgs.join(' ')} &`);
+      daemon = inHost(hosts, hosts.dst, 'dst lazy-pages', daemonArgs);
+      children.push(daemon.child);
+      // No need to wait for the daemon: restore waits (up to 5 s) for its socket, so the two
+      // start up side by side and the process is frozen for less time.
+      say(`[dst]# lazymig ${restoreArgs.join(' ')}`);
+      restorer = inHost(hosts, hosts.dst, 'dst restore', restoreArgs);
+      children.push(restorer.child);
+    }
+    const rc = await restorer!.exited;
     if (rc !== 0) throw new Error(`restore failed (exit ${rc})`);
     mark('resumed on the destination');
     restoredPid = Number((await readFile(pidfile, 'utf8')).trim());
     say(`restored memhog runs as pid ${restoredPid}`);
 
-    const [daemonRc, dumpRc] = await Promise.all([daemon.exited, dumper.exited]);
+    const [daemonRc, dumpRc] = await Promise.all([daemon!.exited, dumper.exited]);
     mark('all pages in, source gone');
     if (daemonRc !== 0) throw new Error(`lazy-pages exited ${daemonRc}`);
     if (dumpRc !== 0) throw new Error(`the source's page server exited ${dumpRc}`);
@@ -166,11 +216,14 @@ export async function runDemo(mib: number): Promise<number> {
 export const demoCommand: Command = {
   name: 'demo',
   summary: 'migrate a memhog between two network namespaces on this machine, and show the timeline',
-  options: { mib: { type: 'string' } },
-  optionHelp: { mib: 'memhog size in MiB (default 256)' },
+  options: { mib: { type: 'string' }, 'criu-order': { type: 'boolean' } },
+  optionHelp: {
+    mib: 'memhog size in MiB (default 256)',
+    'criu-order': "dump, copy, then lazy-pages and restore (default: the destination's commands first, waiting for the images)",
+  },
   async run({ values }) {
     const mib = values.mib === undefined ? 256 : Number(values.mib);
     if (!Number.isInteger(mib) || mib < 1 || mib > 8192) throw new UsageError(`--mib must be 1..8192, got ${String(values.mib)}`);
-    return runDemo(mib);
+    return runDemo(mib, values['criu-order'] === true ? 'criu' : 'armed');
   },
 };
