@@ -232,6 +232,18 @@ test('a process with a socket is refused before anything changes, naming pid and
   t.is(readStatus(py.pid!).tracerPid, 0, 'never traced');
 });
 
+test('an unknown mode is refused before the process is touched', async (t) => {
+  const dir = await tempDir(t);
+  const w = await startWorkload('memhog', ['4', '--interval-ms', '10']);
+  t.teardown(() => w.kill());
+  await w.waitForLine(/verify ok pass=1 /, 20_000);
+  const opts = { pid: w.pid, imagesDir: join(dir, 'img'), mode: 'eager' } as unknown as Parameters<typeof dump>[0];
+  await t.throwsAsync(dump(opts), { message: /dump mode must be one of kill, leave-running, lazy, not "eager"/ });
+  t.false(existsSync(join(dir, 'img')), 'no images dir');
+  // Never frozen: it keeps counting at its own pace.
+  await w.waitForLine(/verify ok/, 5_000, { since: w.logSize() });
+});
+
 test('a pid that does not exist is a clear error', async (t) => {
   const dir = await tempDir(t);
   await t.throwsAsync(dump({ pid: 4194303, imagesDir: join(dir, 'img') }), { message: /pid 4194303: no such process/ });

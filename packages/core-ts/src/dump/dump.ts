@@ -48,6 +48,8 @@ export type DumpProgress =
   | { phase: 'pages'; pid: number; bytes: number }
   | { phase: 'written'; dir: string };
 
+const DUMP_MODES: ReadonlyArray<unknown> = ['kill', 'leave-running', 'lazy'];
+
 export interface DumpOptions {
   pid: number;
   imagesDir: string;
@@ -130,6 +132,8 @@ class Phases {
 export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const phases = new Phases();
   const mode = opts.mode ?? 'kill';
+  // Checked before anything is touched: JS callers are not held to the type.
+  if (!DUMP_MODES.includes(mode)) throw new Error(`dump mode must be one of ${DUMP_MODES.join(', ')}, not ${JSON.stringify(mode)}`);
   if (mode === 'lazy' && !opts.pageServer) throw new Error('a lazy dump needs the page server address and port');
   // First of all, so the smaps read below stays as close to the freeze as it can. Below the
   // workload: it is still running.
