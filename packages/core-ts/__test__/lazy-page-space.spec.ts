@@ -99,3 +99,54 @@ test('a forked child misses what its parent misses; requests in flight are the p
   t.deepEqual(states(s), [[A, A, '2100']]);
   t.is(s.ranges[0]!.state[1], REQUESTED);
 });
+
+test('the background finds every page that is missing, whatever was claimed, released, dropped or moved before', (t) => {
+  // A seeded random walk of what the engine does, against a plain scan of the states: a
+  // MISSING page anywhere means nextMissing finds one (the search bounds it keeps must
+  // never hide a page put back by release, or split off by a carve).
+  let seed = 12345;
+  const rnd = (n: number): number => {
+    // xorshift32
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return (seed >>> 0) % n;
+  };
+  for (let round = 0; round < 100; round++) {
+    const s = new PageSpace(P);
+    s.add(A, A, 64);
+    s.add(A + 200 * P, A + 200 * P, 64);
+    const requested: Array<{ dst: number; first: number; count: number }> = [];
+    for (let step = 0; step < 300; step++) {
+      const anyMissing = s.ranges.some((r) => r.state.includes(MISSING));
+      const hint = A + rnd(300) * P;
+      const op = rnd(10);
+      if (op < 5) {
+        const run = s.nextMissing(hint, 1 + rnd(8));
+        t.is(run !== null, anyMissing, `round ${round} step ${step}: a missing page ${anyMissing ? 'is there' : 'is not'}`);
+        if (!run) continue;
+        t.true([...run.range.state.subarray(run.first, run.first + run.count)].every((x) => x === REQUESTED));
+        requested.push({ dst: run.range.dst + run.first * P, first: run.first, count: run.count });
+      } else if (op < 7 && requested.length > 0) {
+        // A reply that could not be installed: back to MISSING (where it still is REQUESTED).
+        const q = requested.splice(rnd(requested.length), 1)[0]!;
+        const r = s.find(q.dst);
+        if (r) s.release(r, (q.dst - r.dst) / P, Math.min(q.count, r.pages - (q.dst - r.dst) / P));
+      } else if (op < 9 && requested.length > 0) {
+        const q = requested.splice(rnd(requested.length), 1)[0]!;
+        const r = s.find(q.dst);
+        if (r) s.finish(r, (q.dst - r.dst) / P, Math.min(q.count, r.pages - (q.dst - r.dst) / P));
+      } else {
+        const start = A + rnd(280) * P;
+        const len = (1 + rnd(16)) * P;
+        // mremap's target may be where other lazy pages were (they give way), never its source
+        const to = A + rnd(500) * P;
+        if (rnd(2) === 0) s.drop(start, start + len);
+        else if (Math.abs(to - start) >= len) s.remap(start, to, len);
+      }
+    }
+    // Then the background takes the rest: nothing missing is left behind.
+    for (let run = s.nextMissing(A, 8); run; run = s.nextMissing(A, 8)) s.finish(run.range, run.first, run.count);
+    t.deepEqual(s.ranges.filter((r) => r.state.includes(MISSING)).map((r) => r.dst), [], `round ${round}: pages left MISSING`);
+  }
+});
