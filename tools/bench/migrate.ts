@@ -2,7 +2,7 @@
 // dump + copy + restore of the same size as the baseline measured in the same run.
 //
 //   node --import tsx tools/bench/migrate.ts [MiB...]          (default: 64 1024)
-//        [--modes armed,lazy,eager] [--interval-ms 20] [--json] [--timeline]
+//        [--modes armed,lazy,eager] [--repeat N] [--interval-ms 20] [--json] [--timeline]
 //
 // Real `lazymig` commands, spawned the way a user types them (dump on the source host,
 // images copied, lazy-pages + restore on the destination host). Modes:
@@ -22,6 +22,8 @@
 //   pages        by fault / prefetch (rest of a fault window) / background
 //   fault p50/p99  fault service (fault read until the faulting page is installed)
 //   wire         bytes received on the destination's veth during the migration
+// With --repeat N, each size and mode runs N times, then a line of min / median / max,
+// and the ratios are of medians (one run on this noisy machine proves little).
 // Then ratios: lazy pause at the largest size vs the smallest; lazy vs eager pause; and
 // the largest lazy transfer against this machine's transfer floor, measured in the same run
 // (tools/workloads/src/transfer-floor.c: process_vm_readv -> TCP over loopback ->
@@ -58,6 +60,8 @@ if (TIMELINE) {
 type Mode = 'armed' | 'lazy' | 'eager';
 const MODES = (flag('modes') ?? 'armed,lazy,eager').split(',') as Mode[];
 for (const m of MODES) if (!['armed', 'lazy', 'eager'].includes(m)) throw new Error(`--modes: unknown mode ${m}`);
+const REPEAT = Number(flag('repeat') ?? 1);
+if (!Number.isInteger(REPEAT) || REPEAT < 1 || REPEAT > 100) throw new Error(`--repeat: 1..100, not ${REPEAT}`);
 const SIZES = argv.length > 0 ? argv.map(Number) : [64, 1024];
 
 interface Cmd {
@@ -325,17 +329,30 @@ async function migrate(mib: number, mode: Mode): Promise<Result> {
 const f = (n: number, d = 0): string => n.toFixed(d);
 const results: Result[] = [];
 console.log(`migrate bench: memhog ${SIZES.join(', ')} MiB (--interval-ms ${INTERVAL}), modes ${MODES.join(', ')}, node ${process.version}`);
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+const spread = (xs: number[]): string => `${f(Math.min(...xs))} / ${f(median(xs))} / ${f(Math.max(...xs))}`;
 for (const mib of SIZES) {
   for (const mode of MODES) {
-    const r = await migrate(mib, mode);
-    results.push(r);
-    const head = `${String(mib).padStart(5)} MiB ${mode.padEnd(5)}`;
-    const common = `downtime ${f(r.downtimeMs).padStart(5)} ms (copy ${f(r.copyMs)} ms), pause ${f(r.pauseMs).padStart(5)} ms (after resume ${f(r.pauseAfterResumeMs)} ms), slowest pass ${f(r.slowPassMs)} ms (normal ${f(r.normalPassMs)} ms), wire ${f(r.wireMiB, 1)} MiB`;
-    if (mode === 'eager') console.log(`${head}  ${common}`);
-    else {
-      console.log(
-        `${head}  ${common}\n${' '.repeat(17)}all in ${f(r.allInMs)} ms after resume (${f(r.mibPerSec)} MiB/s); pages: ${r.pages.fault} fault, ${r.pages.prefetch} prefetch, ${r.pages.background} background, ${r.pages.zero} zero-faults; fault service p50 ${f(r.faultP50Us)} µs, p99 ${f(r.faultP99Us)} µs`,
-      );
+    for (let run = 0; run < REPEAT; run++) {
+      const r = await migrate(mib, mode);
+      results.push(r);
+      const head = `${String(mib).padStart(5)} MiB ${mode.padEnd(5)}`;
+      const common = `downtime ${f(r.downtimeMs).padStart(5)} ms (copy ${f(r.copyMs)} ms), pause ${f(r.pauseMs).padStart(5)} ms (after resume ${f(r.pauseAfterResumeMs)} ms), slowest pass ${f(r.slowPassMs)} ms (normal ${f(r.normalPassMs)} ms), wire ${f(r.wireMiB, 1)} MiB`;
+      if (mode === 'eager') console.log(`${head}  ${common}`);
+      else {
+        console.log(
+          `${head}  ${common}\n${' '.repeat(17)}all in ${f(r.allInMs)} ms after resume (${f(r.mibPerSec)} MiB/s); pages: ${r.pages.fault} fault, ${r.pages.prefetch} prefetch, ${r.pages.background} background, ${r.pages.zero} zero-faults; fault service p50 ${f(r.faultP50Us)} µs, p99 ${f(r.faultP99Us)} µs`,
+        );
+      }
+    }
+    if (REPEAT > 1) {
+      const rs = results.filter((r) => r.mib === mib && r.mode === mode);
+      const allIn = mode === 'eager' ? '' : `, all in ${spread(rs.map((r) => r.allInMs))} ms`;
+      console.log(`${String(mib).padStart(5)} MiB ${mode.padEnd(5)}  ${REPEAT} runs, min / median / max: downtime ${spread(rs.map((r) => r.downtimeMs))} ms, pause ${spread(rs.map((r) => r.pauseMs))} ms${allIn}`);
     }
   }
 }
@@ -350,11 +367,16 @@ async function transferFloor(mib: number): Promise<{ ms: number; mibPerSec: numb
   return { ms: Number(m[1]), mibPerSec: Number(m[2]) };
 }
 
-const get = (mib: number, mode: Mode): Result | undefined => results.find((r) => r.mib === mib && r.mode === mode);
+/** The result of a size and mode; with --repeat, its medians. */
+const get = (mib: number, mode: Mode): Result | undefined => {
+  const rs = results.filter((r) => r.mib === mib && r.mode === mode);
+  if (rs.length <= 1) return rs[0];
+  return { ...rs[0]!, downtimeMs: median(rs.map((r) => r.downtimeMs)), pauseMs: median(rs.map((r) => r.pauseMs)), allInMs: median(rs.map((r) => r.allInMs)) };
+};
 const small = Math.min(...SIZES);
 const big = Math.max(...SIZES);
 const x = (a: number, b: number): string => `${(a / b).toFixed(2)}x`;
-console.log('\nratios (same run):');
+console.log(`\nratios (same run${REPEAT > 1 ? `, medians of ${REPEAT} runs` : ''}):`);
 for (const mode of MODES.filter((m) => m !== 'eager')) {
   const [lb, ls] = [get(big, mode)!, get(small, mode)!];
   if (big !== small) console.log(`  ${mode} pause ${big} MiB / ${small} MiB: ${x(lb.pauseMs, ls.pauseMs)} (target <= 1.5x); downtime ${x(lb.downtimeMs, ls.downtimeMs)}`);
