@@ -5,6 +5,7 @@ import {
   encodeClient,
   encodeServer,
   allocPagesFrame,
+  BufferPool,
   PAGES_HEADER_SIZE,
   LazyRanges,
   ProtocolError,
@@ -87,4 +88,17 @@ test('a pages frame filled in place decodes like an encoded one', (t) => {
     t.true(m.data.every((b) => b === 0xab));
     t.is(m.data.buffer, frame.buffer, 'the data is a view into the frame, not a copy');
   }
+});
+
+test('a prefilled pool hands out its buffers before it allocates, and stays under its cap', (t) => {
+  const len = PAGES_HEADER_SIZE + 512 * 4096;
+  const pool = new BufferPool(3 * len + 100);
+  pool.prefill(len, 5);
+  t.is(pool.pooledBytes, 3 * len, 'only as many as the cap allows');
+  const got = [pool.acquire(len), pool.acquire(len), pool.acquire(len)];
+  t.is(pool.pooledBytes, 0);
+  t.is(new Set(got).size, 3);
+  for (const b of got) pool.release(b);
+  t.is(pool.pooledBytes, 3 * len, 'they go back to the pool');
+  t.true(got.includes(pool.acquire(len)), 'and come out again');
 });

@@ -28,6 +28,8 @@ export interface PageClientOptions {
   retryForMs?: number;
   /** Page size of the dump (checks reply lengths). Default 4096. */
   pageSize?: number;
+  /** Where reply frames are read into: one made (and prefilled) beforehand, or a fresh one. */
+  pool?: BufferPool;
 }
 
 export class PageServerError extends Error {
@@ -246,7 +248,7 @@ class Lane {
 export class PageClient implements PageSource {
   readonly stats = { requests: 0, pagesReceived: 0, bytesReceived: 0 };
   readonly #lanes: Record<Priority, Lane>;
-  readonly #pool = new BufferPool();
+  readonly #pool: BufferPool;
   readonly #pageSize: number;
   #nextId = 1;
   #failure: Error | null = null;
@@ -257,6 +259,7 @@ export class PageClient implements PageSource {
   private constructor(opts: PageClientOptions) {
     const log = opts.log ?? silentLogger;
     this.#pageSize = opts.pageSize ?? 4096;
+    this.#pool = opts.pool ?? new BufferPool();
     this.lost = new Promise((r) => (this.#onLost = r));
     const fail = (err: Error): void => {
       if (this.#failure) return;

@@ -4,3 +4,4 @@ export { PageServer, MAX_REQUEST_PAGES, type PageServerContent, type PageServerO
 export { PageClient, PageServerError, type PageClientOptions } from './client.js';
 export { frozenTreeContent, serveFrozenTree, serveImages, readToken, type ServeFrozenOptions, type ServeImagesOptions } from './serve.js';
 export { warmPageTransport } from './warm.js';
+export { BufferPool } from './buffer-pool.js';

@@ -113,6 +113,15 @@ export class PageServer {
    * Opens and drops one connection to ourselves (no hello: it is not a session): fails if
    * the address does not take connections, and runs the accept path once before it counts.
    */
+  /**
+   * Frames for the background replies of `pages` pages a connection can have ahead of it
+   * (and two being read), faulted in now rather than while serving.
+   */
+  prefill(pages: number): void {
+    const len = PAGES_HEADER_SIZE + pages * this.#opts.pageSize;
+    this.#pool.prefill(len, Math.ceil(BACKGROUND_AHEAD_BYTES / len) + 2);
+  }
+
   async selfCheck(): Promise<void> {
     const ws = await FrameSocket.connect({ host: this.#opts.address, port: this.port, handshakeTimeoutMs: 5_000, maxPayload: 1 << 16, pool: this.#pool });
     ws.terminate();

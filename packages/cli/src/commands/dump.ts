@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { createLogger, dump, niced, type DumpResult } from '@lazymig/core-ts';
+import { DEFAULT_CHUNK_PAGES, createLogger, dump, niced, type DumpResult } from '@lazymig/core-ts';
 import { frozenTreeContent, PageServer, warmPageTransport } from '@lazymig/pageserver';
 import { PAGE_SIZE } from '@lazymig/uffd-rs';
 import type { Command } from '../command.js';
@@ -55,8 +55,13 @@ export const dumpCommand: Command = {
       await server.selfCheck();
       // The first request the destination sends once its process runs should not also be the
       // first run of the page server's code: one page through a throwaway server and client
-      // first (below the workload, which still runs). The dump rehearses its own part.
-      await niced(() => warmPageTransport(PAGE_SIZE)).catch(() => undefined);
+      // first (below the workload, which still runs). The dump rehearses its own part. And
+      // the frames of the first background replies are faulted in now.
+      const s = server;
+      await niced(async () => {
+        await warmPageTransport(PAGE_SIZE);
+        s.prefill(DEFAULT_CHUNK_PAGES);
+      }).catch(() => undefined);
     }
 
     const progress = new Progress();

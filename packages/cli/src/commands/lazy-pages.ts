@@ -1,10 +1,10 @@
 import { resolve } from 'node:path';
 import {
   awaitImages, clearCompletion, writeCompletion, whenComplete,
-  ImagesPageSource, LazyPagesEngine, createLogger, lazyRanges, openPagesReader, readImages, serveControl,
+  DEFAULT_CHUNK_PAGES, DEFAULT_IN_FLIGHT, ImagesPageSource, LazyPagesEngine, createLogger, lazyRanges, openPagesReader, readImages, serveControl,
   type LazySummary, type LoadedImages, type Logger, type PageSource, type PagesReader, type ProcessImage,
 } from '@lazymig/core-ts';
-import { PageClient, readToken, warmPageTransport } from '@lazymig/pageserver';
+import { BufferPool, PAGES_HEADER_SIZE, PageClient, readToken, warmPageTransport } from '@lazymig/pageserver';
 import { PAGE_SIZE, Userfaultfd } from '@lazymig/uffd-rs';
 import type { Command } from '../command.js';
 import { mib, Progress } from '../ui/progress.js';
@@ -151,12 +151,15 @@ interface PrepareOptions {
 async function prepare(o: PrepareOptions): Promise<Daemon> {
   // With --wait-images, each read is retried until its files have arrived and check out.
   const timeoutMs = (o.waitImages ?? 0) * 1000;
+  // Reply frames are read into buffers from here; an armed daemon faults them in while it
+  // waits (below), not while the restored process waits for its first pages.
+  const pool = new BufferPool();
   const connect = async (address: string, port: number): Promise<PageClient> => {
     const read = (): Promise<string> => readToken(o.imagesDir);
     // Connected while the token is on its way: only the hello waits for it.
     const token = o.waitImages === undefined ? read() : whenComplete(o.imagesDir, read, { timeoutMs });
     token.catch(() => undefined); // PageClient.connect fails with it
-    const client = await PageClient.connect({ address, port, token, log: o.log, retryForMs: o.sourceTimeout * 1000 });
+    const client = await PageClient.connect({ address, port, token, pool, log: o.log, retryForMs: o.sourceTimeout * 1000 });
     o.log.info('connected to the page server', { address, port });
     return client;
   };
@@ -172,7 +175,14 @@ async function prepare(o: PrepareOptions): Promise<Daemon> {
         : await awaitImages(o.imagesDir, {
             timeoutMs,
             onWaiting: (why) => o.log.info('waiting for the images', { dir: o.imagesDir, why }),
-            ...(o.remote ? { warmUp: () => warmPageTransport(PAGE_SIZE) } : {}),
+            ...(o.remote
+              ? {
+                  warmUp: async () => {
+                    await warmPageTransport(PAGE_SIZE);
+                    pool.prefill(PAGES_HEADER_SIZE + DEFAULT_CHUNK_PAGES * PAGE_SIZE, DEFAULT_IN_FLIGHT + 2);
+                  },
+                }
+              : {}),
           });
   } catch (err) {
     void early?.then((c) => c.close(), () => undefined);

@@ -96,6 +96,10 @@ interface Job {
  */
 const BACKGROUND_HOLD_MS = 15;
 
+/** Background request size, in pages, and how many are in flight (LazyEngineOptions). */
+export const DEFAULT_CHUNK_PAGES = 512;
+export const DEFAULT_IN_FLIGHT = 8;
+
 /** Pages installed per installBatch call while draining staged replies. */
 const SLICE_PAGES = 16;
 
@@ -160,8 +164,8 @@ export class LazyPagesEngine {
     this.#P = opts.pageSize;
     this.#log = opts.log ?? silentLogger;
     this.#maxWindow = opts.maxWindow ?? 64;
-    this.#chunk = opts.chunkPages ?? 512;
-    this.#inFlightMax = opts.inFlight ?? 8;
+    this.#chunk = opts.chunkPages ?? DEFAULT_CHUNK_PAGES;
+    this.#inFlightMax = opts.inFlight ?? DEFAULT_IN_FLIGHT;
     this.#sliceMs = opts.installSliceMs ?? 0.3;
     this.#onProgress = opts.onProgress;
     this.#maxRate = opts.maxBackgroundRate ?? Infinity;
