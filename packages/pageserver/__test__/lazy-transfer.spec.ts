@@ -110,11 +110,8 @@ test('a client that starts connecting before the page server listens gets throug
   const images = await readImages(join(dir, 'img'));
   const port = await freePort();
 
-  let connected = false;
-  const connecting = PageClient.connect({ address: '127.0.0.1', port, token: r.token!, retryForMs: 30_000 }).then((c) => ((connected = true), c));
-  connecting.catch(() => undefined);
-  await new Promise((resolve) => setTimeout(resolve, 300));
-  t.false(connected, 'nothing listens yet');
+  const { connecting, connected } = await connectInBackground(port, r.token!, 30_000);
+  t.false(connected(), 'nothing listens yet');
   const server = await serveFrozenTree({ images, frozen: r.frozen!, token: r.token!, address: '127.0.0.1', port });
   t.teardown(() => server.close());
   const client = await connecting;
@@ -127,11 +124,8 @@ test('a client connects while its token is still on its way: only the hello wait
 
   let giveToken!: (tok: string) => void;
   const token = new Promise<string>((resolve) => (giveToken = resolve));
-  let connected = false;
-  const connecting = PageClient.connect({ address: '127.0.0.1', port: server.port, token, retryForMs: 10_000 }).then((c) => ((connected = true), c));
-  connecting.catch(() => undefined);
-  await new Promise((resolve) => setTimeout(resolve, 300));
-  t.false(connected, 'no hello without the token');
+  const { connecting, connected } = await connectInBackground(server.port, token, 10_000);
+  t.false(connected(), 'no hello without the token');
   t.is(server.stats.sessions, 0);
   giveToken(r.token!);
   const client = await connecting;
@@ -153,6 +147,15 @@ async function firstLazyPageIsLive(t: ExecutionContext, client: PageClient, imag
   t.true(Buffer.from(page).equals(expected));
 }
 
+/** A PageClient.connect left running, looked at after 300 ms: has it got through yet? */
+async function connectInBackground(port: number, token: string | Promise<string>, retryForMs: number): Promise<{ connecting: Promise<PageClient>; connected: () => boolean }> {
+  let done = false;
+  const connecting = PageClient.connect({ address: '127.0.0.1', port, token, retryForMs }).then((c) => ((done = true), c));
+  connecting.catch(() => undefined);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  return { connecting, connected: () => done };
+}
+
 async function freePort(): Promise<number> {
   const s = createServer();
   await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
@@ -171,11 +174,8 @@ test('a page server listening before it has anything to serve welcomes nobody un
   t.is(server.stats.sessions, 0, 'the self-check is no session');
 
   const r = await lazyDump(t, w.pid, dir, { port: server.port, token });
-  let welcomed = false;
-  const connecting = PageClient.connect({ address: '127.0.0.1', port: server.port, token, retryForMs: 30_000 }).then((c) => ((welcomed = true), c));
-  connecting.catch(() => undefined);
-  await new Promise((resolve) => setTimeout(resolve, 300));
-  t.false(welcomed, 'not welcomed before open()');
+  const { connecting, connected } = await connectInBackground(server.port, token, 30_000);
+  t.false(connected(), 'not welcomed before open()');
   t.is(server.stats.sessions, 0);
 
   const images = await readImages(join(dir, 'img'));
