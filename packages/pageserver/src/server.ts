@@ -13,7 +13,7 @@ import type { AddressInfo } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { silentLogger, type Logger, type PageReader } from '@lazymig/core-ts';
 import {
-  decodeClient, encodeServer, PAGES_HEADER_SIZE, ProtocolError, PROTOCOL_VERSION, writePagesHeader, type ClientMessage,
+  decodeClient, encodeServer, PAGES_HEADER_SIZE, pagesFrameBytes, ProtocolError, PROTOCOL_VERSION, writePagesHeader, type ClientMessage,
 } from './protocol/messages.js';
 import type { LazyRanges } from './protocol/lazy-ranges.js';
 import { BufferPool } from './buffer-pool.js';
@@ -118,7 +118,7 @@ export class PageServer {
    * (and two being read), faulted in now rather than while serving.
    */
   prefill(pages: number): void {
-    const len = PAGES_HEADER_SIZE + pages * this.#opts.pageSize;
+    const len = pagesFrameBytes(pages, this.#opts.pageSize);
     this.#pool.prefill(len, Math.ceil(BACKGROUND_AHEAD_BYTES / len) + 2);
   }
 

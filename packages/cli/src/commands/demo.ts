@@ -4,7 +4,7 @@
  * memory is migrated with the four commands a user would type, and its own log shows it
  * going on where it stopped.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { cp, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

@@ -4,7 +4,7 @@ import {
   DEFAULT_CHUNK_PAGES, DEFAULT_IN_FLIGHT, ImagesPageSource, LazyPagesEngine, createLogger, lazyRanges, openPagesReader, readImages, serveControl,
   type LazySummary, type LoadedImages, type Logger, type PageSource, type PagesReader, type ProcessImage,
 } from '@lazymig/core-ts';
-import { BufferPool, PAGES_HEADER_SIZE, PageClient, readToken, warmPageTransport } from '@lazymig/pageserver';
+import { BufferPool, PageClient, pagesFrameBytes, readToken, warmPageTransport } from '@lazymig/pageserver';
 import { PAGE_SIZE, Userfaultfd } from '@lazymig/uffd-rs';
 import type { Command } from '../command.js';
 import { mib, Progress } from '../ui/progress.js';
@@ -179,7 +179,7 @@ async function prepare(o: PrepareOptions): Promise<Daemon> {
               ? {
                   warmUp: async () => {
                     await warmPageTransport(PAGE_SIZE);
-                    pool.prefill(PAGES_HEADER_SIZE + DEFAULT_CHUNK_PAGES * PAGE_SIZE, DEFAULT_IN_FLIGHT + 2);
+                    pool.prefill(pagesFrameBytes(DEFAULT_CHUNK_PAGES, PAGE_SIZE), DEFAULT_IN_FLIGHT + 2);
                   },
                 }
               : {}),

@@ -11,28 +11,15 @@
  * /proc, the commit) into a temporary dir, and is killed. Everything it made is gone when
  * this returns, also on failure (which only costs the head start: the caller ignores it).
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { startStub } from '../restore/stub.js';
+import { withThrowawayStub } from '../restore/stub.js';
 import type { DumpOptions, DumpResult } from './dump.js';
 
-export async function rehearseLazyDump(
+export function rehearseLazyDump(
   dump: (opts: DumpOptions) => Promise<DumpResult>,
   pageServer: { address: string; port: number },
 ): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'lazymig-dump-rehearsal-'));
-  const target = await startStub({ stdio: 'ignore', throwaway: true });
-  try {
-    const r = await dump({ pid: target.pid, imagesDir: join(dir, 'images'), mode: 'lazy', pageServer, rehearse: false });
+  return withThrowawayStub('lazymig-dump-rehearsal-', async (pid, imagesDir) => {
+    const r = await dump({ pid, imagesDir, mode: 'lazy', pageServer, rehearse: false });
     r.frozen?.kill();
-  } finally {
-    try {
-      process.kill(target.pid, 'SIGKILL');
-    } catch {
-      /* killed with its frozen tree, or gone */
-    }
-    target.kill();
-    await rm(dir, { recursive: true, force: true });
-  }
+  });
 }

@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants as fsc, closeSync, openSync, readFileSync, readdirSync, renameSync, rmdirSync, statSync, writeSync } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { MAX_MSGPACK_FILE, checkMagic, decodeCoreFile, decodeInventoryFile, decodePagemapFile, frame, kindOfTag, withFile } from './codec.js';
 import { asImageError, FieldError, ImageError } from './errors.js';

@@ -15,6 +15,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -94,6 +95,30 @@ export interface StubOptions {
 }
 
 /** Starts a stub and waits (at most timeoutMs) until it reported its child's pid. */
+/**
+ * Runs `fn` on a rehearsal's target: a throwaway stub (stdio /dev/null, dying with us),
+ * with the path of an images dir to make in a temporary dir. The stub and the dir are gone
+ * when this returns, also on failure.
+ */
+export async function withThrowawayStub<T>(prefix: string, fn: (pid: number, imagesDir: string) => Promise<T>): Promise<T> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  let target: StartedStub | undefined;
+  try {
+    target = await startStub({ stdio: 'ignore', throwaway: true });
+    return await fn(target.pid, join(dir, 'images'));
+  } finally {
+    if (target) {
+      try {
+        process.kill(target.pid, 'SIGKILL');
+      } catch {
+        /* killed by what fn did with it, or gone */
+      }
+      target.kill(); // its reaper
+    }
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 export function startStub(opts: StubOptions = {}): Promise<StartedStub> {
   const timeoutMs = opts.timeoutMs ?? 5_000;
   const bin = stubBinary();

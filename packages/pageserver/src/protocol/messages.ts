@@ -76,6 +76,11 @@ export function encodeServer(m: ServerMessage): Buffer {
 /** Bytes before the page data in a frame from allocPagesFrame. */
 export const PAGES_HEADER_SIZE = 1 + 1 + 5 + 5 + 9 + 5 + 5;
 
+/** Length of a `pages` frame carrying `pages` pages (what a buffer for one must hold). */
+export function pagesFrameBytes(pages: number, pageSize: number): number {
+  return PAGES_HEADER_SIZE + pages * pageSize;
+}
+
 /**
  * A `pages` frame with room for the data, which the caller fills in place (e.g. straight
  * from process_vm_readv): no copy between reading the pages and handing them to the socket.
