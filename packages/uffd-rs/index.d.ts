@@ -360,6 +360,11 @@ export declare function pagemapScan(start: number, len: number, opts?: PagemapSc
  */
 export declare function crc32c(data: Uint8Array, seed?: number): number
 /**
+ * How far into its page the first byte of `data` lies (0 <= result < PAGE_SIZE): the address
+ * modulo the page size, for placing data where the kernel copies it fastest.
+ */
+export declare function pageOffset(data: Uint8Array): number
+/**
  * The CRC32C of each `pageSize`-byte page of `data` into out[outOffset ..], in one call.
  * Returns crc32c(data, seed) (computed from the page CRCs, without a second pass).
  * data.length must be a multiple of pageSize; out must not overlap data.

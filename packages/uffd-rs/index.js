@@ -211,6 +211,11 @@ export function crc32c(data, seed = 0) {
   return native.crc32c(data, seed)
 }
 
+/** How far into its page the first byte of `data` lies (0 ≤ result < PAGE_SIZE). */
+export function pageOffset(data) {
+  return native.pageOffset(data)
+}
+
 /** Each page's CRC32C into out[outOffset..]; returns crc32c(data, seed). */
 export function crc32cPages(data, pageSize, out, outOffset = 0, seed = 0) {
   if (!(out instanceof Uint32Array)) throw new TypeError('out must be a Uint32Array')

@@ -13,6 +13,7 @@ import {
   type ClientMessage,
 } from '../src/index.js';
 import { Packr } from 'msgpackr';
+import { PAGE_SIZE, pageOffset } from '@lazymig/uffd-rs';
 
 const raw = new Packr({ useRecords: false });
 
@@ -101,4 +102,18 @@ test('a prefilled pool hands out its buffers before it allocates, and stays unde
   for (const b of got) pool.release(b);
   t.is(pool.pooledBytes, 3 * len, 'they go back to the pool');
   t.true(got.includes(pool.acquire(len)), 'and come out again');
+});
+
+test("a pool's frames hold their pages at page boundaries, and a view of one goes back to it", (t) => {
+  const pool = new BufferPool();
+  for (const pages of [1, 16, 512]) {
+    const len = PAGES_HEADER_SIZE + pages * PAGE_SIZE;
+    const fresh = pool.acquire(len);
+    t.is(fresh.length, len);
+    t.is(pageOffset(fresh.subarray(PAGES_HEADER_SIZE)), 0, `${pages} pages: data starts a page`);
+    pool.release(fresh.subarray(PAGES_HEADER_SIZE));
+    t.is(pool.acquire(len), fresh, `${pages} pages: released through its data view`);
+  }
+  pool.prefill(PAGES_HEADER_SIZE + 4 * PAGE_SIZE, 2);
+  t.is(pageOffset(pool.acquire(PAGES_HEADER_SIZE + 4 * PAGE_SIZE).subarray(PAGES_HEADER_SIZE)), 0, 'prefilled ones too');
 });

@@ -1,3 +1,6 @@
+import { pageAlignedBuffer } from '@lazymig/core-ts';
+import { PAGES_HEADER_SIZE } from './protocol/messages.js';
+
 /**
  * Reused buffers for page frames.
  *
@@ -6,6 +9,10 @@
  * when it is collected. On this kind of VM that costs 1.5–3 µs a page, more than copying
  * the page. Frames are therefore taken from, and given back to, a pool of buffers of the
  * exact sizes in use (a background chunk and the few fault-window sizes).
+ *
+ * Every buffer is placed so that its byte at `dataOffset` starts a page: a `pages` frame's
+ * data (after its PAGES_HEADER_SIZE header) is then copied by the kernel at full speed
+ * (process_vm_readv into it, send and recv, UFFDIO_COPY out of it; see pageAlignedBuffer).
  */
 export class BufferPool {
   readonly #free = new Map<number, Buffer[]>();
@@ -15,8 +22,14 @@ export class BufferPool {
   readonly #isFree = new WeakSet<Buffer>();
   #pooledBytes = 0;
 
-  /** @param maxPooledBytes free bytes kept for reuse; above that, released buffers are dropped. */
-  constructor(readonly maxPooledBytes = 128 << 20) {}
+  /**
+   * @param maxPooledBytes free bytes kept for reuse; above that, released buffers are dropped.
+   * @param dataOffset the byte of each buffer that starts a page (where a frame's pages begin).
+   */
+  constructor(
+    readonly maxPooledBytes = 128 << 20,
+    readonly dataOffset = PAGES_HEADER_SIZE,
+  ) {}
 
   /** A buffer of exactly len bytes (contents undefined). */
   acquire(len: number): Buffer {
@@ -27,10 +40,7 @@ export class BufferPool {
       this.#pooledBytes -= len;
       return b;
     }
-    // Its own ArrayBuffer (not a slice of Node's shared pool), so release() can find it.
-    const fresh = Buffer.allocUnsafeSlow(len);
-    this.#owner.set(fresh.buffer, fresh);
-    return fresh;
+    return this.#fresh(len);
   }
 
   /**
@@ -60,12 +70,18 @@ export class BufferPool {
   prefill(len: number, count: number): void {
     const fresh: Buffer[] = [];
     for (let i = 0; i < count && this.#pooledBytes + (i + 1) * len <= this.maxPooledBytes; i++) {
-      const b = Buffer.allocUnsafeSlow(len);
+      const b = this.#fresh(len);
       b.fill(0);
-      this.#owner.set(b.buffer, b);
       fresh.push(b);
     }
     for (const b of fresh) this.release(b);
+  }
+
+  /** A new buffer on its own ArrayBuffer (not a slice of Node's shared pool), so release() can find it. */
+  #fresh(len: number): Buffer {
+    const b = pageAlignedBuffer(len, Math.min(this.dataOffset, len));
+    this.#owner.set(b.buffer, b);
+    return b;
   }
 
   get pooledBytes(): number {

@@ -34,6 +34,7 @@ pub const TABLE: &[Export] = &[
     export!("pagemapScan\0" => pagemap_scan),
     // image checksums (CRC32C)
     export!("crc32c\0" => crc32c_js), export!("crc32cPages\0" => crc32c_pages_js),
+    export!("pageOffset\0" => page_offset_js),
     export!("probe\0" => probe_kernel),
     // CPU affinity of the calling thread
     export!("setThreadAffinity\0" => set_thread_affinity),
@@ -635,6 +636,13 @@ fn crc32c_js(env: Env, a: &Args) -> JsResult<Value> {
     let data = env.to_bytes(a.get(0, "data")?, "data")?;
     let seed = crc_seed(env, a, 1)?;
     env.num(crate::crc32c::update(seed, data.as_slice()) as u64)
+}
+
+/// pageOffset(data): how far into its page the first byte of `data` lies. Only the address
+/// is read, never the bytes.
+fn page_offset_js(env: Env, a: &Args) -> JsResult<Value> {
+    let data = env.to_bytes(a.get(0, "data")?, "data")?;
+    env.num((data.ptr as usize % page_size()) as u64)
 }
 
 /// crc32cPages(data, pageSize, out: Uint32Array (checked by index.js), outOffset, seed = 0):

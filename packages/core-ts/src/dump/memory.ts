@@ -17,6 +17,7 @@ import {
   MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_LOCKED, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE,
   type PagemapEntry, type PagesWriter, type Vma, type VmaKind,
 } from '../image/index.js';
+import { pageAlignedBuffer } from '../host/page-aligned.js';
 import { PM_FILE, PM_PRESENT, PM_SWAPPED, PM_ZERO, scanPopulated, type FlaggedVma, type PageRun, type PageRuns, type ScanRange } from '../proc/index.js';
 
 const MADVISE_BITS: Record<string, number> = {
@@ -203,7 +204,7 @@ export async function dumpMemory(
   // while the other is being written (thread pool). Pages are appended to the current buffer
   // (`fill` pages so far) and the buffer is handed to the writer when full or at the end, so
   // small runs (a lazy dump's few eager pages) cost one write, not one each.
-  const bufs = [Buffer.allocUnsafe(READ_CHUNK_PAGES * P), Buffer.allocUnsafe(READ_CHUNK_PAGES * P)];
+  const bufs = [pageAlignedBuffer(READ_CHUNK_PAGES * P), pageAlignedBuffer(READ_CHUNK_PAGES * P)];
   const inflight: Array<Promise<number> | undefined> = [undefined, undefined];
   let cur = 0;
   let fill = 0;

@@ -18,6 +18,7 @@
  */
 import { closeSync, fstatSync, openSync, readSync, writeSync } from 'node:fs';
 import { open, rm, type FileHandle } from 'node:fs/promises';
+import { pageAlignedBuffer } from '../host/page-aligned.js';
 import { checkKindVersion, checkMagic } from './codec.js';
 import { crc32c, crc32cPages, crc32cUpdate } from './crc32c.js';
 import { asImageError, FieldError, ImageError } from './errors.js';
@@ -408,7 +409,7 @@ export class PagesReader {
     const first = offset / P - 1;
     if (first < 0 || first + pages > this.info.pageCount)
       throw new ImageError(this.path, `read of ${pages} pages at offset ${offset} is outside the ${this.info.pageCount} data pages`, 'not-present');
-    const buf = into ?? Buffer.allocUnsafe(pages * P);
+    const buf = into ?? pageAlignedBuffer(pages * P);
     if (buf.length < pages * P) throw new ImageError(this.path, `buffer of ${buf.length} bytes too small for ${pages} pages`, 'schema');
     return { first, buf };
   }

@@ -14,6 +14,7 @@ import {
   MADV_KNOWN, MADV_MERGEABLE, MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, PROT_WRITE,
   type PagemapEntry, type PagesReader, type Vma,
 } from '../image/index.js';
+import { pageAlignedBuffer } from '../host/page-aligned.js';
 import { readMaps, type ProcVma } from '../proc/index.js';
 import { RestoreError, errnoName, hex } from './errors.js';
 import { SPECIAL_KINDS, type Range } from './plan.js';
@@ -193,7 +194,7 @@ export async function fillPages(pid: number, reader: PagesReader, entries: reado
   const batches = planBatches(entries, P);
   const totalBytes = batches.reduce((n, b) => n + b.pages * P, 0);
   if (totalBytes <= SYNC_FILL_BYTES) {
-    const buf = Buffer.allocUnsafe(totalBytes);
+    const buf = pageAlignedBuffer(totalBytes);
     let written = 0;
     for (const b of batches) {
       const data = reader.readAtSync(b.offset, b.pages, buf.subarray(0, b.pages * P));
@@ -203,7 +204,7 @@ export async function fillPages(pid: number, reader: PagesReader, entries: reado
     }
     return written / P;
   }
-  const bufs = [Buffer.allocUnsafe(Math.min(FILL_BATCH_PAGES * P, totalBytes)), Buffer.allocUnsafe(batches.length > 1 ? FILL_BATCH_PAGES * P : 0)];
+  const bufs = [pageAlignedBuffer(Math.min(FILL_BATCH_PAGES * P, totalBytes)), pageAlignedBuffer(batches.length > 1 ? FILL_BATCH_PAGES * P : 0)];
   const read = (i: number): Promise<Buffer> => {
     const b = batches[i]!;
     return reader.readAt(b.offset, b.pages, bufs[i % 2]!.subarray(0, b.pages * P));
