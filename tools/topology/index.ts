@@ -1,6 +1,8 @@
 /**
  * Two "hosts" on this one machine: network namespaces joined by a veth pair, playing source
  * and destination of a migration. Used by the integration tests and by `lazymig demo`.
+ * With `link: 'loopback'` both "hosts" are one namespace and talk over its loopback (the
+ * setting of CRIU's published lazy-migration figures; the bench offers both).
  *
  * Names carry the creating pid, so namespaces left behind by a process that died (a test
  * runner killed mid-run) are recognised and removed by the next create; nothing else is
@@ -26,11 +28,15 @@ export interface TwoHosts {
   spawnIn(host: Host, argv: string[], opts?: SpawnOptions): ChildProcess;
   /** Runs a program inside a host's namespace to completion, returning stdout. */
   execIn(host: Host, argv: string[]): Promise<string>;
-  /** Takes the link between the hosts down (true) or up again (false): a network partition. */
+  /** Which link joins them. */
+  link: Link;
+  /** Takes the link between the hosts down (true) or up again (false): a network partition (veth only). */
   partition(down: boolean): Promise<void>;
   /** Deletes both namespaces (and with them the veth pair). Idempotent. */
   destroy(): Promise<void>;
 }
+
+export type Link = 'veth' | 'loopback';
 
 let counter = 0;
 
@@ -61,17 +67,18 @@ export async function removeStaleHosts(): Promise<string[]> {
     return [];
   }
   const stale = names.filter((n) => {
-    const m = new RegExp(`^${PREFIX}(\\d+)-\\d+-(src|dst)$`).exec(n);
+    const m = new RegExp(`^${PREFIX}(\\d+)-\\d+-(src|dst|lo)$`).exec(n);
     return m !== null && !alive(Number(m[1]));
   });
   for (const n of stale) await ip('netns', 'del', n).catch(() => undefined);
   return stale;
 }
 
-export async function createTwoHosts(): Promise<TwoHosts> {
+export async function createTwoHosts(opts: { link?: Link } = {}): Promise<TwoHosts> {
   await removeStaleHosts();
   const id = counter++;
   const tag = `${process.pid}-${id}`;
+  if (opts.link === 'loopback') return loopbackHosts(`${PREFIX}${tag}-lo`);
   // Addresses of our own namespaces only: nothing outside them is routed there.
   const subnet = `10.${200 + (process.pid % 50)}.${id % 250}`;
   const src: Host = { ns: `${PREFIX}${tag}-src`, address: `${subnet}.1` };
@@ -104,11 +111,42 @@ export async function createTwoHosts(): Promise<TwoHosts> {
   return {
     src,
     dst,
-    spawnIn: (host, argv, opts = {}) => spawn('ip', ['netns', 'exec', host.ns, ...argv], opts),
-    execIn: async (host, argv) => (await run('ip', ['netns', 'exec', host.ns, ...argv], { timeout: 30_000 })).stdout,
+    link: 'veth',
+    spawnIn,
+    execIn,
     partition: async (down) => {
       await ip('-n', src.ns, 'link', 'set', vethA, down ? 'down' : 'up');
     },
+    destroy,
+  };
+}
+
+const spawnIn = (host: Host, argv: string[], opts: SpawnOptions = {}): ChildProcess => spawn('ip', ['netns', 'exec', host.ns, ...argv], opts);
+const execIn = async (host: Host, argv: string[]): Promise<string> => (await run('ip', ['netns', 'exec', host.ns, ...argv], { timeout: 30_000 })).stdout;
+
+/** Both hosts in one namespace of our own, over its loopback. */
+async function loopbackHosts(ns: string): Promise<TwoHosts> {
+  let destroyed = false;
+  const destroy = async (): Promise<void> => {
+    if (destroyed) return;
+    destroyed = true;
+    await ip('netns', 'del', ns).catch(() => undefined);
+  };
+  try {
+    await ip('netns', 'add', ns);
+    await ip('-n', ns, 'link', 'set', 'lo', 'up');
+  } catch (err) {
+    await destroy();
+    throw err;
+  }
+  const host: Host = { ns, address: '127.0.0.1' };
+  return {
+    src: host,
+    dst: host,
+    link: 'loopback',
+    spawnIn,
+    execIn,
+    partition: () => Promise.reject(new Error('a loopback topology has no link to take down')),
     destroy,
   };
 }

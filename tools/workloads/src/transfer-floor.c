@@ -1,10 +1,14 @@
-/* transfer-floor <MiB>: the floor of a lazy transfer on this machine, without lazymig.
+/* transfer-floor <MiB> [--source-netns NS --dest-netns NS --address A]: the floor of a lazy
+ * transfer on this machine, without lazymig.
  *
  * The same kernel work a migration's background transfer does, in plain C with no framing
  * and no JS: a "source" process reads a separate process's memory with process_vm_readv
  * and writes it to a TCP socket over loopback; the "destination" reads the socket and
  * installs every chunk with UFFDIO_COPY into a userfaultfd-registered region. 2 MiB chunks,
  * 4 KiB pages (no THP). Prints one line: floor_ms=... mib_per_s=... bad_pages=...
+ * Over loopback by default; with the options, the source listens on A inside network
+ * namespace NS (a name under /run/netns) and the destination connects from the other one,
+ * over the same link a migration between them uses.
  *
  * Both staging buffers are page-aligned. malloc's 2 MiB buffer starts 16 bytes into a page,
  * and on this CPU a kernel copy whose destination sits 1-31 bytes past its source modulo
@@ -27,6 +31,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
+#include <sched.h>
 
 #define CHUNK (2ul << 20)
 #define MEM ((char *)0x100000000000ul)
@@ -49,6 +55,15 @@ static char *staging(void) {
   return b;
 }
 
+/* Moves this (single-threaded) process into network namespace /run/netns/<name>. */
+static void enter_netns(const char *name) {
+  char path[256];
+  snprintf(path, sizeof path, "/run/netns/%s", name);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || setns(fd, CLONE_NEWNET)) die(path);
+  close(fd);
+}
+
 static void io_all(int fd, char *buf, size_t len, int writing) {
   for (size_t done = 0; done < len;) {
     ssize_t n = writing ? write(fd, buf + done, len - done) : read(fd, buf + done, len - done);
@@ -58,8 +73,16 @@ static void io_all(int fd, char *buf, size_t len, int writing) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 2 || atoi(argv[1]) <= 0) {
-    fprintf(stderr, "usage: transfer-floor <MiB>\n");
+  const char *src_ns = NULL, *dst_ns = NULL, *address = "127.0.0.1";
+  int usage = argc < 2 || argc % 2 != 0;
+  for (int i = 2; i + 1 < argc; i += 2) {
+    if (!strcmp(argv[i], "--source-netns")) src_ns = argv[i + 1];
+    else if (!strcmp(argv[i], "--dest-netns")) dst_ns = argv[i + 1];
+    else if (!strcmp(argv[i], "--address")) address = argv[i + 1];
+    else usage = 1;
+  }
+  if (usage || atoi(argv[1]) <= 0 || !src_ns != !dst_ns) {
+    fprintf(stderr, "usage: transfer-floor <MiB> [--source-netns NS --dest-netns NS --address A]\n");
     return 2;
   }
   size_t total = (size_t)atoi(argv[1]) << 20;
@@ -79,8 +102,10 @@ int main(int argc, char **argv) {
   char x;
   if (read(ready[0], &x, 1) != 1) die("owner");
 
+  if (src_ns) enter_netns(src_ns);
   int ls = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)};
+  struct sockaddr_in a = {.sin_family = AF_INET};
+  if (inet_pton(AF_INET, address, &a.sin_addr) != 1) die("--address");
   socklen_t al = sizeof a;
   if (bind(ls, (void *)&a, sizeof a) || listen(ls, 1) || getsockname(ls, (void *)&a, &al)) die("listen");
 
@@ -97,6 +122,7 @@ int main(int argc, char **argv) {
     _exit(0);
   }
 
+  if (dst_ns) enter_netns(dst_ns);
   int s = socket(AF_INET, SOCK_STREAM, 0);
   if (connect(s, (void *)&a, sizeof a)) die("connect");
   int uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
