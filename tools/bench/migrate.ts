@@ -32,7 +32,9 @@
 // Then ratios: lazy pause at the largest size vs the smallest; lazy vs eager pause; and
 // the largest lazy transfer against this machine's transfer floor, measured in the same run
 // (tools/workloads/src/transfer-floor.c: process_vm_readv -> TCP over the same link ->
-// UFFDIO_COPY in plain C, no framing, no JS, nothing else running).
+// UFFDIO_COPY in plain C, no framing, no JS), once with nothing else running and once
+// with a memhog of the same size verifying its memory meanwhile (the migrated workload's
+// CPU is not the transfer's either).
 // Absolute numbers on a noisy 2-vCPU VM mean little; the ratios are measured in one run.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { copyFileSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
@@ -364,14 +366,28 @@ for (const mib of SIZES) {
     }
   }
 }
-/** The transfer floor of `mib` MiB on this machine, over the link the migrations used (see the header): ms, MiB/s. */
-async function transferFloor(mib: number): Promise<{ ms: number; mibPerSec: number }> {
+/**
+ * The transfer floor of `mib` MiB on this machine, over the link the migrations used (see
+ * the header): ms, MiB/s. With `underLoad`, a memhog of the same size verifies its memory
+ * meanwhile, as the migrated one does once its pages are in: the CPU it takes is not the
+ * transfer's on two vCPUs.
+ */
+async function transferFloor(mib: number, underLoad = false): Promise<{ ms: number; mibPerSec: number }> {
   const bin = await buildWorkload('transfer-floor');
+  const load = underLoad ? await startWorkload('memhog', [String(mib), '--interval-ms', String(INTERVAL)]) : undefined;
+  // (created after the load is running: a failure to start it leaves no namespace behind)
+  await load?.waitForLine(/verify ok pass=1 /, 120_000).catch((err: unknown) => {
+    load.kill();
+    throw err;
+  });
   const hosts = await createTwoHosts({ link: NET });
   const args = [String(mib), '--source-netns', hosts.src.ns, '--dest-netns', hosts.dst.ns, '--address', hosts.src.address];
   const out = await new Promise<string>((resolve, reject) =>
     execFile(bin, args, { timeout: 120_000 }, (err, stdout, stderr) => (err ? reject(new Error(`transfer-floor: ${err.message}\n${stderr}`)) : resolve(stdout))),
-  ).finally(() => hosts.destroy());
+  ).finally(() => {
+    load?.kill();
+    return hosts.destroy();
+  });
   const m = /floor_ms=([\d.]+) mib_per_s=(\d+) bad_pages=0/.exec(out);
   if (!m) throw new Error(`transfer-floor: unexpected output: ${out}`);
   return { ms: Number(m[1]), mibPerSec: Number(m[2]) };
@@ -399,9 +415,11 @@ for (const mode of MODES.filter((m) => m !== 'eager')) {
 const lazyModes = MODES.filter((m) => m !== 'eager');
 if (lazyModes.length > 0) {
   const floor = await transferFloor(big);
+  const loaded = await transferFloor(big, true);
   for (const mode of lazyModes) {
     const l = get(big, mode)!;
     console.log(`  ${big} MiB ${mode}: all in ${f(l.allInMs)} ms vs transfer floor over ${NET} ${f(floor.ms)} ms (${f(floor.mibPerSec)} MiB/s, plain C): ${x(l.allInMs, floor.ms)}`);
+    console.log(`  ${big} MiB ${mode}: all in ${f(l.allInMs)} ms vs the same floor with a ${big} MiB memhog verifying meanwhile ${f(loaded.ms)} ms: ${x(l.allInMs, loaded.ms)}`);
   }
 }
 if (JSON_OUT) console.log(JSON.stringify(results));
