@@ -275,11 +275,19 @@ export declare class BackgroundInstaller {
   private constructor()
   /**
    * Queues the install of `data` (whole pages) at `dst` in the uffd's process; threads
-   * waiting for these pages are woken.
+   * waiting for these pages are woken. `id`: a non-negative integer naming the job.
    * `data` is kept alive until onDone(id) and must not be modified meanwhile. Pages
    * already present are skipped.
    */
   submit(id: number, uffd: Userfaultfd | number, dst: number, data: Buffer | Uint8Array): void
+  /**
+   * Bytes [offset, offset+len) (whole pages) of job `id`'s data are in the process already:
+   * the caller installed them itself (a fault on a page the job had not reached). The job
+   * passes over them, and reports them in like its other pages, instead of finding each
+   * present page with a UFFDIO_COPY that allocates and fills a page before it fails. Name
+   * only pages that are truly present. May come before or after submit(id).
+   */
+  present(id: number, offset: number, len: number): void
   /**
    * Stops the threads (a job in progress ends 'stale' after its current slice; its onDone
    * still comes); jobs not started are dropped without onDone. Idempotent.

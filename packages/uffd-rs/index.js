@@ -191,6 +191,10 @@ export class BackgroundInstaller {
     native.installerSubmit(this.#handle, id, uffd instanceof Userfaultfd ? uffd.fd : uffd, dst, data)
   }
 
+  present(id, offset, len) {
+    if (!this.#stopped) native.installerPresent(this.#handle, id, offset, len)
+  }
+
   stop() {
     if (this.#stopped) return
     this.#stopped = true

@@ -1,5 +1,5 @@
 import test from 'ava'
-import { testing, type BackgroundEnd } from '../index.js'
+import { pagemapScan, testing, type BackgroundEnd } from '../index.js'
 import { PS, Region, settles, stampedPage } from './helpers.js'
 
 /** Resolves with the completion of job `id`. */
@@ -25,6 +25,26 @@ test('a background job installs its pages and wakes a thread waiting for one', a
   t.deepEqual([...(await settles(touched, 'touch')).values], [BigInt(r.page(40))])
   const { values } = await settles(testing.touch({ start: r.start, count: 64 }), 'touch all')
   t.deepEqual([...values], Array.from({ length: 64 }, (_, i) => BigInt(r.page(i))))
+})
+
+test('a background job passes over the pages named present and reports them in', async (t) => {
+  const r = Region.create(t, { pages: 64 })
+  r.serve(() => undefined, { mode: 'event-loop' })
+  const c = completions()
+  const inst = r.loop!.backgroundInstaller(c.onDone)
+  t.teardown(() => inst.stop())
+  // Pages 8..11 are truly in (installed here, with other contents); 40..47 are named present
+  // although they are not: a job that honours the spans leaves both alone.
+  t.is(r.uffd.copy(r.page(8), Buffer.alloc(4 * PS, 0x5a)).status, 'ok')
+  inst.present(3, 8 * PS, 4 * PS)
+  inst.present(3, 40 * PS, 8 * PS)
+  const done = c.wait(3)
+  inst.submit(3, r.uffd, r.start, Buffer.concat(Array.from({ length: 64 }, (_, i) => stampedPage(r.page(i)))))
+  t.deepEqual(await settles(done, 'job'), { bytes: 64 * PS, end: 'done' })
+  const present = pagemapScan(r.start, 64 * PS, { present: true }).map((g) => [(g.start - r.start) / PS, (g.end - r.start) / PS])
+  t.deepEqual(present, [[0, 40], [48, 64]])
+  const { values } = await settles(testing.touch({ addresses: [r.page(0), r.page(8), r.page(39)] }), 'touch')
+  t.deepEqual([...values], [BigInt(r.page(0)), 0x5a5a5a5a5a5a5a5an, BigInt(r.page(39))])
 })
 
 test('a background job submitted before a remove event is read installs nothing after it: no stale page', async (t) => {

@@ -149,6 +149,8 @@ pub struct SrcBytes {
 unsafe impl Send for SrcBytes {}
 
 pub struct Job<K: Send> {
+    /// The submitter's id for it: what `Installer::present` names.
+    pub id: u64,
     pub gate: Arc<Gate>,
     pub epoch: u64,
     pub dst: u64,
@@ -164,6 +166,61 @@ pub struct Completion<K: Send> {
     pub end: End,
 }
 
+/// Spans of queued or running jobs whose pages are already in: the submitter installed them
+/// itself from the same buffer (a fault on a page of a job not reached yet). Without them a
+/// worker learns it page by page, and UFFDIO_COPY only finds a page present after it has
+/// allocated and filled a new one: each such page cost as much as installing it.
+#[derive(Default)]
+struct Present {
+    /// (job id, from, to): byte offsets into the job's data.
+    spans: Mutex<Vec<(u64, u64, u64)>>,
+    /// spans.len(), read without the lock by every slice.
+    count: AtomicUsize,
+}
+
+/// Spans kept at most: a span whose job had already ended when it came is never taken out
+/// by that job, so the oldest go.
+const MAX_PRESENT_SPANS: usize = 1024;
+
+impl Present {
+    fn add(&self, id: u64, from: u64, to: u64) {
+        let mut v = self.spans.lock().unwrap();
+        if v.len() >= MAX_PRESENT_SPANS {
+            v.remove(0);
+        }
+        v.push((id, from, to));
+        self.count.store(v.len(), Ordering::Release);
+    }
+
+    /// For the slice [at, at + n) of job `id`: `Err(to)` when the bytes at `at` are in up to
+    /// `to` (skip them), else `Ok(m)`, the bytes from `at` to install before the next span.
+    fn next(&self, id: u64, at: u64, n: u64) -> Result<u64, u64> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return Ok(n);
+        }
+        let v = self.spans.lock().unwrap();
+        let mut m = n;
+        for &(_, from, to) in v.iter().filter(|s| s.0 == id) {
+            if from <= at && at < to {
+                return Err(to);
+            }
+            if at < from && from < at + m {
+                m = from - at;
+            }
+        }
+        Ok(m)
+    }
+
+    fn forget(&self, id: u64) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut v = self.spans.lock().unwrap();
+        v.retain(|s| s.0 != id);
+        self.count.store(v.len(), Ordering::Release);
+    }
+}
+
 struct Queue<K: Send> {
     jobs: VecDeque<Job<K>>,
     stop: bool,
@@ -173,6 +230,7 @@ struct Queue<K: Send> {
 /// them to the JS thread).
 pub struct Installer<K: Send + 'static> {
     queue: Arc<(Mutex<Queue<K>>, Condvar)>,
+    present: Arc<Present>,
     stopping: Arc<AtomicBool>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -181,14 +239,25 @@ impl<K: Send + 'static> Installer<K> {
     pub fn start(threads: usize, deliver: Arc<dyn Fn(Completion<K>) + Send + Sync>) -> std::io::Result<Installer<K>> {
         let queue = Arc::new((Mutex::new(Queue { jobs: VecDeque::new(), stop: false }), Condvar::new()));
         let stopping = Arc::new(AtomicBool::new(false));
+        let present = Arc::new(Present::default());
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
             let q = queue.clone();
             let s = stopping.clone();
+            let p = present.clone();
             let d = deliver.clone();
-            handles.push(std::thread::Builder::new().name(format!("lazymig-inst{i}")).spawn(move || worker(&q, &s, &*d))?);
+            handles.push(std::thread::Builder::new().name(format!("lazymig-inst{i}")).spawn(move || worker(&q, &s, &p, &*d))?);
         }
-        Ok(Installer { queue, stopping, threads: Mutex::new(handles) })
+        Ok(Installer { queue, present, stopping, threads: Mutex::new(handles) })
+    }
+
+    /// Bytes [from, to) of job `id`'s data are in the process already (the caller installed
+    /// them, or they were there): the job passes over them. Only what is truly present may be
+    /// named: a page passed over is reported in like the others.
+    pub fn present(&self, id: u64, from: u64, to: u64) {
+        if from < to {
+            self.present.add(id, from, to);
+        }
     }
 
     pub fn submit(&self, job: Job<K>) {
@@ -220,7 +289,7 @@ impl<K: Send + 'static> Installer<K> {
 /// thread, which reads faults and serves them, goes first.
 const WORKER_NICE: libc::c_int = 5;
 
-fn worker<K: Send>(queue: &(Mutex<Queue<K>>, Condvar), stopping: &AtomicBool, deliver: &(dyn Fn(Completion<K>) + Send + Sync)) {
+fn worker<K: Send>(queue: &(Mutex<Queue<K>>, Condvar), stopping: &AtomicBool, present: &Present, deliver: &(dyn Fn(Completion<K>) + Send + Sync)) {
     // SAFETY: gettid and setpriority on this very thread; failure only leaves it at nice 0.
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
@@ -240,21 +309,28 @@ fn worker<K: Send>(queue: &(Mutex<Queue<K>>, Condvar), stopping: &AtomicBool, de
                 q = cv.wait(q).unwrap();
             }
         };
-        let (bytes, end) = run_job(&job, stopping);
+        let (bytes, end) = run_job(&job, stopping, present);
+        present.forget(job.id);
         deliver(Completion { keep: job.keep, bytes, end });
     }
 }
 
 /// Installs a job a slice at a time, each under the gate; returns the bytes dealt with
 /// from the start of the job, and how it ended.
-fn run_job<K: Send>(job: &Job<K>, stopping: &AtomicBool) -> (u64, End) {
+fn run_job<K: Send>(job: &Job<K>, stopping: &AtomicBool, present: &Present) -> (u64, End) {
     let ps = page_size() as u64;
     let mut at = 0u64;
     while at < job.src.len {
         if stopping.load(Ordering::Relaxed) {
             return (at, End::Stale);
         }
-        let n = SLICE_BYTES.min(job.src.len - at);
+        let n = match present.next(job.id, at, SLICE_BYTES.min(job.src.len - at)) {
+            Ok(n) => n,
+            Err(to) => {
+                at = to.min(job.src.len);
+                continue;
+            }
+        };
         // With wake (the kernel only wakes when someone waits, so it costs ~nothing): a
         // thread may be waiting for one of these pages whose fault JS has already served by
         // asking the source for it; when that reply comes, the page is in and JS skips it.

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 pub const TABLE: &[Export] = &[
     export!("installerCreate\0" => installer_create),
     export!("installerSubmit\0" => installer_submit),
+    export!("installerPresent\0" => installer_present),
     export!("installerStop\0" => installer_stop),
 ];
 
@@ -89,7 +90,7 @@ fn installer_create(env: Env, a: &Args) -> JsResult<Value> {
 /// installerSubmit(installer, id, fd, dst, data)
 fn installer_submit(env: Env, a: &Args) -> JsResult<Value> {
     let inst = env.get_external::<JsInstaller>(a.get(0, "installer")?, "installer")?;
-    let id = env.to_f64(a.get(1, "id")?, "id")?;
+    let id = env.to_u64(a.get(1, "id")?, "id")?;
     let fd = env.to_fd(a.get(2, "fd")?)?;
     let dst = env.to_u64(a.get(3, "dst")?, "dst")?;
     let data_v = a.get(4, "data")?;
@@ -109,7 +110,22 @@ fn installer_submit(env: Env, a: &Args) -> JsResult<Value> {
     crate::napi::error::check(unsafe { ffi::napi_create_reference(env.raw(), data_v, 1, &mut r) })?;
     // The epoch now: the JS thread has handled every event read so far (it reads them).
     let epoch = gate.epoch();
-    inst.inner.submit(Job { gate, epoch, dst, src: SrcBytes { ptr: data.ptr, len: data.len as u64 }, keep: Keep { id, buf: BufRef(r) } });
+    inst.inner.submit(Job { id, gate, epoch, dst, src: SrcBytes { ptr: data.ptr, len: data.len as u64 }, keep: Keep { id: id as f64, buf: BufRef(r) } });
+    env.undefined()
+}
+
+/// installerPresent(installer, id, offset, len): bytes [offset, offset+len) of job id's data
+/// are in the process already; the job passes over them.
+fn installer_present(env: Env, a: &Args) -> JsResult<Value> {
+    let inst = env.get_external::<JsInstaller>(a.get(0, "installer")?, "installer")?;
+    let id = env.to_u64(a.get(1, "id")?, "id")?;
+    let offset = env.to_u64(a.get(2, "offset")?, "offset")?;
+    let len = env.to_u64(a.get(3, "len")?, "len")?;
+    let ps = page_size() as u64;
+    if !offset.is_multiple_of(ps) || !len.is_multiple_of(ps) {
+        return range_error(format!("offset {offset} and len {len} must be whole pages"));
+    }
+    inst.inner.present(id, offset, offset.saturating_add(len));
     env.undefined()
 }
 

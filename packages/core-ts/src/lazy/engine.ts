@@ -337,6 +337,7 @@ export class LazyPagesEngine {
       const n = Math.min(p.window, s.run.count - at);
       const installed = this.#installRange(s, at, at + n);
       if (installed < 0) return false;
+      if (this.#installing.has(s)) this.#tellInstaller(s, at, at + n);
       if (installed > 0) {
         this.stats.pagesByFault += 1;
         this.stats.pagesByPrefetch += installed - 1;
@@ -378,6 +379,20 @@ export class LazyPagesEngine {
     }
     if (jobs > 0) this.#installing.set(s, jobs);
     else this.#retire(s);
+  }
+
+  /**
+   * Pages [from, to) of a reply the installer threads are working on are in now (installed
+   * here for a fault, or present already): its jobs pass over them rather than find each
+   * one present with a UFFDIO_COPY that allocates and fills a page before it fails.
+   */
+  #tellInstaller(s: Staged, from: number, to: number): void {
+    for (const [id, job] of this.#jobs) {
+      if (job.s !== s) continue;
+      const a = Math.max(from, job.from);
+      const b = Math.min(to, job.from + job.count);
+      if (a < b) this.#installer.present(id, (a - job.from) * this.#P, (b - a) * this.#P);
+    }
   }
 
   /** The installer threads are done with a job. */
