@@ -84,14 +84,18 @@ export class PageSpace {
    * a fault must not wait for a background reply), marking them REQUESTED.
    */
   claim(range: LazyRange, first: number, max: number, overtake: boolean): Run | null {
-    let n = 0;
-    while (n < max && first + n < range.pages) {
-      const s = range.state[first + n]!;
-      if (s === DONE || (s === REQUESTED && !overtake)) break;
-      range.state[first + n] = REQUESTED;
-      n++;
+    // Native scans and fill, not a loop in JS (see nextMissing): a background claim spans
+    // up to a whole chunk.
+    const window = range.state.subarray(first, Math.min(range.pages, first + max));
+    let n = window.indexOf(DONE);
+    if (n < 0) n = window.length;
+    if (!overtake) {
+      const requested = window.indexOf(REQUESTED);
+      if (requested >= 0 && requested < n) n = requested;
     }
-    return n === 0 ? null : { range, first, count: n };
+    if (n <= 0) return null;
+    window.fill(REQUESTED, 0, n);
+    return { range, first, count: n };
   }
 
   /**
