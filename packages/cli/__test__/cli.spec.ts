@@ -1,9 +1,41 @@
 import test from 'ava';
+import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { sampleImageSet, writeImages } from '@lazymig/core-ts';
-import { lazymig } from './helpers.js';
+import { LAZYMIG, lazymig } from './helpers.js';
+
+/** Every process below `pid` (children, their children, ...), from /proc. */
+function descendants(pid: number): number[] {
+  const parent = new Map<number, number>();
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      // ppid is the 2nd field after the ")" that closes comm.
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      parent.set(Number(name), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  const out: number[] = [];
+  for (let frontier = [pid]; frontier.length > 0; ) {
+    const next = [...parent].filter(([, pp]) => frontier.includes(pp)).map(([p]) => p);
+    out.push(...next);
+    frontier = next;
+  }
+  return out;
+}
+
+function alive(pid: number): boolean {
+  try {
+    return !/^\S+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
 
 test('--help lists every command, and each command has its own help', async (t) => {
   const top = await lazymig(['--help']);
@@ -38,6 +70,34 @@ test('restore --wait-images on images that never arrive gives up after that long
   t.is(r.code, 1);
   t.regex(r.stderr, /waiting up to 0\.3 s for the images in \/tmp\/lazymig-never-there/);
   t.regex(r.stderr, /lazymig restore: \/tmp\/lazymig-never-there: missing/);
+});
+
+test('restore --wait-images killed with SIGKILL while it waits leaves no process behind', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'lazymig-cli-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const child = spawn(process.execPath, [LAZYMIG, 'restore', '--images-dir', join(dir, 'images'), '--wait-images', '60'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let seen: number[] = [];
+  t.teardown(() => {
+    child.kill('SIGKILL');
+    for (const p of seen) if (alive(p)) process.kill(p, 'SIGKILL');
+  });
+  await new Promise<void>((resolve, reject) => {
+    let err = '';
+    child.stderr!.on('data', (d: Buffer) => {
+      err += d.toString();
+      if (/waiting up to 60 s/.test(err)) resolve();
+    });
+    child.on('exit', (code) => reject(new Error(`restore exited ${code} before waiting:\n${err}`)));
+  });
+  // The early stub (its reaper and the future root) is up while restore waits.
+  for (let i = 0; i < 250 && seen.length < 2; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    seen = descendants(child.pid!);
+  }
+  t.true(seen.length >= 2, `restore's processes while it waits: ${seen.join(', ')}`);
+  child.kill('SIGKILL');
+  for (let i = 0; i < 250 && seen.some(alive); i++) await new Promise((r) => setTimeout(r, 20));
+  t.deepEqual(seen.filter(alive), [], 'nothing restore started outlives it');
 });
 
 test('dump of a pid that does not exist fails with one line naming it, and leaves no images', async (t) => {
