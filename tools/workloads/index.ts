@@ -214,17 +214,38 @@ function startTimeOf(pid: number): string | undefined {
   }
 }
 
-function childrenOf(pid: number): number[] {
-  // CONFIG_PROC_CHILDREN is off on this kernel: scan everyone's ppid.
-  const out: number[] = [];
+/** Every process's parent, from one scan of /proc (CONFIG_PROC_CHILDREN is off on this kernel). */
+function parents(): Map<number, number> {
+  const parent = new Map<number, number>();
   for (const e of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(e)) continue;
     try {
       const stat = fs.readFileSync(`/proc/${e}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (ppid === pid) out.push(Number(e));
+      parent.set(Number(e), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
     } catch {
       // raced with an exit
+    }
+  }
+  return parent;
+}
+
+function childrenOf(pid: number): number[] {
+  return [...parents()].filter(([, pp]) => pp === pid).map(([p]) => p);
+}
+
+/** Every descendant of `pid` right now (children, their children, ...). */
+export function descendants(pid: number): number[] {
+  const parent = parents();
+  const out: number[] = [];
+  const want = new Set([pid]);
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const [p, pp] of parent) {
+      if (want.has(pp) && !want.has(p)) {
+        want.add(p);
+        out.push(p);
+        grew = true;
+      }
     }
   }
   return out;

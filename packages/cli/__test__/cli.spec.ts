@@ -1,41 +1,12 @@
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { sampleImageSet, writeImages } from '@lazymig/core-ts';
+import { descendants } from '../../../tools/workloads/index.js';
 import { LAZYMIG, lazymig } from './helpers.js';
-
-/** Every process below `pid` (children, their children, ...), from /proc. */
-function descendants(pid: number): number[] {
-  const parent = new Map<number, number>();
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      // ppid is the 2nd field after the ")" that closes comm.
-      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
-      parent.set(Number(name), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
-    } catch {
-      /* gone meanwhile */
-    }
-  }
-  const out: number[] = [];
-  for (let frontier = [pid]; frontier.length > 0; ) {
-    const next = [...parent].filter(([, pp]) => frontier.includes(pp)).map(([p]) => p);
-    out.push(...next);
-    frontier = next;
-  }
-  return out;
-}
-
-function alive(pid: number): boolean {
-  try {
-    return !/^\S+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
+import { alive } from './migrate-helpers.js';
 
 test('--help lists every command, and each command has its own help', async (t) => {
   const top = await lazymig(['--help']);

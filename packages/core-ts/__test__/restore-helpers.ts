@@ -6,7 +6,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { ExecutionContext } from 'ava';
-import { buildWorkload, waitForLogLine } from '../../../tools/workloads/index.js';
+import { buildWorkload, descendants, waitForLogLine } from '../../../tools/workloads/index.js';
+
+export { descendants };
 import type { RestoreResult, StubExit } from '../src/index.js';
 
 export function tempDir(t: ExecutionContext, prefix: string): string {
@@ -61,30 +63,6 @@ export function trackRestored(t: ExecutionContext, r: RestoreResult): { kill(): 
     await withTimeout(r.exited, 5000, 'restored root exit').catch(() => undefined);
   });
   return { kill, exited: (ms = 5000) => withTimeout(r.exited, ms, `pid ${r.rootPid} exit`) };
-}
-
-/** Every descendant of `pid` right now. */
-export function descendants(pid: number): number[] {
-  const parent = new Map<number, number>();
-  for (const e of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(e)) continue;
-    const pp = ppidOf(Number(e));
-    if (pp !== undefined) parent.set(Number(e), pp);
-  }
-  const out: number[] = [];
-  const want = new Set([pid]);
-  let grew = true;
-  while (grew) {
-    grew = false;
-    for (const [p, pp] of parent) {
-      if (want.has(pp) && !want.has(p)) {
-        want.add(p);
-        out.push(p);
-        grew = true;
-      }
-    }
-  }
-  return out;
 }
 
 /** Waits (bounded) until this process has no descendants but `allowed`; returns the extra ones left. */

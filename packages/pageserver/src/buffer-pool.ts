@@ -10,9 +10,9 @@ import { PAGES_HEADER_SIZE } from './protocol/messages.js';
  * the page. Frames are therefore taken from, and given back to, a pool of buffers of the
  * exact sizes in use (a background chunk and the few fault-window sizes).
  *
- * Every buffer is placed so that its byte at `dataOffset` starts a page: a `pages` frame's
- * data (after its PAGES_HEADER_SIZE header) is then copied by the kernel at full speed
- * (process_vm_readv into it, send and recv, UFFDIO_COPY out of it; see pageAlignedBuffer).
+ * Every buffer is placed so that a `pages` frame's data, after its PAGES_HEADER_SIZE header,
+ * starts a page: the kernel then copies it at full speed (process_vm_readv into it, send
+ * and recv, UFFDIO_COPY out of it; see pageAlignedBuffer).
  */
 export class BufferPool {
   readonly #free = new Map<number, Buffer[]>();
@@ -22,14 +22,8 @@ export class BufferPool {
   readonly #isFree = new WeakSet<Buffer>();
   #pooledBytes = 0;
 
-  /**
-   * @param maxPooledBytes free bytes kept for reuse; above that, released buffers are dropped.
-   * @param dataOffset the byte of each buffer that starts a page (where a frame's pages begin).
-   */
-  constructor(
-    readonly maxPooledBytes = 128 << 20,
-    readonly dataOffset = PAGES_HEADER_SIZE,
-  ) {}
+  /** @param maxPooledBytes free bytes kept for reuse; above that, released buffers are dropped. */
+  constructor(readonly maxPooledBytes = 128 << 20) {}
 
   /** A buffer of exactly len bytes (contents undefined). */
   acquire(len: number): Buffer {
@@ -79,7 +73,7 @@ export class BufferPool {
 
   /** A new buffer on its own ArrayBuffer (not a slice of Node's shared pool), so release() can find it. */
   #fresh(len: number): Buffer {
-    const b = pageAlignedBuffer(len, Math.min(this.dataOffset, len));
+    const b = pageAlignedBuffer(len, Math.min(PAGES_HEADER_SIZE, len));
     this.#owner.set(b.buffer, b);
     return b;
   }
