@@ -375,19 +375,21 @@ for (const mib of SIZES) {
 async function transferFloor(mib: number, underLoad = false): Promise<{ ms: number; mibPerSec: number }> {
   const bin = await buildWorkload('transfer-floor');
   const load = underLoad ? await startWorkload('memhog', [String(mib), '--interval-ms', String(INTERVAL)]) : undefined;
-  // (created after the load is running: a failure to start it leaves no namespace behind)
-  await load?.waitForLine(/verify ok pass=1 /, 120_000).catch((err: unknown) => {
-    load.kill();
-    throw err;
-  });
-  const hosts = await createTwoHosts({ link: NET });
-  const args = [String(mib), '--source-netns', hosts.src.ns, '--dest-netns', hosts.dst.ns, '--address', hosts.src.address];
-  const out = await new Promise<string>((resolve, reject) =>
-    execFile(bin, args, { timeout: 120_000 }, (err, stdout, stderr) => (err ? reject(new Error(`transfer-floor: ${err.message}\n${stderr}`)) : resolve(stdout))),
-  ).finally(() => {
+  let out: string;
+  try {
+    await load?.waitForLine(/verify ok pass=1 /, 120_000);
+    const hosts = await createTwoHosts({ link: NET });
+    const args = [String(mib), '--source-netns', hosts.src.ns, '--dest-netns', hosts.dst.ns, '--address', hosts.src.address];
+    try {
+      out = await new Promise<string>((resolve, reject) =>
+        execFile(bin, args, { timeout: 120_000 }, (err, stdout, stderr) => (err ? reject(new Error(`transfer-floor: ${err.message}\n${stderr}`)) : resolve(stdout))),
+      );
+    } finally {
+      await hosts.destroy();
+    }
+  } finally {
     load?.kill();
-    return hosts.destroy();
-  });
+  }
   const m = /floor_ms=([\d.]+) mib_per_s=(\d+) bad_pages=0/.exec(out);
   if (!m) throw new Error(`transfer-floor: unexpected output: ${out}`);
   return { ms: Number(m[1]), mibPerSec: Number(m[2]) };

@@ -87,13 +87,7 @@ export async function createTwoHosts(opts: { link?: Link } = {}): Promise<TwoHos
   const vethA = `lzm${(process.pid % 100000).toString(36)}${id}a`;
   const vethB = `lzm${(process.pid % 100000).toString(36)}${id}b`;
 
-  let destroyed = false;
-  const destroy = async (): Promise<void> => {
-    if (destroyed) return;
-    destroyed = true;
-    for (const h of [src, dst]) await ip('netns', 'del', h.ns).catch(() => undefined);
-  };
-
+  const destroy = deleter([src.ns, dst.ns]);
   try {
     await ip('netns', 'add', src.ns);
     await ip('netns', 'add', dst.ns);
@@ -121,17 +115,22 @@ export async function createTwoHosts(opts: { link?: Link } = {}): Promise<TwoHos
   };
 }
 
+/** An idempotent destroy(): deletes these namespaces (what is in them goes with them). */
+function deleter(namespaces: string[]): () => Promise<void> {
+  let destroyed = false;
+  return async () => {
+    if (destroyed) return;
+    destroyed = true;
+    for (const ns of namespaces) await ip('netns', 'del', ns).catch(() => undefined);
+  };
+}
+
 const spawnIn = (host: Host, argv: string[], opts: SpawnOptions = {}): ChildProcess => spawn('ip', ['netns', 'exec', host.ns, ...argv], opts);
 const execIn = async (host: Host, argv: string[]): Promise<string> => (await run('ip', ['netns', 'exec', host.ns, ...argv], { timeout: 30_000 })).stdout;
 
 /** Both hosts in one namespace of our own, over its loopback. */
 async function loopbackHosts(ns: string): Promise<TwoHosts> {
-  let destroyed = false;
-  const destroy = async (): Promise<void> => {
-    if (destroyed) return;
-    destroyed = true;
-    await ip('netns', 'del', ns).catch(() => undefined);
-  };
+  const destroy = deleter([ns]);
   try {
     await ip('netns', 'add', ns);
     await ip('-n', ns, 'link', 'set', 'lo', 'up');
