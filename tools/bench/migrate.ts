@@ -165,6 +165,13 @@ function logTime(text: string, what: string): number {
   return Date.parse(m[1]!);
 }
 
+/** A numeric field of a log line. */
+function logNumber(text: string, what: string, field: string): number {
+  const m = new RegExp(`what="${what}".* ${field}=(\\d+)`).exec(text);
+  if (!m) throw new Error(`no ${field} in the "${what}" log line in:\n${text}`);
+  return Number(m[1]);
+}
+
 async function rxBytes(hosts: TwoHosts, host: Host): Promise<number> {
   const dev = await hosts.execIn(host, ['cat', '/proc/net/dev']);
   let n = 0;
@@ -210,6 +217,8 @@ interface Result {
   faultP50Us: number;
   faultP99Us: number;
   wireMiB: number;
+  /** CPU time, all threads, while pages moved: the page server's since its first welcome, lazy-pages' over `all in` */
+  cpuMs: { source: number; destination: number };
 }
 
 async function migrate(mib: number, mode: Mode): Promise<Result> {
@@ -267,7 +276,7 @@ async function migrate(mib: number, mode: Mode): Promise<Result> {
     restoredPid = Number(readFileSync(pidfile, 'utf8').trim());
     let summary: {
       totalMs: number; bytes: number; pagesByFault: number; pagesByPrefetch: number; pagesByBackground: number; zeroFaults: number;
-      faultServiceUs: { p50: number; p99: number };
+      faultServiceUs: { p50: number; p99: number }; cpuMs: number;
     } | undefined;
     if (daemon) {
       await mustExit(daemon, 'lazy-pages');
@@ -319,6 +328,7 @@ async function migrate(mib: number, mode: Mode): Promise<Result> {
       faultP50Us: summary?.faultServiceUs.p50 ?? 0,
       faultP99Us: summary?.faultServiceUs.p99 ?? 0,
       wireMiB: (rx1 - rx0) / 2 ** 20,
+      cpuMs: { source: daemon ? logNumber(dumper.err(), 'destination holds every page', 'cpuMs') : 0, destination: summary?.cpuMs ?? 0 },
     };
   } finally {
     for (const c of cmds) if (c.child.exitCode === null) c.child.kill('SIGKILL');
@@ -355,13 +365,13 @@ for (const mib of SIZES) {
       if (mode === 'eager') console.log(`${head}  ${common}`);
       else {
         console.log(
-          `${head}  ${common}\n${' '.repeat(17)}all in ${f(r.allInMs)} ms after resume (${f(r.mibPerSec)} MiB/s); pages: ${r.pages.fault} fault, ${r.pages.prefetch} prefetch, ${r.pages.background} background, ${r.pages.zero} zero-faults; fault service p50 ${f(r.faultP50Us)} µs, p99 ${f(r.faultP99Us)} µs`,
+          `${head}  ${common}\n${' '.repeat(17)}all in ${f(r.allInMs)} ms after resume (${f(r.mibPerSec)} MiB/s); pages: ${r.pages.fault} fault, ${r.pages.prefetch} prefetch, ${r.pages.background} background, ${r.pages.zero} zero-faults; fault service p50 ${f(r.faultP50Us)} µs, p99 ${f(r.faultP99Us)} µs; cpu: source ${f(r.cpuMs.source)} ms, destination ${f(r.cpuMs.destination)} ms`,
         );
       }
     }
     if (REPEAT > 1) {
       const rs = results.filter((r) => r.mib === mib && r.mode === mode);
-      const allIn = mode === 'eager' ? '' : `, all in ${spread(rs.map((r) => r.allInMs))} ms`;
+      const allIn = mode === 'eager' ? '' : `, all in ${spread(rs.map((r) => r.allInMs))} ms, cpu source ${spread(rs.map((r) => r.cpuMs.source))} ms, destination ${spread(rs.map((r) => r.cpuMs.destination))} ms`;
       console.log(`${String(mib).padStart(5)} MiB ${mode.padEnd(5)}  ${REPEAT} runs, min / median / max: downtime ${spread(rs.map((r) => r.downtimeMs))} ms, pause ${spread(rs.map((r) => r.pauseMs))} ms${allIn}`);
     }
   }
@@ -372,7 +382,7 @@ for (const mib of SIZES) {
  * meanwhile, as the migrated one does once its pages are in: the CPU it takes is not the
  * transfer's on two vCPUs.
  */
-async function transferFloor(mib: number, underLoad = false): Promise<{ ms: number; mibPerSec: number }> {
+async function transferFloor(mib: number, underLoad = false): Promise<{ ms: number; mibPerSec: number; cpuMs: { source: number; destination: number } }> {
   const bin = await buildWorkload('transfer-floor');
   const load = underLoad ? await startWorkload('memhog', [String(mib), '--interval-ms', String(INTERVAL)]) : undefined;
   let out: string;
@@ -390,16 +400,18 @@ async function transferFloor(mib: number, underLoad = false): Promise<{ ms: numb
   } finally {
     load?.kill();
   }
-  const m = /floor_ms=([\d.]+) mib_per_s=(\d+) bad_pages=0/.exec(out);
+  const m = /floor_ms=([\d.]+) mib_per_s=(\d+) bad_pages=0 src_cpu_ms=(\d+) dst_cpu_ms=(\d+)/.exec(out);
   if (!m) throw new Error(`transfer-floor: unexpected output: ${out}`);
-  return { ms: Number(m[1]), mibPerSec: Number(m[2]) };
+  return { ms: Number(m[1]), mibPerSec: Number(m[2]), cpuMs: { source: Number(m[3]), destination: Number(m[4]) } };
 }
 
 /** The result of a size and mode; with --repeat, its medians. */
 const get = (mib: number, mode: Mode): Result | undefined => {
   const rs = results.filter((r) => r.mib === mib && r.mode === mode);
   if (rs.length <= 1) return rs[0];
-  return { ...rs[0]!, downtimeMs: median(rs.map((r) => r.downtimeMs)), pauseMs: median(rs.map((r) => r.pauseMs)), allInMs: median(rs.map((r) => r.allInMs)) };
+  return { ...rs[0]!, downtimeMs: median(rs.map((r) => r.downtimeMs)), pauseMs: median(rs.map((r) => r.pauseMs)), allInMs: median(rs.map((r) => r.allInMs)),
+    cpuMs: { source: median(rs.map((r) => r.cpuMs.source)), destination: median(rs.map((r) => r.cpuMs.destination)) },
+  };
 };
 const small = Math.min(...SIZES);
 const big = Math.max(...SIZES);
@@ -422,6 +434,12 @@ if (lazyModes.length > 0) {
     const l = get(big, mode)!;
     console.log(`  ${big} MiB ${mode}: all in ${f(l.allInMs)} ms vs transfer floor over ${NET} ${f(floor.ms)} ms (${f(floor.mibPerSec)} MiB/s, plain C): ${x(l.allInMs, floor.ms)}`);
     console.log(`  ${big} MiB ${mode}: all in ${f(l.allInMs)} ms vs the same floor with a ${big} MiB memhog verifying meanwhile ${f(loaded.ms)} ms: ${x(l.allInMs, loaded.ms)}`);
+    // With two vCPUs the transfer is bound by CPU time, and CPU time is the steadier figure.
+    const { source: cs, destination: cd } = l.cpuMs;
+    console.log(
+      `  ${big} MiB ${mode}: cpu while pages moved: source ${f(cs)} ms vs the floor's ${f(floor.cpuMs.source)} ms (${x(cs, floor.cpuMs.source)}), ` +
+        `destination ${f(cd)} ms vs ${f(floor.cpuMs.destination)} ms (${x(cd, floor.cpuMs.destination)})`,
+    );
   }
 }
 if (JSON_OUT) console.log(JSON.stringify(results));

@@ -75,6 +75,8 @@ export class PageServer {
   /** Authenticated connections waiting for open() to be welcomed. */
   #unwelcomed: Array<() => void> = [];
   #completed = false;
+  /** process.cpuUsage() when the first session was welcomed: what serving has cost since. */
+  #cpu0: NodeJS.CpuUsage | null = null;
   readonly #pool = new BufferPool();
   /** Background requests not yet read, in arrival order, with their connection. */
   readonly #background: Array<{ ws: WebSocket; m: Request }> = [];
@@ -170,6 +172,7 @@ export class PageServer {
         const welcome = (): void => {
           if (ws.readyState !== ws.OPEN) return;
           this.stats.sessions++;
+          this.#cpu0 ??= process.cpuUsage();
           log.info('session started', { peer });
           ws.send(encodeServer({ type: 'welcome', version: PROTOCOL_VERSION }));
         };
@@ -256,7 +259,10 @@ export class PageServer {
   async #complete(ws: WebSocket, peer: string, content: PageServerContent): Promise<void> {
     if (this.#completed) return;
     this.#completed = true;
-    this.#log.info('destination holds every page', { peer, pages: this.stats.pagesSent });
+    const cpu = process.cpuUsage(this.#cpu0 ?? undefined);
+    // This whole process's CPU (every thread) since the first welcome: with few CPUs the
+    // transfer is bound by it, and it is a steadier measure than the wall clock.
+    this.#log.info('destination holds every page', { peer, pages: this.stats.pagesSent, cpuMs: Math.round((cpu.user + cpu.system) / 1000) });
     try {
       await content.onComplete();
     } finally {

@@ -5,7 +5,8 @@
  * and no JS: a "source" process reads a separate process's memory with process_vm_readv
  * and writes it to a TCP socket over loopback; the "destination" reads the socket and
  * installs every chunk with UFFDIO_COPY into a userfaultfd-registered region. 2 MiB chunks,
- * 4 KiB pages (no THP). Prints one line: floor_ms=... mib_per_s=... bad_pages=...
+ * 4 KiB pages (no THP). Prints one line: floor_ms=... mib_per_s=... bad_pages=... and the
+ * CPU time each side used (src_cpu_ms, dst_cpu_ms), what lazymig's own CPU compares with.
  * Over loopback by default; with the options, the source listens on A inside network
  * namespace NS (a name under /run/netns) and the destination connects from the other one,
  * over the same link a migration between them uses.
@@ -24,6 +25,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -41,6 +43,13 @@ static double now_ms(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
   return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+/* CPU time (user + system) this process has used, in ms. */
+static double cpu_ms(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
 }
 
 static void die(const char *what) {
@@ -86,8 +95,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   size_t total = (size_t)atoi(argv[1]) << 20;
-  int ready[2];
-  if (pipe(ready)) die("pipe");
+  int ready[2], cpu[2];
+  if (pipe(ready) || pipe(cpu)) die("pipe");
 
   /* The memory's owner: its own pages (not shared copy-on-write with us), then it waits. */
   pid_t owner = fork();
@@ -114,11 +123,14 @@ int main(int argc, char **argv) {
     int c = accept(ls, 0, 0);
     if (c < 0) die("accept");
     char *buf = staging();
+    double c0 = cpu_ms();
     for (size_t off = 0; off < total; off += CHUNK) {
       struct iovec l = {buf, CHUNK}, r = {MEM + off, CHUNK};
       if (process_vm_readv(owner, &l, 1, &r, 1, 0) != (ssize_t)CHUNK) die("process_vm_readv");
       io_all(c, buf, CHUNK, 1);
     }
+    double used = cpu_ms() - c0;
+    if (write(cpu[1], &used, sizeof used) != sizeof used) die("write");
     _exit(0);
   }
 
@@ -135,13 +147,14 @@ int main(int argc, char **argv) {
   if (ioctl(uffd, UFFDIO_REGISTER, &reg)) die("UFFDIO_REGISTER");
   char *buf = staging();
 
-  double t0 = now_ms();
+  double t0 = now_ms(), c0 = cpu_ms();
   for (size_t off = 0; off < total; off += CHUNK) {
     io_all(s, buf, CHUNK, 0);
     struct uffdio_copy c = {.dst = (unsigned long)dst + off, .src = (unsigned long)buf, .len = CHUNK};
     if (ioctl(uffd, UFFDIO_COPY, &c)) die("UFFDIO_COPY");
   }
-  double ms = now_ms() - t0;
+  double ms = now_ms() - t0, dst_cpu = cpu_ms() - c0, src_cpu = 0;
+  if (read(cpu[0], &src_cpu, sizeof src_cpu) != sizeof src_cpu) die("source cpu");
 
   long bad = 0;
   for (size_t i = 0; i < total; i += 4096)
@@ -149,6 +162,6 @@ int main(int argc, char **argv) {
   kill(owner, SIGKILL);
   waitpid(source, 0, 0);
   waitpid(owner, 0, 0);
-  printf("floor_ms=%.1f mib_per_s=%.0f bad_pages=%ld\n", ms, (double)(total >> 20) / (ms / 1e3), bad);
+  printf("floor_ms=%.1f mib_per_s=%.0f bad_pages=%ld src_cpu_ms=%.0f dst_cpu_ms=%.0f\n", ms, (double)(total >> 20) / (ms / 1e3), bad, src_cpu, dst_cpu);
   return bad == 0 ? 0 : 1;
 }
