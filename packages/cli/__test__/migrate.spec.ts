@@ -47,7 +47,8 @@ async function migrate(t: ExecutionContext, name: WorkloadName, args: string[], 
 
   t.is(await daemon.exited, 0, daemon.stderr());
   t.is(await dumper.exited, 0, dumper.stderr());
-  t.regex(daemon.stderr(), /all \d+ lazy pages in/);
+  t.regex(daemon.stderr(), /all \d+ lazy pages in .*; cpu \d+ ms/);
+  t.regex(dumper.stderr(), /what="destination holds every page" .*cpuMs=\d+/);
   t.false(alive(w.pid), 'the source process is gone');
   t.true(alive(restoredPid), `the restored process runs; its log ends:\n${w.readLog().slice(-1500)}\nlazy-pages said:\n${daemon.stderr().slice(-3000)}`);
   return { w, restoredPid, frozenAt, daemon, dumper, env };

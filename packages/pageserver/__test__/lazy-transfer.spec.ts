@@ -9,7 +9,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { createServer, type AddressInfo } from 'node:net';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PAGE_SIZE, Userfaultfd, processVmRead, testing } from '@lazymig/uffd-rs';
 import { dump, LazyPagesEngine, lazyRanges, readImages, type DumpResult, type LoadedImages } from '@lazymig/core-ts';
@@ -81,6 +81,9 @@ test('a frozen memhog region arrives intact through page server, client and engi
   t.is(summary.remaining, 0);
   t.is(summary.pagesByFault + summary.pagesByPrefetch + summary.pagesByBackground, summary.pagesTotal);
   t.true(summary.pagesTotal >= size / PAGE_SIZE);
+  // This process's CPU over the transfer: some, and no more than every CPU for all of it
+  // (a figure in the wrong unit would be 1000x off).
+  t.true(summary.cpuMs > 0 && summary.cpuMs <= summary.totalMs * availableParallelism() + 20, `cpuMs ${summary.cpuMs}, totalMs ${summary.totalMs}`);
   await server.done;
   const exit = await w.exited;
   t.is(exit.signal, 'SIGKILL', 'the source was killed once every page was in');
