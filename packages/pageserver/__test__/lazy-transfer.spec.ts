@@ -7,14 +7,16 @@
  * background. At the end the region equals the frozen memory, and the source is killed.
  */
 import test, { type ExecutionContext } from 'ava';
-import { createServer, type AddressInfo } from 'node:net';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PAGE_SIZE, Userfaultfd, processVmRead, testing } from '@lazymig/uffd-rs';
 import { dump, LazyPagesEngine, lazyRanges, readImages, type DumpResult, type LoadedImages } from '@lazymig/core-ts';
 import { startWorkload, type Workload } from '../../../tools/workloads/index.js';
-import { frozenTreeContent, PageClient, PageServer, readToken, serveFrozenTree } from '../src/index.js';
+import { encodeClient, frozenTreeContent, PageClient, PageServer, PROTOCOL_VERSION, readToken, serveFrozenTree } from '../src/index.js';
 
 /** A memhog of `mib` MiB that has verified its memory once, killed at teardown; a temp dir. */
 async function runningMemhog(t: ExecutionContext, mib: number): Promise<{ dir: string; w: Workload }> {
@@ -188,3 +190,56 @@ test('a page server listening before it has anything to serve welcomes nobody un
   t.is(server.stats.sessions, 2, 'both lanes');
   await firstLazyPageIsLive(t, client, images, w.pid, 'background');
 });
+
+test('a page server whose destination has stopped reading waits for it without spinning, then serves the rest', async (t) => {
+  const { r, images, w, server } = await servedMemhog(t, 8);
+  const lazy = lazyRanges(images.inventory, images.processes[0]!).find((x) => x.pages >= 256)!;
+  const pages = Math.min(lazy.pages, 512);
+  // Far more than the kernel's socket buffers on both ends and the server's 8 MiB of
+  // read-ahead: most of these requests have to wait until the destination reads again.
+  const requests = Math.ceil((48 << 20) / (pages * PAGE_SIZE));
+  const sock = await rawLane(server.port);
+  t.teardown(() => sock.destroy());
+  const frames = [encodeClient({ type: 'hello', version: PROTOCOL_VERSION, token: r.token! })];
+  for (let id = 1; id <= requests; id++) frames.push(encodeClient({ type: 'request', id, pid: w.pid, address: lazy.start, pages, priority: 'background' }));
+  sock.pause(); // a destination that is busy elsewhere
+  sock.write(Buffer.concat(frames.map(maskedFrame)));
+
+  // Until the server has read ahead as far as it may, then a while with nothing to do.
+  for (let i = 0; i < 100 && server.stats.requests < 2; i++) await sleep(20);
+  await sleep(200);
+  const served = server.stats.requests;
+  t.true(served > 0 && served < requests, `${served} of ${requests} served while nothing is read`);
+  const c0 = process.cpuUsage();
+  const t0 = performance.now();
+  await sleep(400);
+  const c = process.cpuUsage(c0);
+  const share = (c.user + c.system) / 1000 / (performance.now() - t0);
+  // A server polling its queue every event-loop turn keeps this process on a CPU the whole
+  // time (a share near 1); one that waits for its socket barely runs.
+  t.true(share < 0.5, `the page server's process ran ${(share * 100).toFixed(0)}% of the time while it waited`);
+  t.is(server.stats.requests, served, 'nothing more was served meanwhile');
+
+  sock.resume();
+  for (let i = 0; i < 500 && server.stats.requests < requests; i++) await sleep(20);
+  t.is(server.stats.requests, requests, 'the rest is served once the destination reads');
+});
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A bare WebSocket connection to the page server (opening handshake done), for sending frames by hand. */
+async function rawLane(port: number): Promise<Socket> {
+  const sock = connect({ host: '127.0.0.1', port });
+  await once(sock, 'connect');
+  sock.write(`GET / HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+  let head = '';
+  while (!head.includes('\r\n\r\n')) head += ((await once(sock, 'data')) as [Buffer])[0].toString('latin1');
+  if (!head.startsWith('HTTP/1.1 101')) throw new Error(`no upgrade: ${head.split('\r\n')[0]}`);
+  return sock;
+}
+
+/** A client frame (binary, masked with a zero key: every client frame must carry a mask). */
+function maskedFrame(payload: Buffer): Buffer {
+  if (payload.length >= 126) throw new Error('small frames only');
+  return Buffer.concat([Buffer.from([0x82, 0x80 | payload.length, 0, 0, 0, 0]), payload]);
+}

@@ -207,7 +207,13 @@ export class PageServer {
     });
   }
 
-  /** Serves the first queued background request whose connection is not too far ahead. */
+  /**
+   * Serves the first queued background request whose connection is not too far ahead, and
+   * comes back next turn for another. When every queued request's connection is too far
+   * ahead, it does not come back by itself: each of those connections has sends in flight,
+   * and their completions call it again. (Coming back anyway made the server poll its queue
+   * every event-loop turn, a whole CPU, for as long as a destination read slowly.)
+   */
   #drainOne(): void {
     const q = this.#background;
     for (let i = 0; i < q.length; i++) {
@@ -216,13 +222,18 @@ export class PageServer {
         q.splice(i--, 1);
         continue;
       }
-      if (ws.bufferedAmount > BACKGROUND_AHEAD_BYTES) continue; // its send callback drains again
+      if (ws.bufferedAmount > BACKGROUND_AHEAD_BYTES) continue;
       q.splice(i, 1);
       this.#serve(ws, m);
-      break;
+      this.#scheduleDrain();
+      return;
     }
-    this.#scheduleDrain();
   }
+
+  /** A reply has left for the socket: a connection that was too far ahead may not be now. */
+  readonly #sent = (): void => {
+    if (this.#background.length > 0) this.#scheduleDrain();
+  };
 
   #serve(ws: WebSocket, m: Request): void {
     this.stats.requests++;
@@ -231,7 +242,7 @@ export class PageServer {
     if (pages > MAX_REQUEST_PAGES || !content.ranges.contains(pid, address, pages)) {
       const reason = `pid ${pid} 0x${address.toString(16)}+${pages} pages is not a lazy range of the dump`;
       this.#log.warn('request refused', { pid, address: `0x${address.toString(16)}`, pages });
-      ws.send(encodeServer({ type: 'error', id, reason }));
+      ws.send(encodeServer({ type: 'error', id, reason }), this.#sent);
       return;
     }
     const bytes = pages * this.#opts.pageSize;
@@ -243,14 +254,14 @@ export class PageServer {
       this.#pool.release(frame);
       const reason = `reading pid ${pid} at 0x${address.toString(16)}: ${(err as Error).message}`;
       this.#log.error('read failed', { pid, address: `0x${address.toString(16)}`, error: (err as Error).message });
-      ws.send(encodeServer({ type: 'error', id, reason }));
+      ws.send(encodeServer({ type: 'error', id, reason }), this.#sent);
       return;
     }
     // The frame goes to the socket as is (ws writes header and data with one writev); it is
     // reused once the socket is done with it.
     ws.send(frame, { binary: true }, () => {
       this.#pool.release(frame);
-      if (this.#background.length > 0) this.#scheduleDrain();
+      this.#sent();
     });
     this.stats.pagesSent += pages;
     this.stats.bytesSent += frame.length;
