@@ -409,7 +409,11 @@ async function transferFloor(mib: number, underLoad = false): Promise<{ ms: numb
 const get = (mib: number, mode: Mode): Result | undefined => {
   const rs = results.filter((r) => r.mib === mib && r.mode === mode);
   if (rs.length <= 1) return rs[0];
-  return { ...rs[0]!, downtimeMs: median(rs.map((r) => r.downtimeMs)), pauseMs: median(rs.map((r) => r.pauseMs)), allInMs: median(rs.map((r) => r.allInMs)),
+  return {
+    ...rs[0]!,
+    downtimeMs: median(rs.map((r) => r.downtimeMs)),
+    pauseMs: median(rs.map((r) => r.pauseMs)),
+    allInMs: median(rs.map((r) => r.allInMs)),
     cpuMs: { source: median(rs.map((r) => r.cpuMs.source)), destination: median(rs.map((r) => r.cpuMs.destination)) },
   };
 };

@@ -196,8 +196,7 @@ export class LazyPagesEngine {
   add(t: LazyTarget): void {
     // totalMs counts from the first process handed over, not from the daemon's start.
     if (this.#procs.size === 0) {
-      this.#t0 = performance.now();
-      this.#cpu0 = process.cpuUsage();
+      this.#startClocks();
       this.#holdBackground(BACKGROUND_HOLD_MS);
     }
     const space = new PageSpace(this.#P);
@@ -215,9 +214,14 @@ export class LazyPagesEngine {
 
   /** Starts background transfer; faults are served from add() on. */
   start(): void {
+    this.#startClocks();
+    this.#pump();
+  }
+
+  /** totalMs and cpuMs count from here. */
+  #startClocks(): void {
     this.#t0 = performance.now();
     this.#cpu0 = process.cpuUsage();
-    this.#pump();
   }
 
   /** Every process has been added: once their pages are in, the transfer is complete. */
