@@ -220,3 +220,46 @@ export declare function getRobustList(tid: number): { head: bigint; len: bigint 
 export declare function syscallExitCounter(tid: number, nrs: number[]): number
 /** What a syscallExitCounter has counted so far (also after its thread exited). */
 export declare function readSyscallCounter(fd: number): number
+
+/** What a PageStream's thread reports, on the JS thread. */
+export type PageStreamEvent =
+  /**
+   * A binary frame the thread did not serve (hello, complete, a request before serve()).
+   * The thread parses no further frame until resume().
+   */
+  | { type: 'message'; data: Uint8Array }
+  /** A request outside the served ranges (or too long) was answered with an error frame. */
+  | { type: 'refused'; pid: number; address: number; pages: number }
+  /** Reading a request's pages failed; the peer got an error frame with `error`. */
+  | { type: 'read-failed'; pid: number; address: number; error: string }
+  /** The connection is over and the thread has ended (the last event). No error: a clean close. */
+  | { type: 'closed'; error?: string }
+
+/**
+ * A page-server WebSocket connection whose `request`s are served on a native thread:
+ * process_vm_readv of the pages into a page-aligned buffer just behind the frame headers,
+ * then one send of the whole `pages` frame. The thread blocks in send while the peer reads
+ * slowly. It answers pings and close frames itself, and passes every other binary frame to
+ * `onEvent` as a message; JS answers with send(), whose frames go out between replies.
+ *
+ * `fd` is a connected TCP socket after the WebSocket handshake; the stream makes its own
+ * duplicate (and makes the open file blocking), so the caller must stop reading `fd` and
+ * close it. `head`: bytes already read from it. `greeting`: bytes written first, as they
+ * are (the handshake's 101 response). `bufferBytes`: the reply size expected, its buffer
+ * faulted in now (a larger request gets a larger buffer).
+ */
+export declare class PageStream {
+  constructor(fd: number, head: Uint8Array, greeting: Uint8Array, bufferBytes: number, onEvent: (e: PageStreamEvent) => void)
+  /** Serves requests inside ranges (flat [pid, start, end, ...]) of at most maxPages from now on. */
+  serve(ranges: Float64Array, maxPages: number): void
+  /** JS is done with the last message event: the thread reads on. */
+  resume(): void
+  /** Queues a binary frame; onSent runs once it has been handed to the socket. */
+  send(payload: Uint8Array, onSent?: () => void): void
+  /** A close frame once the queued frames are out, then the end. */
+  close(code: number, reason: string): void
+  /** Ends the connection now. */
+  terminate(): void
+  readonly closed: boolean
+  readonly stats: { requests: number; pagesSent: number; bytesSent: number }
+}

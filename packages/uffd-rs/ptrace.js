@@ -144,3 +144,57 @@ export function readSyscallCounter(fd) {
 export function getRobustList(tid) {
   return native.getRobustList(tid)
 }
+
+/**
+ * One page-server connection served on a native thread (see ptrace.d.ts). Tokens of
+ * queued frames are kept here, so a send's callback runs once its frame is written.
+ */
+export class PageStream {
+  #handle
+  #sent = new Map()
+  #nextToken = 1
+  #closed = false
+
+  constructor(fd, head, greeting, bufferBytes, onEvent) {
+    this.#handle = native.pageStreamStart(fd, head, greeting, bufferBytes, (e) => {
+      if (e.type === 'sent') {
+        const cb = this.#sent.get(e.token)
+        this.#sent.delete(e.token)
+        cb?.()
+        return
+      }
+      if (e.type === 'closed') this.#closed = true
+      onEvent(e)
+    })
+  }
+
+  get closed() {
+    return this.#closed
+  }
+
+  serve(ranges, maxPages) {
+    native.pageStreamServe(this.#handle, ranges, maxPages)
+  }
+
+  resume() {
+    native.pageStreamResume(this.#handle)
+  }
+
+  send(payload, onSent) {
+    const token = this.#nextToken++
+    if (onSent) this.#sent.set(token, onSent)
+    native.pageStreamSend(this.#handle, payload, token)
+  }
+
+  close(code, reason) {
+    native.pageStreamClose(this.#handle, code, reason)
+  }
+
+  terminate() {
+    native.pageStreamTerminate(this.#handle)
+  }
+
+  get stats() {
+    return native.pageStreamStats(this.#handle)
+  }
+}

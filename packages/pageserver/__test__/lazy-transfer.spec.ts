@@ -14,9 +14,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PAGE_SIZE, Userfaultfd, processVmRead, testing } from '@lazymig/uffd-rs';
-import { dump, LazyPagesEngine, lazyRanges, readImages, type DumpResult, type LoadedImages } from '@lazymig/core-ts';
+import { createLogger, dump, LazyPagesEngine, lazyRanges, readImages, type DumpResult, type LoadedImages } from '@lazymig/core-ts';
 import { startWorkload, type Workload } from '../../../tools/workloads/index.js';
-import { encodeClient, frozenTreeContent, PageClient, PageServer, PROTOCOL_VERSION, readToken, serveFrozenTree } from '../src/index.js';
+import {
+  BACKGROUND_PATH, decodeServer, encodeClient, frozenTreeContent, PageClient, PageServer, PROTOCOL_VERSION, readToken, serveFrozenTree,
+} from '../src/index.js';
 
 /** A memhog of `mib` MiB that has verified its memory once, killed at teardown; a temp dir. */
 async function runningMemhog(t: ExecutionContext, mib: number): Promise<{ dir: string; w: Workload }> {
@@ -36,17 +38,22 @@ async function lazyDump(t: ExecutionContext, pid: number, dir: string, o: { port
 }
 
 /** A memhog of `mib` MiB, dumped lazily and served by a page server on loopback (both gone at teardown). */
-async function servedMemhog(t: ExecutionContext, mib: number): Promise<{ dir: string; w: Workload; r: DumpResult; images: LoadedImages; server: PageServer }> {
+async function servedMemhog(
+  t: ExecutionContext, mib: number,
+): Promise<{ dir: string; w: Workload; r: DumpResult; images: LoadedImages; server: PageServer; log: string[] }> {
   const { dir, w } = await runningMemhog(t, mib);
   const r = await lazyDump(t, w.pid, dir);
   const images = await readImages(join(dir, 'img'));
-  const server = await serveFrozenTree({ images, frozen: r.frozen!, token: r.token!, address: '127.0.0.1', port: 0 });
+  const log: string[] = [];
+  const server = await serveFrozenTree({
+    images, frozen: r.frozen!, token: r.token!, address: '127.0.0.1', port: 0, log: createLogger('page-server', { write: (l) => log.push(l) }),
+  });
   t.teardown(() => server.close());
-  return { dir, w, r, images, server };
+  return { dir, w, r, images, server, log };
 }
 
 test('a frozen memhog region arrives intact through page server, client and engine', async (t) => {
-  const { dir, w, images, server } = await servedMemhog(t, 8);
+  const { dir, w, images, server, log } = await servedMemhog(t, 8);
   const region = Number(/region=(0x[0-9a-f]+)/.exec(w.ready[0])![1]);
   const size = Number(/ size=(\d+)/.exec(w.ready[0])![1]);
   const expected = Buffer.alloc(size);
@@ -89,6 +96,8 @@ test('a frozen memhog region arrives intact through page server, client and engi
   await server.done;
   const exit = await w.exited;
   t.is(exit.signal, 'SIGKILL', 'the source was killed once every page was in');
+  t.is(log.filter((l) => /session started.*streamed=true/.test(l)).length, 1, 'the background lane was served by a native stream');
+  t.true(server.stats.pagesSent >= size / PAGE_SIZE, 'the streams\' pages count in the server\'s stats');
 });
 
 test('a wrong token is refused with a reason, and pages outside the lazy ranges are not served', async (t) => {
@@ -192,58 +201,129 @@ test('a page server listening before it has anything to serve welcomes nobody un
 });
 
 // Serial: it measures this process's CPU, which the file's other tests would share.
-test.serial('a page server whose destination has stopped reading waits for it without spinning, then serves the rest', async (t) => {
-  const { r, images, w, server } = await servedMemhog(t, 8);
-  const lazy = lazyRanges(images.inventory, images.processes[0]!).find((x) => x.pages >= 256)!;
-  const pages = Math.min(lazy.pages, 512);
-  // Far more than the kernel's socket buffers on both ends and the server's 8 MiB of
-  // read-ahead: most of these requests have to wait until the destination reads again.
-  const requests = Math.ceil((48 << 20) / (pages * PAGE_SIZE));
-  const sock = await rawLane(server.port);
-  t.teardown(() => sock.destroy());
-  const frames = [encodeClient({ type: 'hello', version: PROTOCOL_VERSION, token: r.token! })];
-  for (let id = 1; id <= requests; id++) frames.push(encodeClient({ type: 'request', id, pid: w.pid, address: lazy.start, pages, priority: 'background' }));
-  sock.pause(); // a destination that is busy elsewhere
-  sock.write(Buffer.concat(frames.map(maskedFrame)));
+for (const [lane, path] of [['the JS thread', '/'], ['a native stream', BACKGROUND_PATH]] as const) {
+  test.serial(`a page server whose destination has stopped reading waits for it without spinning, then serves the rest (${lane})`, async (t) => {
+    const { r, images, w, server, log } = await servedMemhog(t, 8);
+    const lazy = lazyRanges(images.inventory, images.processes[0]!).find((x) => x.pages >= 256)!;
+    const pages = Math.min(lazy.pages, 512);
+    // Far more than the kernel's socket buffers on both ends (autotuned up to 32 + 4 MiB
+    // here) and the JS server's 8 MiB of read-ahead: many of these requests have to wait
+    // until the destination reads again.
+    const requests = Math.ceil((96 << 20) / (pages * PAGE_SIZE));
+    const sock = await rawLane(server.port, path);
+    t.teardown(() => sock.destroy());
+    const frames = [encodeClient({ type: 'hello', version: PROTOCOL_VERSION, token: r.token! })];
+    for (let id = 1; id <= requests; id++) frames.push(encodeClient({ type: 'request', id, pid: w.pid, address: lazy.start, pages, priority: 'background' }));
+    sock.pause(); // a destination that is busy elsewhere
+    sock.write(Buffer.concat(frames.map((f) => maskedFrame(f))));
 
-  // Until the server has read ahead as far as it may: its count stands still for 150 ms.
-  let served = -1;
-  for (let i = 0, still = 0; i < 100 && still < 3; i++) {
-    await sleep(50);
-    still = server.stats.requests === served ? still + 1 : 0;
-    served = server.stats.requests;
-  }
-  t.true(served > 0 && served < requests, `${served} of ${requests} served while nothing is read`);
-  const c0 = process.cpuUsage();
-  const t0 = performance.now();
-  await sleep(400);
-  const c = process.cpuUsage(c0);
-  const share = (c.user + c.system) / 1000 / (performance.now() - t0);
-  // A server polling its queue every event-loop turn keeps this process on a CPU the whole
-  // time (a share near 1); one that waits for its socket barely runs.
-  t.true(share < 0.5, `the page server's process ran ${(share * 100).toFixed(0)}% of the time while it waited`);
-  t.is(server.stats.requests, served, 'nothing more was served meanwhile');
+    // Until the server has read ahead as far as it may: its count stands still for 150 ms.
+    let served = -1;
+    for (let i = 0, still = 0; i < 100 && still < 3; i++) {
+      await sleep(50);
+      still = server.stats.requests === served ? still + 1 : 0;
+      served = server.stats.requests;
+    }
+    t.true(served > 0 && served < requests, `${served} of ${requests} served while nothing is read; log:\n${log.join('')}`);
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    await sleep(400);
+    const c = process.cpuUsage(c0);
+    const share = (c.user + c.system) / 1000 / (performance.now() - t0);
+    // A server polling its queue every event-loop turn keeps this process on a CPU the whole
+    // time (a share near 1); one that waits for its socket barely runs.
+    t.true(share < 0.5, `the page server's process ran ${(share * 100).toFixed(0)}% of the time while it waited`);
+    t.is(server.stats.requests, served, 'nothing more was served meanwhile');
 
-  sock.resume();
-  for (let i = 0; i < 500 && server.stats.requests < requests; i++) await sleep(20);
-  t.is(server.stats.requests, requests, 'the rest is served once the destination reads');
-});
+    sock.resume();
+    for (let i = 0; i < 500 && server.stats.requests < requests; i++) await sleep(20);
+    t.is(server.stats.requests, requests, 'the rest is served once the destination reads');
+  });
+}
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** A bare WebSocket connection to the page server (opening handshake done), for sending frames by hand. */
-async function rawLane(port: number): Promise<Socket> {
+async function rawLane(port: number, path = '/'): Promise<Socket> {
   const sock = connect({ host: '127.0.0.1', port });
   await once(sock, 'connect');
-  sock.write(`GET / HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+  sock.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
   let head = '';
   while (!head.includes('\r\n\r\n')) head += ((await once(sock, 'data')) as [Buffer])[0].toString('latin1');
   if (!head.startsWith('HTTP/1.1 101')) throw new Error(`no upgrade: ${head.split('\r\n')[0]}`);
   return sock;
 }
 
-/** A client frame (binary, masked with a zero key: every client frame must carry a mask). */
-function maskedFrame(payload: Buffer): Buffer {
+/** A client frame (binary unless said, masked with a zero key: every client frame must carry a mask). */
+function maskedFrame(payload: Buffer, opcode = 0x2): Buffer {
   if (payload.length >= 126) throw new Error('small frames only');
-  return Buffer.concat([Buffer.from([0x82, 0x80 | payload.length, 0, 0, 0, 0]), payload]);
+  return Buffer.concat([Buffer.from([0x80 | opcode, 0x80 | payload.length, 0, 0, 0, 0]), payload]);
 }
+
+/** Reads whole server frames off a raw lane, one at a time. */
+function frameReader(sock: Socket): () => Promise<{ opcode: number; payload: Buffer }> {
+  let buf = Buffer.alloc(0);
+  const waiting: Array<() => void> = [];
+  sock.on('data', (d: Buffer) => {
+    buf = Buffer.concat([buf, d]);
+    waiting.splice(0).forEach((w) => w());
+  });
+  return async () => {
+    for (let i = 0; i < 1000; i++) {
+      if (buf.length >= 2) {
+        let len = buf[1]! & 0x7f;
+        let hdr = 2;
+        if (len === 126) [len, hdr] = [buf.readUInt16BE(2), 4];
+        else if (len === 127) [len, hdr] = [Number(buf.readBigUInt64BE(2)), 10];
+        if (buf.length >= hdr + len) {
+          const f = { opcode: buf[0]! & 0x0f, payload: buf.subarray(hdr, hdr + len) };
+          buf = buf.subarray(hdr + len);
+          return f;
+        }
+      }
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('no frame within 5 s')), 5_000);
+        waiting.push(() => (clearTimeout(timer), resolve()));
+      });
+    }
+    throw new Error('frame never completed');
+  };
+}
+
+test('the background lane is served by a native stream: pages as the process holds them, refusals and pings answered, hellos checked', async (t) => {
+  const { r, images, w, server, log } = await servedMemhog(t, 4);
+  const lazy = lazyRanges(images.inventory, images.processes[0]!).find((x) => x.pages >= 64)!;
+
+  const bad = await rawLane(server.port, BACKGROUND_PATH);
+  t.teardown(() => bad.destroy());
+  const badFrames = frameReader(bad);
+  bad.write(maskedFrame(encodeClient({ type: 'hello', version: PROTOCOL_VERSION, token: 'f'.repeat(64) })));
+  t.deepEqual(decodeServer((await badFrames()).payload), { type: 'reject', reason: 'wrong token' });
+  t.is((await badFrames()).opcode, 0x8, 'then a close frame');
+
+  const sock = await rawLane(server.port, BACKGROUND_PATH);
+  t.teardown(() => sock.destroy());
+  const next = frameReader(sock);
+  sock.write(maskedFrame(encodeClient({ type: 'hello', version: PROTOCOL_VERSION, token: r.token! })));
+  t.deepEqual(decodeServer((await next()).payload), { type: 'welcome', version: PROTOCOL_VERSION });
+  sock.write(maskedFrame(encodeClient({ type: 'request', id: 7, pid: w.pid, address: lazy.start, pages: 64, priority: 'background' })));
+  const pages = decodeServer((await next()).payload);
+  const expected = Buffer.alloc(64 * PAGE_SIZE);
+  processVmRead(w.pid, new Float64Array([lazy.start, expected.length]), expected);
+  t.like(pages, { type: 'pages', id: 7, pid: w.pid, address: lazy.start, pages: 64 });
+  t.true(pages.type === 'pages' && Buffer.from(pages.data).equals(expected), 'the frozen process\'s pages');
+  // The stack's guard gap below the lowest VMA is never a lazy range; the lane goes on.
+  sock.write(maskedFrame(encodeClient({ type: 'request', id: 8, pid: w.pid, address: 0x1000, pages: 1, priority: 'background' })));
+  t.deepEqual(decodeServer((await next()).payload), { type: 'error', id: 8, reason: `pid ${w.pid} 0x1000+1 pages is not a lazy range of the dump` });
+  sock.write(maskedFrame(Buffer.from('are you there'), 0x9));
+  t.deepEqual(await next(), { opcode: 0xa, payload: Buffer.from('are you there') });
+  t.true(log.some((l) => /request refused.*address=0x1000/.test(l)), 'the refusal is logged');
+  t.true(log.some((l) => /session started.*streamed=true/.test(l)));
+  t.is(server.stats.requests, 2);
+  // A close from the destination ends the session; the frozen source stays.
+  sock.write(maskedFrame(Buffer.from([0x03, 0xe8]), 0x8));
+  t.is((await next()).opcode, 0x8);
+  for (let i = 0; i < 100 && !log.some((l) => /session ended/.test(l)); i++) await sleep(20);
+  t.true(log.some((l) => /session ended/.test(l)));
+  t.is(w.exitInfo(), undefined);
+});

@@ -11,7 +11,7 @@
  */
 import { silentLogger, type Logger, type PageSource, type Priority } from '@lazymig/core-ts';
 import { BufferPool } from './buffer-pool.js';
-import { decodeServer, encodeClient, PROTOCOL_VERSION, type ServerMessage } from './protocol/messages.js';
+import { BACKGROUND_PATH, decodeServer, encodeClient, PROTOCOL_VERSION, type ServerMessage } from './protocol/messages.js';
 import { FrameSocket } from './ws-client.js';
 
 export interface PageClientOptions {
@@ -98,7 +98,7 @@ class Lane {
     let token: string | null;
     do {
       try {
-        ws = await FrameSocket.connect({ host: address, port, maxPayload: 64 << 20, handshakeTimeoutMs: 5_000, pool: this.pool });
+        ws = await FrameSocket.connect({ host: address, port, path: this.name === 'background' ? BACKGROUND_PATH : '/', maxPayload: 64 << 20, handshakeTimeoutMs: 5_000, pool: this.pool });
       } catch (err) {
         throw new PageServerError(`page server ${address}:${port}: ${(err as Error).message}`);
       }

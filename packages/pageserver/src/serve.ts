@@ -65,6 +65,7 @@ export async function serveFrozenTree(o: ServeFrozenOptions): Promise<PageServer
     token: o.token,
     pageSize: o.images.inventory.pageSize,
     content: frozenTreeContent(o.images, o.frozen, log),
+    streamBackground: true,
     log,
   });
 }

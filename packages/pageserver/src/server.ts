@@ -9,17 +9,27 @@
  * tree frozen and the server listening for the next attempt; only `complete` ends it.
  */
 import { timingSafeEqual } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { WebSocketServer, type WebSocket } from 'ws';
-import { silentLogger, type Logger, type PageReader } from '@lazymig/core-ts';
+import type { Duplex } from 'node:stream';
+import { WebSocketServer } from 'ws';
+import { FrozenProcessReader, silentLogger, type Logger, type PageReader, type PageStream } from '@lazymig/core-ts';
 import {
-  decodeClient, encodeServer, PAGES_HEADER_SIZE, pagesFrameBytes, ProtocolError, PROTOCOL_VERSION, writePagesHeader, type ClientMessage,
+  BACKGROUND_PATH, decodeClient, encodeServer, PAGES_HEADER_SIZE, pagesFrameBytes, ProtocolError, PROTOCOL_VERSION, writePagesHeader, type ClientMessage,
 } from './protocol/messages.js';
 import type { LazyRanges } from './protocol/lazy-ranges.js';
 import { BufferPool } from './buffer-pool.js';
 import { FrameSocket } from './ws-client.js';
+import { streamPeer, upgradeResponse, wsPeer, type Peer } from './peer.js';
 
 type Request = Extract<ClientMessage, { type: 'request' }>;
+
+/** One connection's protocol state, fed by whichever carries it (ws or a PageStream). */
+interface Session {
+  /** A message; null for a frame that was not binary. */
+  message(data: Buffer | null): void;
+  closed(): void;
+}
 
 /** Largest request served, in pages (a bigger one is refused): bounds a reply's memory. */
 export const MAX_REQUEST_PAGES = 4096;
@@ -54,6 +64,13 @@ export interface PageServerOptions {
    * images are written and checked. A destination is never welcomed before that.
    */
   content?: PageServerContent;
+  /**
+   * Background lanes are served on native threads straight from the dumped processes
+   * (process_vm_readv), not on the JS thread. Only for content read from those live
+   * processes (a FrozenProcessReader: a lazy dump's frozen tree); open() refuses other
+   * content then.
+   */
+  streamBackground?: boolean;
   log?: Logger;
 }
 
@@ -66,10 +83,16 @@ export interface PageServerStats {
 }
 
 export class PageServer {
-  readonly stats: PageServerStats = { sessions: 0, requests: 0, pagesSent: 0, bytesSent: 0, refused: 0 };
+  /** What the JS thread served; `stats` adds the native streams' counts. */
+  readonly #stats: PageServerStats = { sessions: 0, requests: 0, pagesSent: 0, bytesSent: 0, refused: 0 };
   readonly #opts: PageServerOptions;
   readonly #log: Logger;
+  readonly #http: Server;
   readonly #wss: WebSocketServer;
+  /** Background lanes served by native threads, open or not. */
+  readonly #streams = new Set<PageStream>();
+  /** Page buffer a stream's thread starts with: the background request size expected. */
+  #streamBytes = 0;
   readonly #token: Buffer;
   #content: PageServerContent | null;
   /** Authenticated connections waiting for open() to be welcomed. */
@@ -79,36 +102,54 @@ export class PageServer {
   #cpu0: NodeJS.CpuUsage | null = null;
   readonly #pool = new BufferPool();
   /** Background requests not yet read, in arrival order, with their connection. */
-  readonly #background: Array<{ ws: WebSocket; m: Request }> = [];
+  readonly #background: Array<{ peer: Peer; m: Request }> = [];
   #drainScheduled = false;
   #resolveDone!: () => void;
   /** Resolves once the destination has confirmed it holds every page and onComplete ran. */
   readonly done: Promise<void>;
 
-  private constructor(opts: PageServerOptions, wss: WebSocketServer) {
+  private constructor(opts: PageServerOptions, http: Server) {
     this.#opts = opts;
     this.#log = opts.log ?? silentLogger;
-    this.#wss = wss;
+    this.#http = http;
+    this.#wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 1 << 16 });
     this.#token = Buffer.from(opts.token);
-    this.#content = opts.content ?? null;
+    this.#content = null;
+    if (opts.content) this.open(opts.content);
     this.done = new Promise((r) => (this.#resolveDone = r));
-    wss.on('connection', (ws, req) => this.#accept(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
+    http.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.#upgrade(req, socket, head));
+    http.on('request', (_req, res) => res.writeHead(426, { 'content-type': 'text/plain' }).end('a lazymig page server speaks WebSocket only\n'));
   }
 
   static async listen(opts: PageServerOptions): Promise<PageServer> {
-    const wss = await new Promise<WebSocketServer>((resolve, reject) => {
-      const s = new WebSocketServer({ host: opts.address, port: opts.port, perMessageDeflate: false, maxPayload: 1 << 16 });
-      s.once('listening', () => resolve(s));
-      s.once('error', (err) => reject(new Error(`page server: cannot listen on ${opts.address}:${opts.port}: ${err.message}`)));
+    const http = createServer();
+    await new Promise<void>((resolve, reject) => {
+      http.once('listening', resolve);
+      http.once('error', (err) => reject(new Error(`page server: cannot listen on ${opts.address}:${opts.port}: ${err.message}`)));
+      http.listen(opts.port, opts.address);
     });
-    return new PageServer(opts, wss);
+    return new PageServer(opts, http);
   }
 
   /** Starts serving `content`, welcoming the destinations that said hello meanwhile. */
   open(content: PageServerContent): void {
     if (this.#content) throw new Error('page server: already open');
+    if (this.#opts.streamBackground && !(content.reader instanceof FrozenProcessReader)) {
+      throw new Error('page server: streamBackground needs content read from the live processes (FrozenProcessReader)');
+    }
     this.#content = content;
     for (const welcome of this.#unwelcomed.splice(0)) welcome();
+  }
+
+  get stats(): PageServerStats {
+    const s = { ...this.#stats };
+    for (const st of this.#streams) {
+      const n = st.stats;
+      s.requests += n.requests;
+      s.pagesSent += n.pagesSent;
+      s.bytesSent += n.bytesSent;
+    }
+    return s;
   }
 
   /**
@@ -121,7 +162,10 @@ export class PageServer {
    */
   prefill(pages: number): void {
     const len = pagesFrameBytes(pages, this.#opts.pageSize);
-    this.#pool.prefill(len, Math.ceil(BACKGROUND_AHEAD_BYTES / len) + 2);
+    this.#streamBytes = pages * this.#opts.pageSize;
+    // A streaming server reads background replies on the streams' threads, into their own
+    // buffers: the pool then only serves fault replies, one or two at a time.
+    this.#pool.prefill(len, this.#opts.streamBackground ? 2 : Math.ceil(BACKGROUND_AHEAD_BYTES / len) + 2);
   }
 
   async selfCheck(): Promise<void> {
@@ -130,32 +174,75 @@ export class PageServer {
   }
 
   get port(): number {
-    return (this.#wss.address() as AddressInfo).port;
+    return (this.#http.address() as AddressInfo).port;
   }
 
   async close(): Promise<void> {
     for (const c of this.#wss.clients) c.terminate();
+    for (const st of this.#streams) st.terminate();
     await new Promise<void>((r) => this.#wss.close(() => r()));
+    await new Promise<void>((r) => this.#http.close(() => r()));
   }
 
-  #accept(ws: WebSocket, peer: string): void {
+  #upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const name = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
+    const path = (req.url ?? '/').split('?')[0];
+    if (this.#opts.streamBackground && path === BACKGROUND_PATH) {
+      const r = upgradeResponse(req);
+      if ('refusal' in r) {
+        socket.end(`HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n${r.refusal}\n`);
+        return;
+      }
+      let session: Session | null = null;
+      const taken = streamPeer(socket, head, r.response, this.#streamBytes, name, {
+        message: (data) => session?.message(data),
+        problem: (e) => {
+          const address = `0x${e.address.toString(16)}`;
+          if (e.type === 'refused') this.#log.warn('request refused', { pid: e.pid, address, pages: e.pages });
+          else this.#log.error('read failed', { pid: e.pid, address, error: e.error });
+        },
+        closed: (error) => {
+          if (error) this.#log.warn('connection error', { peer: name, error });
+          session?.closed();
+        },
+      });
+      if (taken) {
+        this.#streams.add(taken.stream);
+        session = this.#session(taken.peer, taken.stream);
+        return;
+      }
+    }
+    this.#wss.handleUpgrade(req, socket, head, (ws) => {
+      const peer = wsPeer(ws, name);
+      const session = this.#session(peer, null);
+      ws.on('close', () => session.closed());
+      ws.on('error', (err) => this.#log.warn('connection error', { peer: name, error: err.message }));
+      ws.on('message', (data, isBinary) => session.message(isBinary && data instanceof Buffer ? data : null));
+    });
+  }
+
+  /**
+   * The protocol on one connection: hello and token, then requests and `complete`.
+   * `stream`: the native thread serving this connection's requests, told the ranges at welcome.
+   */
+  #session(peer: Peer, stream: PageStream | null): Session {
     const log = this.#log;
+    const name = peer.name;
     let authed = false;
     const refuse = (reason: string): void => {
-      this.stats.refused++;
-      log.warn('connection refused', { peer, reason });
-      ws.send(encodeServer({ type: 'reject', reason }), () => ws.close(4001, reason.slice(0, 120)));
+      this.#stats.refused++;
+      log.warn('connection refused', { peer: name, reason });
+      peer.send(encodeServer({ type: 'reject', reason }), () => peer.close(4001, reason.slice(0, 120)));
     };
     const timer = setTimeout(() => {
       if (!authed) refuse('no hello in time');
     }, HELLO_TIMEOUT_MS);
-    ws.on('close', () => {
+    const closed = (): void => {
       clearTimeout(timer);
-      if (authed) log.info('session ended', { peer, completed: this.#completed });
-    });
-    ws.on('error', (err) => log.warn('connection error', { peer, error: err.message }));
-    ws.on('message', (data, isBinary) => {
-      if (!isBinary || !(data instanceof Buffer)) return refuse('frames must be binary');
+      if (authed) log.info('session ended', { peer: name, completed: this.#completed });
+    };
+    const message = (data: Buffer | null): void => {
+      if (data === null) return refuse('frames must be binary');
       let msg: ClientMessage;
       try {
         msg = decodeClient(data);
@@ -170,11 +257,13 @@ export class PageServer {
         authed = true;
         clearTimeout(timer);
         const welcome = (): void => {
-          if (ws.readyState !== ws.OPEN) return;
-          this.stats.sessions++;
+          if (!peer.open) return;
+          this.#stats.sessions++;
           this.#cpu0 ??= process.cpuUsage();
-          log.info('session started', { peer });
-          ws.send(encodeServer({ type: 'welcome', version: PROTOCOL_VERSION }));
+          log.info('session started', { peer: name, ...(stream ? { streamed: true } : {}) });
+          // Before the welcome: the destination sends no request until it has it.
+          stream?.serve(this.#content!.ranges.flat(), MAX_REQUEST_PAGES);
+          peer.send(encodeServer({ type: 'welcome', version: PROTOCOL_VERSION }));
         };
         if (this.#content) welcome();
         else this.#unwelcomed.push(welcome);
@@ -189,13 +278,14 @@ export class PageServer {
           // A fault is read and sent at once; background work waits its turn in a queue
           // served one request per event-loop turn, so a fault request that arrives
           // meanwhile is never behind more than one background read.
-          if (msg.priority === 'fault') return this.#serve(ws, msg);
-          this.#background.push({ ws, m: msg });
+          if (msg.priority === 'fault') return this.#serve(peer, msg);
+          this.#background.push({ peer, m: msg });
           return this.#scheduleDrain();
         case 'complete':
-          return void this.#complete(ws, peer, content);
+          return void this.#complete(peer, content);
       }
-    });
+    };
+    return { message, closed };
   }
 
   #scheduleDrain(): void {
@@ -217,14 +307,14 @@ export class PageServer {
   #drainOne(): void {
     const q = this.#background;
     for (let i = 0; i < q.length; i++) {
-      const { ws, m } = q[i]!;
-      if (ws.readyState !== ws.OPEN) {
+      const { peer, m } = q[i]!;
+      if (!peer.open) {
         q.splice(i--, 1);
         continue;
       }
-      if (ws.bufferedAmount > BACKGROUND_AHEAD_BYTES) continue;
+      if (peer.bufferedAmount > BACKGROUND_AHEAD_BYTES) continue;
       q.splice(i, 1);
-      this.#serve(ws, m);
+      this.#serve(peer, m);
       this.#scheduleDrain();
       return;
     }
@@ -235,14 +325,14 @@ export class PageServer {
     if (this.#background.length > 0) this.#scheduleDrain();
   };
 
-  #serve(ws: WebSocket, m: Request): void {
-    this.stats.requests++;
+  #serve(peer: Peer, m: Request): void {
+    this.#stats.requests++;
     const { pid, address, pages, id } = m;
     const content = this.#content!;
     if (pages > MAX_REQUEST_PAGES || !content.ranges.contains(pid, address, pages)) {
       const reason = `pid ${pid} 0x${address.toString(16)}+${pages} pages is not a lazy range of the dump`;
       this.#log.warn('request refused', { pid, address: `0x${address.toString(16)}`, pages });
-      ws.send(encodeServer({ type: 'error', id, reason }), this.#sent);
+      peer.send(encodeServer({ type: 'error', id, reason }), this.#sent);
       return;
     }
     const bytes = pages * this.#opts.pageSize;
@@ -254,30 +344,30 @@ export class PageServer {
       this.#pool.release(frame);
       const reason = `reading pid ${pid} at 0x${address.toString(16)}: ${(err as Error).message}`;
       this.#log.error('read failed', { pid, address: `0x${address.toString(16)}`, error: (err as Error).message });
-      ws.send(encodeServer({ type: 'error', id, reason }), this.#sent);
+      peer.send(encodeServer({ type: 'error', id, reason }), this.#sent);
       return;
     }
     // The frame goes to the socket as is (ws writes header and data with one writev); it is
     // reused once the socket is done with it.
-    ws.send(frame, { binary: true }, () => {
+    peer.send(frame, () => {
       this.#pool.release(frame);
       this.#sent();
     });
-    this.stats.pagesSent += pages;
-    this.stats.bytesSent += frame.length;
+    this.#stats.pagesSent += pages;
+    this.#stats.bytesSent += frame.length;
   }
 
-  async #complete(ws: WebSocket, peer: string, content: PageServerContent): Promise<void> {
+  async #complete(peer: Peer, content: PageServerContent): Promise<void> {
     if (this.#completed) return;
     this.#completed = true;
     const cpu = process.cpuUsage(this.#cpu0 ?? undefined);
     // This whole process's CPU (every thread) since the first welcome: with few CPUs the
     // transfer is bound by it, and it is a steadier measure than the wall clock.
-    this.#log.info('destination holds every page', { peer, pages: this.stats.pagesSent, cpuMs: Math.round((cpu.user + cpu.system) / 1000) });
+    this.#log.info('destination holds every page', { peer: peer.name, pages: this.stats.pagesSent, cpuMs: Math.round((cpu.user + cpu.system) / 1000) });
     try {
       await content.onComplete();
     } finally {
-      ws.send(encodeServer({ type: 'bye' }), () => {
+      peer.send(encodeServer({ type: 'bye' }), () => {
         this.#resolveDone();
       });
     }

@@ -8,9 +8,13 @@ mod exports_background;
 #[cfg(feature = "ptrace")]
 mod exports_proc;
 #[cfg(feature = "ptrace")]
+mod exports_page_stream;
+#[cfg(feature = "ptrace")]
 mod exports_ptrace;
 mod fault_loop;
 mod napi;
+#[cfg(feature = "ptrace")]
+mod page_stream;
 #[cfg(feature = "ptrace")]
 mod pidfd;
 mod probe;
@@ -46,6 +50,8 @@ pub unsafe extern "C" fn napi_register_module_v1(env: napi_env, exports: napi_va
         napi::callback::register(jsenv, exports, exports_ptrace::TABLE)?;
         #[cfg(feature = "ptrace")]
         napi::callback::register(jsenv, exports, exports_proc::TABLE)?;
+        #[cfg(feature = "ptrace")]
+        napi::callback::register(jsenv, exports, exports_page_stream::TABLE)?;
         exports::constants(jsenv, exports)
     });
     if let Err(e) = r {

@@ -51,7 +51,7 @@ export const dumpCommand: Command = {
       at = { address: values.address, port: parsePort(values.port) };
       // Listening before the freeze: a page server that cannot listen fails the dump before
       // anything is frozen, and its set-up is not downtime. It welcomes nobody until open().
-      server = await PageServer.listen({ ...at, token, pageSize: PAGE_SIZE, log: createLogger('page-server') });
+      server = await PageServer.listen({ ...at, token, pageSize: PAGE_SIZE, streamBackground: true, log: createLogger('page-server') });
       await server.selfCheck();
       // The first request the destination sends once its process runs should not also be the
       // first run of the page server's code: one page through a throwaway server and client

@@ -1,5 +1,6 @@
 export type { PageSource, PageReader, Priority } from './page-source.js';
 export { FrozenProcessReader, ImagesReader } from './readers.js';
+export { PageStream, type PageStreamEvent } from './page-stream.js';
 export { LazyPagesEngine, DEFAULT_CHUNK_PAGES, DEFAULT_IN_FLIGHT, type LazyTarget, type LazyEngineOptions, type LazyStats, type LazySummary } from './engine.js';
 export { PageSpace } from './page-space.js';
 export { lazyRanges, vmasToRegister, lazyCapable, entriesForLazyRestore, type LazyPlanRange } from './plan.js';

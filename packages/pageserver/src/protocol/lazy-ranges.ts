@@ -61,6 +61,13 @@ export class LazyRanges {
     return found >= 0 && end <= r.ends[found]!;
   }
 
+  /** Every merged range as flat [pid, start, end, ...] (what a native PageStream checks against). */
+  flat(): Float64Array {
+    const out: number[] = [];
+    for (const [pid, r] of this.#byPid) r.starts.forEach((start, i) => out.push(pid, start, r.ends[i]!));
+    return Float64Array.from(out);
+  }
+
   get pids(): number[] {
     return [...this.#byPid.keys()];
   }

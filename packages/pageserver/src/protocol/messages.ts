@@ -10,6 +10,12 @@ import { Packr } from 'msgpackr';
 
 export const PROTOCOL_VERSION = 1;
 
+/**
+ * The WebSocket path of the destination's background lane (the fault lane uses `/`). Only a
+ * hint: a server may serve that lane on a native thread; the messages are the same.
+ */
+export const BACKGROUND_PATH = '/background';
+
 /** A fault request overtakes any background transfer. */
 export type Priority = 'fault' | 'background';
 
