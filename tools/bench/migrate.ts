@@ -71,6 +71,17 @@ const REPEAT = Number(flag('repeat') ?? 1);
 if (!Number.isInteger(REPEAT) || REPEAT < 1 || REPEAT > 100) throw new Error(`--repeat: 1..100, not ${REPEAT}`);
 const NET = (flag('net') ?? 'veth') as Link;
 if (NET !== 'veth' && NET !== 'loopback') throw new Error(`--net: veth or loopback, not ${String(NET)}`);
+const USAGE = 'usage: migrate.ts [MiB...] [--modes armed,lazy,eager] [--repeat N] [--interval-ms N] [--net veth|loopback] [--json] [--timeline]';
+if (argv.includes('--help') || argv.includes('-h')) {
+  console.log(USAGE);
+  process.exit(0);
+}
+// What is left are the sizes: anything else is an option this bench does not have.
+const bad = argv.find((a) => !/^[1-9][0-9]*$/.test(a));
+if (bad !== undefined) {
+  console.error(`migrate.ts: ${bad.startsWith('-') ? 'unknown option' : 'not a size in MiB'}: ${bad}\n${USAGE}`);
+  process.exit(2);
+}
 const SIZES = argv.length > 0 ? argv.map(Number) : [64, 1024];
 
 interface Cmd {

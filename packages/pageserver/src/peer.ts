@@ -3,10 +3,10 @@
  * the `ws` package (on the JS thread) or by a native PageStream thread that serves the
  * background lane's requests itself (see uffd-rs's page_stream.rs for why).
  *
- * The background lane asks for BACKGROUND_PATH (protocol/messages.ts). When the server streams from live
- * processes, that upgrade is answered here: the socket's fd goes to a PageStream, which
- * writes the 101 response and from then on reads the connection; Node's socket is closed
- * without a FIN (the stream holds its own duplicate of the fd).
+ * The background lane asks for BACKGROUND_PATH (protocol/messages.ts). When the server
+ * streams from live processes, that upgrade is answered here: the socket's fd goes to a
+ * PageStream, which writes the 101 response and from then on reads the connection; Node's
+ * socket is closed without a FIN (the stream holds its own duplicate of the fd).
  */
 import { createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
