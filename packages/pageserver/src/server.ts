@@ -153,21 +153,21 @@ export class PageServer {
   }
 
   /**
+   * Buffers for background replies of `pages` pages, faulted in now rather than while
+   * serving: the frames a connection can have ahead of it (and two being read), or, on a
+   * streaming server, the size each stream's thread starts its own buffer at.
+   */
+  prefill(pages: number): void {
+    this.#streamBytes = pages * this.#opts.pageSize;
+    if (this.#opts.streamBackground) return;
+    const len = pagesFrameBytes(pages, this.#opts.pageSize);
+    this.#pool.prefill(len, Math.ceil(BACKGROUND_AHEAD_BYTES / len) + 2);
+  }
+
+  /**
    * Opens and drops one connection to ourselves (no hello: it is not a session): fails if
    * the address does not take connections, and runs the accept path once before it counts.
    */
-  /**
-   * Frames for the background replies of `pages` pages a connection can have ahead of it
-   * (and two being read), faulted in now rather than while serving.
-   */
-  prefill(pages: number): void {
-    const len = pagesFrameBytes(pages, this.#opts.pageSize);
-    this.#streamBytes = pages * this.#opts.pageSize;
-    // A streaming server reads background replies on the streams' threads, into their own
-    // buffers: the pool then only serves fault replies, one or two at a time.
-    this.#pool.prefill(len, this.#opts.streamBackground ? 2 : Math.ceil(BACKGROUND_AHEAD_BYTES / len) + 2);
-  }
-
   async selfCheck(): Promise<void> {
     const ws = await FrameSocket.connect({ host: this.#opts.address, port: this.port, handshakeTimeoutMs: 5_000, maxPayload: 1 << 16, pool: this.#pool });
     ws.terminate();
@@ -187,31 +187,7 @@ export class PageServer {
   #upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const name = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
     const path = (req.url ?? '/').split('?')[0];
-    if (this.#opts.streamBackground && path === BACKGROUND_PATH) {
-      const r = upgradeResponse(req);
-      if ('refusal' in r) {
-        socket.end(`HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n${r.refusal}\n`);
-        return;
-      }
-      let session: Session | null = null;
-      const taken = streamPeer(socket, head, r.response, this.#streamBytes, name, {
-        message: (data) => session?.message(data),
-        problem: (e) => {
-          const address = `0x${e.address.toString(16)}`;
-          if (e.type === 'refused') this.#log.warn('request refused', { pid: e.pid, address, pages: e.pages });
-          else this.#log.error('read failed', { pid: e.pid, address, error: e.error });
-        },
-        closed: (error) => {
-          if (error) this.#log.warn('connection error', { peer: name, error });
-          session?.closed();
-        },
-      });
-      if (taken) {
-        this.#streams.add(taken.stream);
-        session = this.#session(taken.peer, taken.stream);
-        return;
-      }
-    }
+    if (this.#opts.streamBackground && path === BACKGROUND_PATH && this.#stream(req, socket, head, name)) return;
     this.#wss.handleUpgrade(req, socket, head, (ws) => {
       const peer = wsPeer(ws, name);
       const session = this.#session(peer, null);
@@ -219,6 +195,33 @@ export class PageServer {
       ws.on('error', (err) => this.#log.warn('connection error', { peer: name, error: err.message }));
       ws.on('message', (data, isBinary) => session.message(isBinary && data instanceof Buffer ? data : null));
     });
+  }
+
+  /** Hands a background lane to a native PageStream; false when ws must take it instead. */
+  #stream(req: IncomingMessage, socket: Duplex, head: Buffer, name: string): boolean {
+    const r = upgradeResponse(req);
+    if ('refusal' in r) {
+      socket.end(`HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n${r.refusal}\n`);
+      return true;
+    }
+    // Events come on later turns of the event loop, once `session` is set.
+    let session: Session | null = null;
+    const taken = streamPeer(socket, head, r.response, this.#streamBytes, name, {
+      message: (data) => session?.message(data),
+      problem: (e) => {
+        const address = `0x${e.address.toString(16)}`;
+        if (e.type === 'refused') this.#log.warn('request refused', { pid: e.pid, address, pages: e.pages });
+        else this.#log.error('read failed', { pid: e.pid, address, error: e.error });
+      },
+      closed: (error) => {
+        if (error) this.#log.warn('connection error', { peer: name, error });
+        session?.closed();
+      },
+    });
+    if (!taken) return false;
+    this.#streams.add(taken.stream);
+    session = this.#session(taken.peer, taken.stream);
+    return true;
   }
 
   /**
