@@ -58,10 +58,11 @@ export function upgradeResponse(req: IncomingMessage): { response: string } | { 
   return { response: `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n` };
 }
 
-/** The fd under a Node TCP socket, or null for any other kind of stream. */
-function socketFd(socket: Duplex): number | null {
-  const handle = (socket as Socket & { _handle?: { fd?: unknown; readStop?: () => number } })._handle;
-  return handle && typeof handle.fd === 'number' && handle.fd >= 0 ? handle.fd : null;
+/** The libuv handle under a Node TCP socket (its fd, and a way to stop reading), or null for any other kind of stream. */
+function tcpHandle(socket: Duplex): { fd: number; readStop(): number } | null {
+  const handle = (socket as Socket & { _handle?: { fd?: unknown; readStop?: unknown } })._handle;
+  if (!handle || typeof handle.fd !== 'number' || handle.fd < 0 || typeof handle.readStop !== 'function') return null;
+  return handle as { fd: number; readStop(): number };
 }
 
 export interface StreamHandlers {
@@ -80,11 +81,11 @@ export interface StreamHandlers {
 export function streamPeer(
   socket: Duplex, head: Buffer, response: string, bufferBytes: number, name: string, on: StreamHandlers,
 ): { peer: Peer; stream: PageStream } | null {
-  const fd = socketFd(socket);
-  if (fd === null) return null;
+  const handle = tcpHandle(socket);
+  if (handle === null) return null;
   // Node must read no further byte: from the moment the stream starts, they are its own.
-  (socket as Socket & { _handle: { readStop(): number } })._handle.readStop();
-  const stream = new PageStream(fd, head, Buffer.from(response, 'latin1'), bufferBytes, (e) => {
+  handle.readStop();
+  const stream = new PageStream(handle.fd, head, Buffer.from(response, 'latin1'), bufferBytes, (e) => {
     switch (e.type) {
       case 'message':
         // Handled (a welcome queued, serve() called) before the thread reads on.
