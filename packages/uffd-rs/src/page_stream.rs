@@ -353,9 +353,7 @@ impl Conn<'_> {
                 return None;
             }
             if let Some((code, reason)) = self.s.closing.lock().unwrap().take() {
-                let mut body = code.to_be_bytes().to_vec();
-                body.extend_from_slice(reason.as_bytes());
-                let _ = self.write_frame(0x8, &body);
+                self.close_frame(code, &reason);
                 return None;
             }
             if self.s.paused.load(Ordering::SeqCst) {
@@ -373,9 +371,7 @@ impl Conn<'_> {
                 },
                 Ok(None) => {}
                 Err((code, why)) => {
-                    let mut body = code.to_be_bytes().to_vec();
-                    body.extend_from_slice(why.as_bytes());
-                    let _ = self.write_frame(0x8, &body);
+                    self.close_frame(code, &why);
                     return Some(why);
                 }
             }
@@ -494,11 +490,11 @@ impl Conn<'_> {
             },
             0xa => Flow::Go,
             0x1 => {
-                let _ = self.write_frame(0x8, b"\x03\xebframes must be binary");
+                self.close_frame(1003, "frames must be binary");
                 Flow::End(Some("text frame: frames must be binary".into()))
             }
             _ => {
-                let _ = self.write_frame(0x8, b"\x03\xeaunknown opcode");
+                self.close_frame(1002, "unknown opcode");
                 Flow::End(Some(format!("unknown opcode {opcode}")))
             }
         }
@@ -563,6 +559,13 @@ impl Conn<'_> {
             send_all(self.s.sock.as_raw_fd(), &frame)?;
             (self.emit)(Event::Sent(token));
         }
+    }
+
+    /// A close frame with `code` and `reason`: best effort, the connection ends either way.
+    fn close_frame(&self, code: u16, reason: &str) {
+        let mut body = code.to_be_bytes().to_vec();
+        body.extend_from_slice(reason.as_bytes());
+        let _ = self.write_frame(0x8, &body);
     }
 
     fn write_frame(&self, opcode: u8, payload: &[u8]) -> SysResult<()> {
