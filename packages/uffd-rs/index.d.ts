@@ -256,6 +256,71 @@ export declare class FaultLoop {
    * loop's read of a uffd waits for an install slice in progress (64 KiB) to end.
    */
   backgroundInstaller(onDone: BackgroundDone, opts?: { /** worker threads, default 1 */ threads?: number }): BackgroundInstaller
+  /**
+   * Where a PageReceiver may install a reply's pages: from `dst` on in the uffd's process
+   * ('event-loop' mode only, else an Error). Valid while this loop has read no event
+   * (REMOVE/UNMAP/REMAP/FORK) from the uffd since now: take it when deciding what to ask for.
+   */
+  installTarget(uffd: Userfaultfd | number, dst: number): InstallTarget
+}
+
+/** See FaultLoop.installTarget. Opaque. */
+export declare class InstallTarget {
+  private constructor()
+}
+
+/** What a PageReceiver's thread reports, on the JS thread. */
+export type PageReceiverEvent =
+  /** The reply to request `id` is dealt with: `bytes` from its start are in; `end` as for BackgroundInstaller. */
+  | { type: 'installed'; id: number; bytes: number; end: BackgroundEnd }
+  /** The reply to request `id` does not match it (pid, address, length): nothing was installed. */
+  | { type: 'bad-reply'; id: number; error: string }
+  /** Any other binary frame (error, bye, reject), for the protocol's decoder. */
+  | { type: 'message'; data: Uint8Array }
+  /** The connection is over and the thread has ended (the last event). No error: a clean close. */
+  | { type: 'closed'; error?: string }
+
+/**
+ * A page client's connection whose replies are received and installed on a native thread:
+ * each reply's pages are read into a page-aligned buffer and installed with UFFDIO_COPY
+ * (waking waiting threads) as they arrive, 64 KiB at a time, each slice ordered with the
+ * FaultLoop's reads as BackgroundInstaller's are. JS hears once per reply. The thread
+ * answers pings and close frames itself.
+ *
+ * `fd` is a connected TCP socket after the WebSocket handshake and the protocol's hello;
+ * the receiver makes its own duplicate (and makes the open file blocking), so the caller
+ * must stop reading `fd` and close it. `head`: bytes already read from it. `maxBytes`: the
+ * largest reply's page data (its buffer is faulted in now; a longer reply ends the connection).
+ */
+export declare class PageReceiver {
+  constructor(fd: number, head: Uint8Array, maxBytes: number, onEvent: (e: PageReceiverEvent) => void)
+  /**
+   * Registers request `id` (its reply's pages go to `target`, checked against pid, address
+   * and pages) and sends `payload`, the encoded request, as a binary frame. Throws (errno
+   * and operation) if the frame cannot be written; the request stays registered.
+   */
+  request(id: number, pid: number, address: number, pages: number, target: InstallTarget, payload: Uint8Array): void
+  /** Request `id` is given up: a late reply is read and dropped. */
+  cancel(id: number): void
+  /** Bytes [offset, offset+len) (whole pages) of request `id`'s pages are in already: its reply passes over them. */
+  present(id: number, offset: number, len: number): void
+  /**
+   * Installs bytes [offset, offset+len) (whole pages) of request `id`'s pages now, on the
+   * calling thread, from the buffer its reply was read into (for a fault on a page that has
+   * arrived and waits for the installer): 'installed'; 'absent' when the reply has not been
+   * read whole (or is wholly dealt with); else how it stopped, as for BackgroundInstaller
+   * (an event read since the request makes it 'stale').
+   */
+  installNow(id: number, offset: number, len: number): 'installed' | 'absent' | BackgroundEnd
+  /** Sends a binary frame. */
+  send(payload: Uint8Array): void
+  ping(): void
+  /** Sends a close frame; the connection ends when the server answers, or after 1 s. */
+  close(code?: number): void
+  /** Ends the connection now. */
+  terminate(): void
+  readonly closed: boolean
+  readonly state: { silentMs: number; replies: number; pagesInstalled: number; bytesReceived: number }
 }
 
 /**

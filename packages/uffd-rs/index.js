@@ -168,6 +168,13 @@ export class FaultLoop {
     return new BackgroundInstaller(native.installerCreate(this.#handle, onDone, opts?.threads ?? 1))
   }
 
+  /** Where a PageReceiver may install pages: dst in uffd's process, until this loop reads an event from it. */
+  installTarget(uffd, dst) {
+    if (this.#mode !== 'event-loop') throw new Error("install targets need a FaultLoop in 'event-loop' mode")
+    if (this.#stopped) throw new Error('FaultLoop is stopped')
+    return new InstallTarget(native.installTargetCreate(this.#handle, uffd instanceof Userfaultfd ? uffd.fd : uffd, dst))
+  }
+
   stop() {
     if (!this.#stopped) {
       for (const uffd of this.#uffds.values()) attachedLoops.get(uffd)?.delete(this)
@@ -199,6 +206,78 @@ export class BackgroundInstaller {
     if (this.#stopped) return
     this.#stopped = true
     native.installerStop(this.#handle)
+  }
+}
+
+export class InstallTarget {
+  #handle
+
+  constructor(handle) {
+    this.#handle = handle
+  }
+
+  static handleOf(t) {
+    return t.#handle
+  }
+}
+
+export class PageReceiver {
+  #handle
+  #closed = false
+  #closeTimer = null
+
+  constructor(fd, head, maxBytes, onEvent) {
+    this.#handle = native.pageReceiverStart(fd, head, maxBytes, (e) => {
+      if (e.type === 'closed') {
+        this.#closed = true
+        clearTimeout(this.#closeTimer)
+      }
+      onEvent(e)
+    })
+  }
+
+  get closed() {
+    return this.#closed
+  }
+
+  request(id, pid, address, pages, target, payload) {
+    native.pageReceiverRequest(this.#handle, id, pid, address, pages, InstallTarget.handleOf(target), payload)
+  }
+
+  cancel(id) {
+    native.pageReceiverCancel(this.#handle, id)
+  }
+
+  present(id, offset, len) {
+    native.pageReceiverPresent(this.#handle, id, offset, len)
+  }
+
+  installNow(id, offset, len) {
+    return native.pageReceiverInstallNow(this.#handle, id, offset, len)
+  }
+
+  send(payload) {
+    native.pageReceiverSend(this.#handle, payload)
+  }
+
+  ping() {
+    native.pageReceiverPing(this.#handle)
+  }
+
+  close(code = 1000) {
+    if (this.#closed || this.#closeTimer) return
+    native.pageReceiverClose(this.#handle, code)
+    // A server that never answers the close frame: the connection ends anyway.
+    this.#closeTimer = setTimeout(() => this.terminate(), 1000)
+    this.#closeTimer.unref()
+  }
+
+  terminate() {
+    native.pageReceiverTerminate(this.#handle)
+  }
+
+  get state() {
+    return native.pageReceiverState(this.#handle)
   }
 }
 

@@ -156,7 +156,7 @@ export class PageStream {
   #closed = false
 
   constructor(fd, head, greeting, bufferBytes, onEvent) {
-    this.#handle = native.pageStreamStart(fd, head, greeting, bufferBytes, (e) => {
+    this.#handle = native.pageStreamStart(fd, head, bufferBytes, greeting, (e) => {
       if (e.type === 'sent') {
         const cb = this.#sent.get(e.token)
         this.#sent.delete(e.token)

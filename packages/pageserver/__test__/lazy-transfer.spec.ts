@@ -52,7 +52,8 @@ async function servedMemhog(
   return { dir, w, r, images, server, log };
 }
 
-test('a frozen memhog region arrives intact through page server, client and engine', async (t) => {
+const throughEngine = test.macro({
+  async exec(t, installBackground: boolean) {
   const { dir, w, images, server, log } = await servedMemhog(t, 8);
   const region = Number(/region=(0x[0-9a-f]+)/.exec(w.ready[0])![1]);
   const size = Number(/ size=(\d+)/.exec(w.ready[0])![1]);
@@ -71,7 +72,7 @@ test('a frozen memhog region arrives intact through page server, client and engi
   const ranges = lazyRanges(images.inventory, p)
     .filter((x) => x.start >= region && x.start < region + size)
     .map((x) => ({ start: at + (x.start - region), src: x.start, pages: x.pages }));
-  const client = await PageClient.connect({ address: '127.0.0.1', port: server.port, token: await readToken(join(dir, 'img')) });
+  const client = await PageClient.connect({ address: '127.0.0.1', port: server.port, token: await readToken(join(dir, 'img')), installBackground });
   t.teardown(() => client.close());
   const engine = new LazyPagesEngine(client, { pageSize: PAGE_SIZE });
   engine.add({ pid: process.pid, sourcePid: p.pid, uffd, ranges });
@@ -98,7 +99,16 @@ test('a frozen memhog region arrives intact through page server, client and engi
   t.is(exit.signal, 'SIGKILL', 'the source was killed once every page was in');
   t.is(log.filter((l) => /session started.*streamed=true/.test(l)).length, 1, 'the background lane was served by a native stream');
   t.true(server.stats.pagesSent >= size / PAGE_SIZE, 'the streams\' pages count in the server\'s stats');
+  // Every page the engine credits to the background was reported in by the receiver.
+  if (installBackground) t.true(summary.pagesByBackground > 0 && client.stats.pagesInstalled >= summary.pagesByBackground, `${client.stats.pagesInstalled} pages in through the receiver`);
+  else t.is(client.stats.pagesInstalled, 0);
+  },
+  title: (_, installBackground: boolean) =>
+    `a frozen memhog region arrives intact through page server, client and engine${installBackground ? ', background replies installed by the client\'s native receiver' : ''}`,
 });
+
+test(throughEngine, false);
+test(throughEngine, true);
 
 test('a wrong token is refused with a reason, and pages outside the lazy ranges are not served', async (t) => {
   const { w, r, images, server } = await servedMemhog(t, 4);

@@ -8,10 +8,17 @@
  * Replies are received by FrameSocket straight into reused buffers: the page data a fetch
  * resolves with belongs to the client's pool, and the caller hands it back with release()
  * once it has installed it (a caller that never does just costs fresh allocations).
+ *
+ * With `installBackground`, the background lane's replies never reach JS: once its hello
+ * is welcomed, the connection goes to a native receiver (ReceiverSocket) that installs
+ * each reply into the target its request named (fetchInstalled).
  */
-import { silentLogger, type Logger, type PageSource, type Priority } from '@lazymig/core-ts';
+import {
+  silentLogger, type InstallTarget, type InstalledPages, type InstallingFetch, type Logger, type PageSource, type Priority,
+} from '@lazymig/core-ts';
 import { BufferPool } from './buffer-pool.js';
 import { BACKGROUND_PATH, decodeServer, encodeClient, PROTOCOL_VERSION, type ServerMessage } from './protocol/messages.js';
+import { ReceiverSocket } from './receiver-socket.js';
 import { FrameSocket } from './ws-client.js';
 
 export interface PageClientOptions {
@@ -30,21 +37,33 @@ export interface PageClientOptions {
   pageSize?: number;
   /** Where reply frames are read into: one made (and prefilled) beforehand, or a fresh one. */
   pool?: BufferPool;
+  /**
+   * The background lane installs its replies itself, on a native thread: background pages
+   * come through fetchInstalled, not fetch. Default false.
+   */
+  installBackground?: boolean;
+  /** Largest background request in pages, with installBackground (its buffer is made at connect). Default 512. */
+  maxBackgroundPages?: number;
 }
 
 export class PageServerError extends Error {
   override readonly name = 'PageServerError';
 }
 
-interface Pending {
+interface Asked {
   pid: number;
   address: number;
   pages: number;
   /** Expected data length (pages × page size). */
   bytes: number;
-  resolve: (data: Uint8Array) => void;
   reject: (err: Error) => void;
 }
+
+/** A request whose pages come back to JS, or one whose pages the lane's receiver installs. */
+type Pending = Asked & (
+  | { kind: 'data'; resolve: (data: Uint8Array) => void }
+  | { kind: 'installed'; target: InstallTarget; resolve: (r: InstalledPages) => void }
+);
 
 const HEARTBEAT_MS = 500;
 /**
@@ -76,7 +95,7 @@ const SILENCE_MS = 3_000;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 class Lane {
-  ws: FrameSocket | null = null;
+  ws: FrameSocket | ReceiverSocket | null = null;
   readonly pending = new Map<number, Pending>();
   #reconnecting: Promise<void> | null = null;
   #closed = false;
@@ -89,6 +108,8 @@ class Lane {
     private readonly log: Logger,
     private readonly fail: (err: Error) => void,
     private readonly pool: BufferPool,
+    /** Hand the connection to a ReceiverSocket after the welcome, for replies of this many bytes at most. */
+    private readonly installUpTo: number | null,
   ) {}
 
   /** Opens the connection and completes the hello; rejects with the server's reason on refusal. */
@@ -131,23 +152,32 @@ class Lane {
       ws.terminate();
       throw err;
     });
-    ws.onMessage = (data) => this.#onMessage(data);
-    ws.onClose = (err) => {
+    const conn = this.installUpTo === null ? ws : ReceiverSocket.take(ws, this.installUpTo);
+    if (conn === null) {
+      ws.terminate();
+      throw new PageServerError(`page server ${address}:${port}: the background connection cannot be handed to the native receiver`);
+    }
+    conn.onMessage = (data) => this.#onMessage(data);
+    if (conn instanceof ReceiverSocket) {
+      conn.onInstalled = ({ id, bytes, end }) => this.#installed(id, { bytes, end });
+      conn.onBadReply = (id, error) => this.#installed(id, new PageServerError(error));
+    }
+    conn.onClose = (err) => {
       // Once we closed the lane (the migration is over), a reset while closing is no news.
       if (err && !this.#closed && !/closed by the server \(1000|connection closed|terminated/.test(err.message)) {
         this.log.warn('connection error', { lane: this.name, error: err.message });
       }
-      if (this.ws === ws) this.ws = null;
+      if (this.ws === conn) this.ws = null;
       if (!this.#closed) void this.reconnect();
     };
-    this.ws = ws;
+    this.ws = conn;
     // A connection can die without a FIN (the network goes away): ping, and drop a connection
     // that has been silent too long, so reconnecting (and, in the end, giving up) starts.
     if (this.#heartbeat) clearInterval(this.#heartbeat);
     this.#heartbeat = setInterval(() => {
       const w = this.ws;
       if (!w) return;
-      const silentMs = performance.now() - w.lastHeardAt;
+      const silentMs = w.silentMs;
       if (silentMs > SILENCE_MS) {
         this.log.warn('page server silent, dropping the connection', { lane: this.name, silentMs: Math.round(silentMs) });
         w.terminate();
@@ -170,10 +200,10 @@ class Lane {
     if (m.type !== 'pages') this.pool.release(data);
     switch (m.type) {
       case 'pages': {
-        const p = this.pending.get(m.id);
+        const p = this.#settle(m.id);
         if (!p) return this.pool.release(data);
-        this.pending.delete(m.id);
-        if (m.pid !== p.pid || m.address !== p.address || m.pages !== p.pages || m.data.length !== p.bytes) {
+        // An installed request's reply reaches JS only if the receiver could not read it as one.
+        if (p.kind !== 'data' || m.pid !== p.pid || m.address !== p.address || m.pages !== p.pages || m.data.length !== p.bytes) {
           this.pool.release(data);
           p.reject(new PageServerError(`reply ${m.id} does not match its request`));
           return;
@@ -182,9 +212,9 @@ class Lane {
         return;
       }
       case 'error': {
-        const p = this.pending.get(m.id);
+        const p = this.#settle(m.id);
         if (!p) return;
-        this.pending.delete(m.id);
+        if (this.ws instanceof ReceiverSocket) this.ws.cancel(m.id);
         p.reject(new PageServerError(`page server: ${m.reason}`));
         return;
       }
@@ -199,10 +229,43 @@ class Lane {
     }
   }
 
+  /** The pending request `id`, taken out. */
+  #settle(id: number): Pending | undefined {
+    const p = this.pending.get(id);
+    if (p) this.pending.delete(id);
+    return p;
+  }
+
+  /** The receiver is done with request `id` (only installed requests are registered with it). */
+  #installed(id: number, outcome: InstalledPages | Error): void {
+    const p = this.#settle(id);
+    if (p?.kind !== 'installed') return;
+    if (outcome instanceof Error) p.reject(outcome);
+    else p.resolve(outcome);
+  }
+
   send(id: number, p: Pending): void {
     this.pending.set(id, p);
-    this.ws?.send(encodeClient({ type: 'request', id, pid: p.pid, address: p.address, pages: p.pages, priority: this.name }));
     // Without a connection the request waits in `pending`; reconnect() sends it.
+    if (this.ws) this.#write(this.ws, id, p);
+  }
+
+  #write(ws: FrameSocket | ReceiverSocket, id: number, p: Pending): void {
+    const payload = encodeClient({ type: 'request', id, pid: p.pid, address: p.address, pages: p.pages, priority: this.name });
+    if (p.kind === 'data') return ws.send(payload);
+    if (ws instanceof ReceiverSocket) return ws.request(id, p.pid, p.address, p.pages, p.target, payload);
+    this.#settle(id);
+    p.reject(new PageServerError('this lane does not install pages'));
+  }
+
+  /** Bytes [offset, offset + len) of request id's pages are in already. */
+  present(id: number, offset: number, len: number): void {
+    if (this.ws instanceof ReceiverSocket && this.pending.has(id)) this.ws.present(id, offset, len);
+  }
+
+  /** Installs bytes [offset, offset + len) of request id's pages now, if they have arrived. */
+  installNow(id: number, offset: number, len: number): boolean {
+    return this.ws instanceof ReceiverSocket && this.pending.has(id) && this.ws.installNow(id, offset, len) === 'installed';
   }
 
   reconnect(): Promise<void> {
@@ -215,9 +278,7 @@ class Lane {
         try {
           await this.open();
           this.log.info('reconnected', { lane: this.name, resending: this.pending.size });
-          for (const [id, p] of this.pending) {
-            this.ws?.send(encodeClient({ type: 'request', id, pid: p.pid, address: p.address, pages: p.pages, priority: this.name }));
-          }
+          for (const [id, p] of this.pending) if (this.ws) this.#write(this.ws, id, p);
           return;
         } catch (err) {
           lastErr = err as Error;
@@ -246,7 +307,8 @@ class Lane {
 }
 
 export class PageClient implements PageSource {
-  readonly stats = { requests: 0, pagesReceived: 0, bytesReceived: 0 };
+  /** pagesInstalled: of pagesReceived, those the background lane's receiver reported in (installed by it, or there already). */
+  readonly stats = { requests: 0, pagesReceived: 0, bytesReceived: 0, pagesInstalled: 0 };
   readonly #lanes: Record<Priority, Lane>;
   readonly #pool: BufferPool;
   readonly #pageSize: number;
@@ -272,9 +334,10 @@ export class PageClient implements PageSource {
       this.#onLost(err);
     };
     this.#lanes = {
-      fault: new Lane('fault', opts, log, fail, this.#pool),
-      background: new Lane('background', opts, log, fail, this.#pool),
+      fault: new Lane('fault', opts, log, fail, this.#pool, null),
+      background: new Lane('background', opts, log, fail, this.#pool, opts.installBackground ? (opts.maxBackgroundPages ?? 512) * this.#pageSize : null),
     };
+    if (opts.installBackground) this.fetchInstalled = (pid, address, pages, into) => this.#fetchInstalled(pid, address, pages, into);
   }
 
   /**
@@ -300,12 +363,19 @@ export class PageClient implements PageSource {
     }
   }
 
+  /** Present with installBackground (PageSource.fetchInstalled): background pages installed as they arrive. */
+  readonly fetchInstalled?: (pid: number, address: number, pages: number, into: InstallTarget) => InstallingFetch;
+
   fetch(pid: number, address: number, pages: number, priority: Priority): Promise<Uint8Array> {
     if (this.#failure) return Promise.reject(this.#failure);
+    if (priority === 'background' && this.fetchInstalled) {
+      return Promise.reject(new PageServerError('the background lane installs its pages itself: use fetchInstalled'));
+    }
     const id = this.#nextId++;
     this.stats.requests++;
     return new Promise<Uint8Array>((resolve, reject) => {
       this.#lanes[priority].send(id, {
+        kind: 'data',
         pid,
         address,
         pages,
@@ -318,6 +388,32 @@ export class PageClient implements PageSource {
         reject,
       });
     });
+  }
+
+  #fetchInstalled(pid: number, address: number, pages: number, into: InstallTarget): InstallingFetch {
+    const lane = this.#lanes.background;
+    const id = this.#nextId++;
+    this.stats.requests++;
+    const done = this.#failure
+      ? Promise.reject(this.#failure)
+      : new Promise<InstalledPages>((resolve, reject) => {
+        lane.send(id, {
+          kind: 'installed',
+          pid,
+          address,
+          pages,
+          bytes: pages * this.#pageSize,
+          target: into,
+          resolve: (r) => {
+            this.stats.pagesReceived += pages;
+            this.stats.bytesReceived += pages * this.#pageSize;
+            this.stats.pagesInstalled += r.bytes / this.#pageSize;
+            resolve(r);
+          },
+          reject,
+        });
+      });
+    return { done, present: (offset, len) => lane.present(id, offset, len), installNow: (offset, len) => lane.installNow(id, offset, len) };
   }
 
   /** Gives back the data of a fetch once it is no longer used: its buffer is reused. */

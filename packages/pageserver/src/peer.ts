@@ -10,10 +10,10 @@
  */
 import { createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { WebSocket } from 'ws';
 import { PageStream, type PageStreamEvent } from '@lazymig/core-ts';
+import { tcpHandle } from './tcp-handle.js';
 
 export interface Peer {
   /** "address:port" of the destination, for logs. */
@@ -56,13 +56,6 @@ export function upgradeResponse(req: IncomingMessage): { response: string } | { 
   if (typeof key !== 'string' || !/^[+/0-9A-Za-z]{21}[AQgw]==$/.test(key)) return { refusal: 'invalid Sec-WebSocket-Key' };
   const accept = createHash('sha1').update(key + GUID).digest('base64');
   return { response: `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n` };
-}
-
-/** The libuv handle under a Node TCP socket (its fd, and a way to stop reading), or null for any other kind of stream. */
-function tcpHandle(socket: Duplex): { fd: number; readStop(): number } | null {
-  const handle = (socket as Socket & { _handle?: { fd?: unknown; readStop?: unknown } })._handle;
-  if (!handle || typeof handle.fd !== 'number' || handle.fd < 0 || typeof handle.readStop !== 'function') return null;
-  return handle as { fd: number; readStop(): number };
 }
 
 export interface StreamHandlers {

@@ -18,6 +18,7 @@
 import { createHash, randomBytes, randomFillSync } from 'node:crypto';
 import net from 'node:net';
 import type { BufferPool } from './buffer-pool.js';
+import { tcpHandle } from './tcp-handle.js';
 
 const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 const SCRATCH = 256 << 10;
@@ -58,7 +59,7 @@ export class FrameSocket {
   readonly #opened: Promise<void>;
   #closeErr: Error | undefined;
   /** performance.now() of the last bytes received (any frame, or part of one). */
-  lastHeardAt = performance.now();
+  #heardAt = performance.now();
 
   private constructor(opts: FrameSocketOptions) {
     this.#opts = opts;
@@ -101,6 +102,28 @@ export class FrameSocket {
 
   get open(): boolean {
     return this.#state === 'open';
+  }
+
+  /** Milliseconds since bytes last came from the server. */
+  get silentMs(): number {
+    return performance.now() - this.#heardAt;
+  }
+
+  /**
+   * Hands the connection to a native thread: Node reads no further byte of it. Returns
+   * the socket's fd and the bytes read past the last whole frame, or null (not a TCP
+   * socket, or not between frames). `release()` closes Node's socket once the new owner
+   * holds its own duplicate of the fd (the connection lives on in that). onClose is not
+   * called: the connection is not over.
+   */
+  detach(): { fd: number; head: Buffer; release(): void } | null {
+    const handle = tcpHandle(this.#sock);
+    if (this.#state !== 'open' || this.#direct || handle === null) return null;
+    handle.readStop();
+    const head = Buffer.from(this.#scratch.subarray(this.#lo, this.#hi));
+    this.#state = 'closed';
+    this.#closeErr = new Error('handed over');
+    return { fd: handle.fd, head, release: () => this.#sock.destroy() };
   }
 
   /** Sends one binary message (masked). */
@@ -193,7 +216,7 @@ export class FrameSocket {
 
   #onRead(n: number): void {
     if (this.#state === 'closed') return;
-    this.lastHeardAt = performance.now();
+    this.#heardAt = performance.now();
     const d = this.#direct;
     if (d) {
       d.filled += n;

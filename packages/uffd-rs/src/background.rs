@@ -38,15 +38,16 @@ const SLICE_BYTES: u64 = 64 << 10;
 struct GateState {
     /// Batches with non-cooperative events read from the uffd so far.
     epoch: u64,
-    /// The uffd left its FaultLoop: nothing may be installed through this gate any more.
-    closed: bool,
+    /// A duplicate of the uffd: a job never issues an ioctl on an fd number JS has closed
+    /// (and the kernel may have reused) meanwhile. None once the uffd left its FaultLoop:
+    /// nothing may be installed through this gate any more, and the duplicate must not
+    /// keep the uffd open (a process unmapping registered memory waits until someone
+    /// reads the event, or until the uffd is closed for good), however long the gate lives.
+    fd: Option<OwnedFd>,
 }
 
 /// The ordering point between the reader of one uffd and background installs into it.
 pub struct Gate {
-    /// A duplicate of the uffd: a job never issues an ioctl on an fd number JS has closed
-    /// (and the kernel may have reused) meanwhile.
-    fd: OwnedFd,
     state: RwLock<GateState>,
     /// Readers of the uffd waiting for `state`: workers start no slice while this is not 0.
     waiting: AtomicUsize,
@@ -58,7 +59,7 @@ impl Gate {
         let dup = crate::sys::cvt(unsafe { libc::fcntl(uffd, libc::F_DUPFD_CLOEXEC, 0) } as libc::c_long, "fcntl(F_DUPFD_CLOEXEC)")?;
         // SAFETY: dup is a fresh fd owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(dup as RawFd) };
-        Ok(Arc::new(Gate { fd, state: RwLock::new(GateState { epoch: 0, closed: false }), waiting: AtomicUsize::new(0) }))
+        Ok(Arc::new(Gate { state: RwLock::new(GateState { epoch: 0, fd: Some(fd) }), waiting: AtomicUsize::new(0) }))
     }
 
     /// Runs `read` (the reader's read of the uffd) with no install in progress through
@@ -97,15 +98,16 @@ impl Gate {
             }
         }
         let st = self.state.read().unwrap_or_else(|p| p.into_inner());
-        if st.closed || st.epoch != epoch {
-            return None;
+        match &st.fd {
+            Some(fd) if st.epoch == epoch => Some(f(fd.as_raw_fd())),
+            _ => None,
         }
-        Some(f(self.fd.as_raw_fd()))
     }
 
-    /// No install through this gate from now on (the uffd leaves its loop).
+    /// No install through this gate from now on (the uffd leaves its loop); its duplicate
+    /// of the uffd is closed now.
     pub fn close(&self) {
-        self.state.write().unwrap_or_else(|p| p.into_inner()).closed = true;
+        self.state.write().unwrap_or_else(|p| p.into_inner()).fd = None;
     }
 }
 
@@ -138,7 +140,8 @@ impl End {
 }
 
 /// Source bytes of a job: memory the submitter keeps alive and unmodified until the job's
-/// completion is delivered (exports.rs holds a reference to the JS buffer for that long).
+/// completion is delivered (exports.rs holds a reference to the JS buffer for that long;
+/// page_receiver.rs installs from its own buffer before it reads the next frame into it).
 #[derive(Clone, Copy)]
 pub struct SrcBytes {
     pub ptr: *const u8,
@@ -148,12 +151,18 @@ pub struct SrcBytes {
 // alive (see the type's doc); no Rust reference to it is ever formed.
 unsafe impl Send for SrcBytes {}
 
-pub struct Job<K: Send> {
-    /// The submitter's id for it: what `Installer::present` names.
-    pub id: u64,
+/// Where pages may go: an address in the process behind `gate`'s uffd, as long as no event
+/// was read since `epoch` (the gate's epoch when the one who asked last knew what it wants).
+pub struct Target {
     pub gate: Arc<Gate>,
     pub epoch: u64,
     pub dst: u64,
+}
+
+pub struct Job<K: Send> {
+    /// The submitter's id for it: what `Installer::present` names.
+    pub id: u64,
+    pub target: Target,
     pub src: SrcBytes,
     /// Handed back with the completion (the JS side's id and buffer reference).
     pub keep: K,
@@ -171,7 +180,7 @@ pub struct Completion<K: Send> {
 /// worker learns it page by page, and UFFDIO_COPY only finds a page present after it has
 /// allocated and filled a new one: each such page cost as much as installing it.
 #[derive(Default)]
-struct Present {
+pub struct Present {
     /// (job id, from, to): byte offsets into the job's data.
     spans: Mutex<Vec<(u64, u64, u64)>>,
     /// spans.len(), read without the lock by every slice.
@@ -183,7 +192,7 @@ struct Present {
 const MAX_PRESENT_SPANS: usize = 1024;
 
 impl Present {
-    fn add(&self, id: u64, from: u64, to: u64) {
+    pub fn add(&self, id: u64, from: u64, to: u64) {
         let mut v = self.spans.lock().unwrap();
         if v.len() >= MAX_PRESENT_SPANS {
             v.remove(0);
@@ -211,7 +220,7 @@ impl Present {
         Ok(m)
     }
 
-    fn forget(&self, id: u64) {
+    pub fn forget(&self, id: u64) {
         if self.count.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -289,12 +298,18 @@ impl<K: Send + 'static> Installer<K> {
 /// thread, which reads faults and serves them, goes first.
 const WORKER_NICE: libc::c_int = 5;
 
-fn worker<K: Send>(queue: &(Mutex<Queue<K>>, Condvar), stopping: &AtomicBool, present: &Present, deliver: &(dyn Fn(Completion<K>) + Send + Sync)) {
+/// Makes the calling thread defer to the JS thread (WORKER_NICE): for threads that install
+/// pages while the JS thread serves faults.
+pub fn defer_to_js_thread() {
     // SAFETY: gettid and setpriority on this very thread; failure only leaves it at nice 0.
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         libc::setpriority(libc::PRIO_PROCESS, tid, WORKER_NICE);
     }
+}
+
+fn worker<K: Send>(queue: &(Mutex<Queue<K>>, Condvar), stopping: &AtomicBool, present: &Present, deliver: &(dyn Fn(Completion<K>) + Send + Sync)) {
+    defer_to_js_thread();
     let (m, cv) = queue;
     loop {
         let job = {
@@ -318,40 +333,51 @@ fn worker<K: Send>(queue: &(Mutex<Queue<K>>, Condvar), stopping: &AtomicBool, pr
 /// Installs a job a slice at a time, each under the gate; returns the bytes dealt with
 /// from the start of the job, and how it ended.
 fn run_job<K: Send>(job: &Job<K>, stopping: &AtomicBool, present: &Present) -> (u64, End) {
+    match install_span(job.id, &job.target, job.src, 0, job.src.len, stopping, present) {
+        Ok(()) => (job.src.len, End::Done),
+        Err(stopped) => stopped,
+    }
+}
+
+/// Installs bytes [from, to) of `src`, page data for `target.dst` onwards, a slice at a
+/// time, each under the target's gate, passing over what `present` names for `id`. Err:
+/// where it stopped (bytes from the start of `src` that are in) and why.
+pub fn install_span(id: u64, target: &Target, src: SrcBytes, from: u64, to: u64, stopping: &AtomicBool, present: &Present) -> Result<(), (u64, End)> {
     let ps = page_size() as u64;
-    let mut at = 0u64;
-    while at < job.src.len {
+    let to = to.min(src.len);
+    let mut at = from;
+    while at < to {
         if stopping.load(Ordering::Relaxed) {
-            return (at, End::Stale);
+            return Err((at, End::Stale));
         }
-        let n = match present.next(job.id, at, SLICE_BYTES.min(job.src.len - at)) {
+        let n = match present.next(id, at, SLICE_BYTES.min(to - at)) {
             Ok(n) => n,
-            Err(to) => {
-                at = to.min(job.src.len);
+            Err(end) => {
+                at = end.min(to);
                 continue;
             }
         };
         // With wake (the kernel only wakes when someone waits, so it costs ~nothing): a
         // thread may be waiting for one of these pages whose fault JS has already served by
         // asking the source for it; when that reply comes, the page is in and JS skips it.
-        // SAFETY: at + n <= src.len, and the source bytes stay alive and unmodified until
-        // the completion is delivered (SrcBytes).
-        let copy = |fd| unsafe { uffd::copy_from_raw(fd, job.dst + at, job.src.ptr.add(at as usize), n, FillMode { dont_wake: false, wp: false }) };
-        let Some(out) = job.gate.slice(job.epoch, stopping, copy) else {
-            return (at, End::Stale);
+        // SAFETY: at + n <= src.len, and the source bytes stay alive and unmodified while
+        // they are installed (SrcBytes).
+        let copy = |fd| unsafe { uffd::copy_from_raw(fd, target.dst + at, src.ptr.add(at as usize), n, FillMode { dont_wake: false, wp: false }) };
+        let Some(out) = target.gate.slice(target.epoch, stopping, copy) else {
+            return Err((at, End::Stale));
         };
         match out {
             Ok(o) => match o.status {
                 Status::Ok => at += n,
                 // Pages already there (a fault got them first): skip one and go on.
                 Status::Exists => at += o.bytes + ps,
-                Status::Again => return (at + o.bytes, End::Again),
-                Status::Gone => return (at + o.bytes, End::Gone),
+                Status::Again => return Err((at + o.bytes, End::Again)),
+                Status::Gone => return Err((at + o.bytes, End::Gone)),
             },
-            Err(e) => return (at, End::Failed(e.errno)),
+            Err(e) => return Err((at, End::Failed(e.errno))),
         }
     }
-    (job.src.len, End::Done)
+    Ok(())
 }
 
 /// For the spec: a worker takes slices of ~20 µs under a gate back to back while this

@@ -3,7 +3,7 @@
 //! A job's source is a JS Buffer/Uint8Array: a reference to it is held from submit until
 //! its completion has been delivered on the JS thread, so the worker reads live memory.
 
-use crate::background::{Completion, Installer, Job, SrcBytes};
+use crate::background::{Completion, Installer, Job, SrcBytes, Target};
 use crate::export;
 use crate::fault_loop::FaultLoop;
 use crate::napi::ffi;
@@ -110,7 +110,7 @@ fn installer_submit(env: Env, a: &Args) -> JsResult<Value> {
     crate::napi::error::check(unsafe { ffi::napi_create_reference(env.raw(), data_v, 1, &mut r) })?;
     // The epoch now: the JS thread has handled every event read so far (it reads them).
     let epoch = gate.epoch();
-    inst.inner.submit(Job { id, gate, epoch, dst, src: SrcBytes { ptr: data.ptr, len: data.len as u64 }, keep: Keep { id: id as f64, buf: BufRef(r) } });
+    inst.inner.submit(Job { id, target: Target { gate, epoch, dst }, src: SrcBytes { ptr: data.ptr, len: data.len as u64 }, keep: Keep { id: id as f64, buf: BufRef(r) } });
     env.undefined()
 }
 
@@ -118,14 +118,8 @@ fn installer_submit(env: Env, a: &Args) -> JsResult<Value> {
 /// are in the process already; the job passes over them.
 fn installer_present(env: Env, a: &Args) -> JsResult<Value> {
     let inst = env.get_external::<JsInstaller>(a.get(0, "installer")?, "installer")?;
-    let id = env.to_u64(a.get(1, "id")?, "id")?;
-    let offset = env.to_u64(a.get(2, "offset")?, "offset")?;
-    let len = env.to_u64(a.get(3, "len")?, "len")?;
-    let ps = page_size() as u64;
-    if !offset.is_multiple_of(ps) || !len.is_multiple_of(ps) {
-        return range_error(format!("offset {offset} and len {len} must be whole pages"));
-    }
-    inst.inner.present(id, offset, offset.saturating_add(len));
+    let (id, from, to) = crate::exports_conn::page_span(env, a, 1)?;
+    inst.inner.present(id, from, to);
     env.undefined()
 }
 

@@ -1,9 +1,9 @@
 //! JS side of page_stream.rs: `PageStream` in ptrace.js (the page server's background lanes).
 
 use crate::export;
-use crate::napi::tsfn::{Handler, Tsfn};
+use crate::exports_conn::{closed_event, conn_args, event_tsfn, message_event};
 use crate::napi::value::{Typed, safe_integers};
-use crate::napi::{Args, Env, Export, JsResult, Kind, Tagged, Value, range_error, type_error};
+use crate::napi::{Args, Env, Export, JsResult, Tagged, Value, range_error, type_error};
 use crate::page_stream::{Event, LazyRanges, PageStream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -37,7 +37,7 @@ impl Drop for JsStream {
 
 fn event_value(env: Env, e: Event) -> JsResult<Value> {
     match e {
-        Event::Message(data) => env.object_with(&[(c"type", env.str("message")?), (c"data", env.uint8_array(&data)?)]),
+        Event::Message(data) => message_event(env, &data),
         Event::Sent(token) => env.object_with(&[(c"type", env.str("sent")?), (c"token", env.num(token)?)]),
         Event::Refused { pid, address, pages } => env.object_with(&[
             (c"type", env.str("refused")?),
@@ -51,40 +51,19 @@ fn event_value(env: Env, e: Event) -> JsResult<Value> {
             (c"address", env.f64(address as f64)?),
             (c"error", env.str(&error)?),
         ]),
-        Event::Closed(err) => {
-            let error = match err {
-                Some(e) => env.str(&e)?,
-                None => env.undefined()?,
-            };
-            env.object_with(&[(c"type", env.str("closed")?), (c"error", error)])
-        }
+        Event::Closed(err) => closed_event(env, err),
     }
 }
 
-/// pageStreamStart(fd, head: Uint8Array, greeting: Uint8Array, bufferBytes, onEvent(event))
+/// pageStreamStart(fd, head: Uint8Array, bufferBytes, greeting: Uint8Array, onEvent(event))
 fn stream_start(env: Env, a: &Args) -> JsResult<Value> {
-    let fd = env.to_fd(a.get(0, "fd")?)?;
-    let head = env.to_bytes(a.get(1, "head")?, "head")?.as_slice().to_vec();
-    let greeting = env.to_bytes(a.get(2, "greeting")?, "greeting")?.as_slice().to_vec();
-    let buffer_bytes = env.to_u64(a.get(3, "bufferBytes")?, "bufferBytes")?;
-    if buffer_bytes > 1 << 30 {
-        return range_error(format!("bufferBytes must be at most 1 GiB, got {buffer_bytes}"));
-    }
-    let cb = a.get(4, "onEvent")?;
-    if env.kind(cb)? != Kind::Function {
-        return type_error("onEvent must be a function");
-    }
-    let handler: Handler<Event> = Box::new(|env, cb, e| {
-        let Some(cb) = cb else { return Ok(()) };
-        let v = event_value(env, e)?;
-        env.call(cb, &[v])?;
-        Ok(())
-    });
-    let tsfn = Tsfn::new(env, Some(cb), "lazymig-page-stream", handler, None)?;
+    let (fd, head, buffer_bytes) = conn_args(env, a, "bufferBytes")?;
+    // At 3, between head and the size: the greeting (the handshake's response) goes out first.
+    let greeting = env.to_bytes(a.get(3, "greeting")?, "greeting")?.as_slice().to_vec();
     // The server's listening socket keeps the process alive while it serves; a connection
     // left to itself must not.
-    tsfn.set_ref(env, false)?;
-    let inner = PageStream::start(fd, head, greeting, buffer_bytes as usize, Box::new(move |e| {
+    let tsfn = event_tsfn(env, a, 4, "lazymig-page-stream", event_value)?;
+    let inner = PageStream::start(fd, head, greeting, buffer_bytes, Box::new(move |e| {
         tsfn.call(e);
     }))?;
     env.external(Arc::new(JsStream { tag: JsStream::TAG, inner }))

@@ -5,6 +5,8 @@ mod background;
 mod crc32c;
 mod exports;
 mod exports_background;
+mod exports_conn;
+mod exports_page_receiver;
 #[cfg(feature = "ptrace")]
 mod exports_proc;
 #[cfg(feature = "ptrace")]
@@ -13,6 +15,7 @@ mod exports_page_stream;
 mod exports_ptrace;
 mod fault_loop;
 mod napi;
+mod page_receiver;
 #[cfg(feature = "ptrace")]
 mod page_stream;
 #[cfg(feature = "ptrace")]
@@ -32,6 +35,7 @@ mod uffd;
 #[cfg(feature = "ptrace")]
 mod unix_socket;
 mod wp;
+mod ws_wire;
 
 use napi::ffi::{napi_env, napi_value};
 
@@ -46,6 +50,7 @@ pub unsafe extern "C" fn napi_register_module_v1(env: napi_env, exports: napi_va
     let r = napi::error::catch_panic("module registration", || {
         napi::callback::register(jsenv, exports, exports::TABLE)?;
         napi::callback::register(jsenv, exports, exports_background::TABLE)?;
+        napi::callback::register(jsenv, exports, exports_page_receiver::TABLE)?;
         #[cfg(feature = "ptrace")]
         napi::callback::register(jsenv, exports, exports_ptrace::TABLE)?;
         #[cfg(feature = "ptrace")]

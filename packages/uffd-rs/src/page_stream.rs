@@ -22,24 +22,15 @@
 //! pong, close. Anything else closes the connection (1002/1003/1009).
 
 use crate::procmem::{self, Dir, Range};
-use crate::sys::{EventFd, SysError, SysResult, cvt, page_size};
+use crate::sys::{EventFd, SysError, SysResult, page_size};
+use crate::ws_wire::{FrameBuf, PAGES_HEADER, TAG_ERROR, TAG_PAGES, TAG_REQUEST, message_uints, send_all, take_socket, ws_header};
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Largest client frame accepted (requests are ~30 bytes; the hello carries a token).
 const MAX_CLIENT_PAYLOAD: usize = 64 << 10;
-/// Message tags of the page protocol (pageserver/src/protocol/messages.ts).
-const TAG_REQUEST: u8 = 2;
-const TAG_PAGES: u8 = 18;
-const TAG_ERROR: u8 = 19;
-/// Number.MAX_SAFE_INTEGER: the largest whole number a float64 holds exactly.
-const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
-/// linux/mman.h (5.14); the libc crate Debian ships does not have it yet.
-const MADV_POPULATE_WRITE: libc::c_int = 23;
-/// Bytes of a `pages` message before its data (PAGES_HEADER_SIZE in messages.ts).
-const PAGES_HEADER: usize = 31;
 
 /// The lazy ranges a destination may read, by pid: sorted, merged [start, end) pairs.
 pub struct LazyRanges {
@@ -129,18 +120,9 @@ impl PageStream {
     /// bytes written first, as they are (the handshake's response). The thread reports
     /// through `emit` until it sends `Event::Closed`, its last event.
     pub fn start(fd: RawFd, head: Vec<u8>, greeting: Vec<u8>, buffer_bytes: usize, emit: Box<dyn FnMut(Event) + Send>) -> SysResult<PageStream> {
-        // SAFETY: F_DUPFD_CLOEXEC returns a new fd (or -1), which we then own.
-        let dup = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) } as libc::c_long, "fcntl(F_DUPFD_CLOEXEC)")?;
-        // SAFETY: dup is a fresh fd owned by nobody else.
-        let sock = unsafe { OwnedFd::from_raw_fd(dup as RawFd) };
         // The thread blocks in send while the peer is slow (that is the backpressure) and
-        // polls before every read. O_NONBLOCK belongs to the open file, shared with the
-        // caller's fd, which it no longer reads.
-        // SAFETY: F_GETFL/F_SETFL on an fd we own.
-        unsafe {
-            let fl = cvt(libc::fcntl(dup as RawFd, libc::F_GETFL) as libc::c_long, "fcntl(F_GETFL)")?;
-            cvt(libc::fcntl(dup as RawFd, libc::F_SETFL, fl as libc::c_int & !libc::O_NONBLOCK) as libc::c_long, "fcntl(F_SETFL)")?;
-        }
+        // polls before every read.
+        let sock = take_socket(fd)?;
         let shared = Arc::new(Shared {
             sock,
             wake: EventFd::new()?,
@@ -211,60 +193,6 @@ impl PageStream {
     }
 }
 
-/// A page-aligned mapping whose data area starts one page in: the frame headers go just
-/// before it, so header and pages leave with one send, and process_vm_readv copies into a
-/// page-aligned destination (see docs/PERFORMANCE.md, "4K aliasing").
-struct FrameBuf {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl FrameBuf {
-    /// Room for `data` bytes of pages, faulted in now rather than on the first reply.
-    fn new(data: usize) -> SysResult<FrameBuf> {
-        let ps = page_size();
-        let len = ps + data.div_ceil(ps) * ps;
-        // SAFETY: a fresh anonymous private mapping; checked for MAP_FAILED below.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
-        if ptr == libc::MAP_FAILED {
-            return Err(SysError::last("mmap").because(format!("{len} bytes for page frames")));
-        }
-        // Best effort: a kernel without MADV_POPULATE_WRITE faults the pages in on first use.
-        // SAFETY: advice on our own fresh mapping.
-        unsafe { libc::madvise(ptr, len, MADV_POPULATE_WRITE) };
-        Ok(FrameBuf { ptr: ptr.cast(), len })
-    }
-
-    fn data_capacity(&self) -> usize {
-        self.len - page_size()
-    }
-}
-
-impl Drop for FrameBuf {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in new(), unmapped once.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
-// SAFETY: the mapping is owned by the FrameBuf and only touched by the thread that owns it.
-unsafe impl Send for FrameBuf {}
-
-/// A WebSocket frame header for an unmasked server frame of `len` payload bytes.
-fn ws_header(opcode: u8, len: usize) -> Vec<u8> {
-    let mut h = vec![0x80 | opcode];
-    if len < 126 {
-        h.push(len as u8);
-    } else if len < 65536 {
-        h.push(126);
-        h.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        h.push(127);
-        h.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    h
-}
-
 /// An `error` message: [19, id, reason], as encodeServer writes it.
 fn error_message(id: u64, reason: &str) -> Vec<u8> {
     let r = &reason.as_bytes()[..reason.len().min(4000)];
@@ -282,29 +210,6 @@ fn error_message(id: u64, reason: &str) -> Vec<u8> {
     m
 }
 
-/// A msgpack unsigned integer at `b[*at..]`; None for any other type. A float64 holding a
-/// whole number below 2^53 counts: msgpackr writes JS numbers above 2^32 (addresses) so.
-fn mp_uint(b: &[u8], at: &mut usize) -> Option<u64> {
-    let t = *b.get(*at)?;
-    let (n, v) = match t {
-        0x00..=0x7f => (1, t as u64),
-        0xcc => (2, *b.get(*at + 1)? as u64),
-        0xcd => (3, u16::from_be_bytes(b.get(*at + 1..*at + 3)?.try_into().ok()?) as u64),
-        0xce => (5, u32::from_be_bytes(b.get(*at + 1..*at + 5)?.try_into().ok()?) as u64),
-        0xcf => (9, u64::from_be_bytes(b.get(*at + 1..*at + 9)?.try_into().ok()?)),
-        0xcb => {
-            let f = f64::from_be_bytes(b.get(*at + 1..*at + 9)?.try_into().ok()?);
-            if !(f >= 0.0 && f <= MAX_SAFE_INTEGER && f.fract() == 0.0) {
-                return None;
-            }
-            (9, f as u64)
-        }
-        _ => return None,
-    };
-    *at += n;
-    Some(v)
-}
-
 struct Request {
     id: u64,
     pid: u64,
@@ -315,15 +220,7 @@ struct Request {
 /// A `request` message [2, id, pid, address, pages, priority] with every field in range for
 /// a reply header; None sends the frame to JS, whose decoder says what is wrong with it.
 fn decode_request(b: &[u8]) -> Option<Request> {
-    if b.len() < 2 || b[0] != 0x96 || b[1] != TAG_REQUEST {
-        return None;
-    }
-    let mut at = 2;
-    let id = mp_uint(b, &mut at)?;
-    let pid = mp_uint(b, &mut at)?;
-    let address = mp_uint(b, &mut at)?;
-    let pages = mp_uint(b, &mut at)?;
-    let priority = mp_uint(b, &mut at)?;
+    let ([id, pid, address, pages, priority], at) = message_uints::<5>(b, 6, TAG_REQUEST)?;
     let fits = id <= u32::MAX as u64 && pid <= i32::MAX as u64 && pages <= u32::MAX as u64 && priority <= 1;
     (at == b.len() && fits).then_some(Request { id, pid, address, pages })
 }
@@ -573,23 +470,6 @@ impl Conn<'_> {
         f.extend_from_slice(payload);
         send_all(self.s.sock.as_raw_fd(), &f)
     }
-}
-
-/// send(2) until every byte is out. MSG_NOSIGNAL: a peer gone away is EPIPE, not SIGPIPE.
-fn send_all(fd: RawFd, mut b: &[u8]) -> SysResult<()> {
-    while !b.is_empty() {
-        // SAFETY: sends from a live slice.
-        let n = unsafe { libc::send(fd, b.as_ptr().cast(), b.len(), libc::MSG_NOSIGNAL) };
-        if n < 0 {
-            let e = SysError::last("send");
-            if e.errno == libc::EINTR {
-                continue;
-            }
-            return Err(e);
-        }
-        b = &b[n as usize..];
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 import { resolve } from 'node:path';
 import {
   awaitImages, clearCompletion, writeCompletion, whenComplete,
-  DEFAULT_CHUNK_PAGES, DEFAULT_IN_FLIGHT, ImagesPageSource, LazyPagesEngine, createLogger, lazyRanges, openPagesReader, readImages, serveControl,
+  DEFAULT_CHUNK_PAGES, DEFAULT_MAX_WINDOW, ImagesPageSource, LazyPagesEngine, createLogger, lazyRanges, openPagesReader, readImages, serveControl,
   type LazySummary, type LoadedImages, type Logger, type PageSource, type PagesReader, type ProcessImage,
 } from '@lazymig/core-ts';
 import { BufferPool, PageClient, pagesFrameBytes, readToken, warmPageTransport } from '@lazymig/pageserver';
@@ -159,7 +159,10 @@ async function prepare(o: PrepareOptions): Promise<Daemon> {
     // Connected while the token is on its way: only the hello waits for it.
     const token = o.waitImages === undefined ? read() : whenComplete(o.imagesDir, read, { timeoutMs });
     token.catch(() => undefined); // PageClient.connect fails with it
-    const client = await PageClient.connect({ address, port, token, pool, log: o.log, retryForMs: o.sourceTimeout * 1000 });
+    // Background replies are installed as they arrive, on the connection's own thread.
+    const client = await PageClient.connect({
+      address, port, token, pool, log: o.log, retryForMs: o.sourceTimeout * 1000, installBackground: true, maxBackgroundPages: DEFAULT_CHUNK_PAGES,
+    });
     o.log.info('connected to the page server', { address, port });
     return client;
   };
@@ -179,7 +182,9 @@ async function prepare(o: PrepareOptions): Promise<Daemon> {
               ? {
                   warmUp: async () => {
                     await warmPageTransport(PAGE_SIZE);
-                    pool.prefill(pagesFrameBytes(DEFAULT_CHUNK_PAGES, PAGE_SIZE), DEFAULT_IN_FLIGHT + 2);
+                    // Only fault replies come through the pool: background ones are installed
+                    // from the receiver's own buffer.
+                    pool.prefill(pagesFrameBytes(DEFAULT_MAX_WINDOW, PAGE_SIZE), 4);
                   },
                 }
               : {}),

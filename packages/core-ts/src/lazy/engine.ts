@@ -7,7 +7,8 @@
  * one batched call that wakes the waiting threads. The background fetches the remaining
  * pages in large chunks, starting near the latest fault, a few requests in flight, and
  * installs them on native threads (BackgroundInstaller) while the JS thread receives the
- * next ones and serves faults.
+ * next ones and serves faults. A source that can install them itself (fetchInstalled: the
+ * network client's background lane) gets them without their bytes reaching this thread.
  * REMOVE and UNMAP drop pages that must never be installed; REMAP moves them; FORK adds
  * the child, which misses what its parent missed.
  */
@@ -15,7 +16,7 @@ import {
   FaultLoop, Userfaultfd, type BackgroundEnd, type BackgroundInstaller, type Fault, type FaultBatch, type UffdEvent,
 } from '@lazymig/uffd-rs';
 import { silentLogger, type Logger } from '../log.js';
-import type { PageSource } from './page-source.js';
+import type { InstallingFetch, PageSource } from './page-source.js';
 import { DONE, PageSpace, REQUESTED, type LazyRange, type Run } from './page-space.js';
 
 export interface LazyTarget {
@@ -86,6 +87,13 @@ interface Staged {
   lane: 'fault' | 'background';
 }
 
+/** A background run the source installs itself (fetchInstalled). */
+interface Remote {
+  p: Proc;
+  run: Run;
+  f: InstallingFetch;
+}
+
 /** A contiguous part of a background reply handed to the installer threads. */
 interface Job {
   s: Staged;
@@ -105,6 +113,8 @@ const BACKGROUND_HOLD_MS = 15;
 /** Background request size, in pages, and how many are in flight (LazyEngineOptions). */
 export const DEFAULT_CHUNK_PAGES = 512;
 export const DEFAULT_IN_FLIGHT = 8;
+/** Largest fault window, in pages (LazyEngineOptions.maxWindow). */
+export const DEFAULT_MAX_WINDOW = 64;
 
 /** Pages installed per installBatch call while draining staged replies. */
 const SLICE_PAGES = 16;
@@ -156,6 +166,8 @@ export class LazyPagesEngine {
   /** Background replies with jobs on the installer threads, and how many jobs each. */
   readonly #installing = new Map<Staged, number>();
   #nextJob = 1;
+  /** Background runs the source is installing itself. */
+  readonly #remote = new Set<Remote>();
   /** Received replies waiting to be installed, the ones from the fault lane first. */
   #staged: Staged[] = [];
   #drainScheduled = false;
@@ -175,7 +187,7 @@ export class LazyPagesEngine {
     this.#source = source;
     this.#P = opts.pageSize;
     this.#log = opts.log ?? silentLogger;
-    this.#maxWindow = opts.maxWindow ?? 64;
+    this.#maxWindow = opts.maxWindow ?? DEFAULT_MAX_WINDOW;
     this.#chunk = opts.chunkPages ?? DEFAULT_CHUNK_PAGES;
     this.#inFlightMax = opts.inFlight ?? DEFAULT_IN_FLIGHT;
     this.#sliceMs = opts.installSliceMs ?? 0.3;
@@ -308,7 +320,7 @@ export class LazyPagesEngine {
     const pageNo = page / this.#P;
     p.window = pageNo === p.lastFaultPage + 1 || pageNo === p.lastFaultPage + p.window ? Math.min(p.window * 2, this.#maxWindow) : 1;
     p.lastFaultPage = pageNo;
-    if (r.state[idx] === REQUESTED && this.#serveFromStaged(p, r, idx, t)) return;
+    if (r.state[idx] === REQUESTED && (this.#serveFromStaged(p, r, idx, t) || this.#serveFromRemote(p, r, idx, t))) return;
     const run = p.space.claim(r, idx, p.window, true);
     if (!run) return;
     this.#fetch(p, run, 'fault', t);
@@ -367,6 +379,26 @@ export class LazyPagesEngine {
     return false;
   }
 
+  /**
+   * A fault on a page of a background run the source installs itself: if its reply has
+   * arrived and waits for the installer, the fault window is installed from it now.
+   */
+  #serveFromRemote(p: Proc, range: LazyRange, idx: number, t: number): boolean {
+    for (const { p: rp, run, f } of this.#remote) {
+      if (rp !== p || run.range !== range || idx < run.first || idx >= run.first + run.count) continue;
+      const at = idx - run.first;
+      const n = Math.min(p.window, run.count - at);
+      if (!f.installNow(at * this.#P, n * this.#P)) return false;
+      const installed = p.space.finish(range, idx, n);
+      this.stats.pagesByFault += Math.min(1, installed);
+      this.stats.pagesByPrefetch += Math.max(0, installed - 1);
+      this.stats.bytes += installed * this.#P;
+      this.#serviceUs.push((performance.now() - t) * 1000);
+      return true;
+    }
+    return false;
+  }
+
   *#stagedAndInstalling(): Iterable<Staged> {
     yield* this.#staged;
     yield* this.#installing.keys();
@@ -419,20 +451,7 @@ export class LazyPagesEngine {
     if (!job) return;
     this.#jobs.delete(id);
     const { s, from, count } = job;
-    const { p, run } = s;
-    if (!this.#finished && p.alive) {
-      const n = Math.min(count, bytes / this.#P);
-      const installed = n > 0 ? p.space.finish(run.range, run.first + from, n) : 0;
-      this.stats.pagesByBackground += installed;
-      this.stats.bytes += installed * this.#P;
-      if (end === 'gone') this.#gone(p);
-      else if (n < count) {
-        // An event came (or is waiting) since the job was submitted: these pages are
-        // fetched again unless the event dropped them.
-        if (end === 'failed') this.#log.warn('background install failed', { pid: p.pid, address: run.range.dst + (run.first + from + n) * this.#P });
-        p.space.release(run.range, run.first + from + n, count - n);
-      }
-    }
+    this.#installedElsewhere(s.p, s.run, from, count, bytes, end);
     const left = (this.#installing.get(s) ?? 1) - 1;
     if (left > 0) {
       this.#installing.set(s, left);
@@ -440,6 +459,64 @@ export class LazyPagesEngine {
     }
     this.#installing.delete(s);
     this.#retire(s);
+  }
+
+  /**
+   * Pages [from, from + count) of a background run were installed off this thread (by the
+   * installer threads, or by the source), `bytes` of them from `from` on.
+   */
+  #installedElsewhere(p: Proc, run: Run, from: number, count: number, bytes: number, end: BackgroundEnd): void {
+    if (this.#finished || !p.alive) return;
+    const n = Math.min(count, bytes / this.#P);
+    const installed = n > 0 ? p.space.finish(run.range, run.first + from, n) : 0;
+    this.stats.pagesByBackground += installed;
+    this.stats.bytes += installed * this.#P;
+    if (end === 'gone') this.#gone(p);
+    else if (n < count) {
+      // An event came (or is waiting) since the pages were asked for: they are fetched
+      // again unless the event dropped them.
+      if (end === 'failed') this.#log.warn('background install failed', { pid: p.pid, address: run.range.dst + (run.first + from + n) * this.#P });
+      p.space.release(run.range, run.first + from + n, count - n);
+    }
+  }
+
+  /**
+   * Asks the source for a background run it installs itself. The target is taken now,
+   * when every event read so far has been dealt with: an event read after this makes
+   * the install stop, and the pages it did not install are decided about again.
+   */
+  #fetchInstalled(p: Proc, run: Run, fetchInstalled: NonNullable<PageSource['fetchInstalled']>): void {
+    const dst = run.range.dst + run.first * this.#P;
+    const src = run.range.src + run.first * this.#P;
+    this.#inFlight++;
+    const r: Remote = { p, run, f: fetchInstalled(p.sourcePid, src, run.count, this.#loop.installTarget(p.uffd, dst)) };
+    this.#remote.add(r);
+    r.f.done.then(
+      ({ bytes, end }) => {
+        this.#remote.delete(r);
+        this.#inFlight--;
+        this.#installedElsewhere(p, run, 0, run.count, bytes, end);
+        this.#pump();
+      },
+      (err: Error) => {
+        this.#remote.delete(r);
+        this.#inFlight--;
+        void this.#fail(new Error(`fetching pid ${p.sourcePid} 0x${src.toString(16)}+${run.count} pages: ${err.message}`));
+      },
+    );
+  }
+
+  /**
+   * Pages [first, first + count) of a range were installed here: a background run the
+   * source is installing passes over them rather than find each one present.
+   */
+  #tellRemote(p: Proc, range: LazyRange, first: number, count: number): void {
+    for (const { p: rp, run, f } of this.#remote) {
+      if (rp !== p || run.range !== range) continue;
+      const a = Math.max(first, run.first);
+      const b = Math.min(first + count, run.first + run.count);
+      if (a < b) f.present((a - run.first) * this.#P, (b - a) * this.#P);
+    }
   }
 
   /** A background reply is wholly dealt with: its buffer goes back, another request may go. */
@@ -545,7 +622,9 @@ export class LazyPagesEngine {
     let n = 0;
     for (let k = 0; k < len; k += 4) {
       const first = (flat[k]! - range.dst) / this.#P;
-      n += p.space.finish(range, first, flat[k + 2]! / this.#P);
+      const count = flat[k + 2]! / this.#P;
+      n += p.space.finish(range, first, count);
+      if (this.#remote.size > 0) this.#tellRemote(p, range, first, count);
     }
     return n;
   }
@@ -571,7 +650,9 @@ export class LazyPagesEngine {
         continue;
       }
       this.#backgroundBytes += run.count * this.#P;
-      this.#fetch(p, run, 'background');
+      const fetchInstalled = this.#source.fetchInstalled;
+      if (fetchInstalled) this.#fetchInstalled(p, run, fetchInstalled);
+      else this.#fetch(p, run, 'background');
     }
     this.stats.remaining = this.#remaining();
     this.#onProgress?.(this.stats);

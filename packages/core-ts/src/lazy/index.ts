@@ -1,7 +1,7 @@
-export type { PageSource, PageReader, Priority } from './page-source.js';
+export type { PageSource, PageReader, Priority, InstalledPages, InstallingFetch } from './page-source.js';
 export { FrozenProcessReader, ImagesReader } from './readers.js';
-export { PageStream, type PageStreamEvent } from './page-stream.js';
-export { LazyPagesEngine, DEFAULT_CHUNK_PAGES, DEFAULT_IN_FLIGHT, type LazyTarget, type LazyEngineOptions, type LazyStats, type LazySummary } from './engine.js';
+export { PageStream, PageReceiver, type PageStreamEvent, type PageReceiverEvent, type InstallTarget } from './page-stream.js';
+export { LazyPagesEngine, DEFAULT_CHUNK_PAGES, DEFAULT_IN_FLIGHT, DEFAULT_MAX_WINDOW, type LazyTarget, type LazyEngineOptions, type LazyStats, type LazySummary } from './engine.js';
 export { PageSpace } from './page-space.js';
 export { lazyRanges, vmasToRegister, lazyCapable, entriesForLazyRestore, type LazyPlanRange } from './plan.js';
 export { attachUserfaultfd, AttachError, UFFD_EVENTS, type RemoteProcess } from './attach.js';

@@ -1,6 +1,8 @@
 /**
- * Serving a page-server connection on a native thread (uffd-rs's PageStream): the page
- * server's background lanes, read straight from the frozen processes. Here so that the
- * page server reaches the native package through core-ts, like everything else.
+ * A page-server connection's data path on a native thread, at both ends: uffd-rs's
+ * PageStream serves the page server's background lanes straight from the frozen
+ * processes; its PageReceiver installs a destination's background replies as they arrive.
+ * Here so that the page server reaches the native package through core-ts, like
+ * everything else.
  */
-export { PageStream, type PageStreamEvent } from '@lazymig/uffd-rs';
+export { PageStream, PageReceiver, type PageStreamEvent, type PageReceiverEvent, type InstallTarget } from '@lazymig/uffd-rs';

@@ -1,0 +1,170 @@
+import net from 'node:net'
+import test, { type ExecutionContext } from 'ava'
+import { PageReceiver, pagemapScan, testing, type PageReceiverEvent } from '../index.js'
+import { PS, Region, settles, stampedPage } from './helpers.js'
+
+/** A server frame (unmasked, final) with `opcode` and `payload`. */
+function serverFrame(opcode: number, payload: Uint8Array): Buffer {
+  const n = payload.length
+  const head = n < 126 ? Buffer.from([0x80 | opcode, n]) : n < 65536 ? Buffer.from([0x80 | opcode, 126, n >> 8, n & 0xff]) : Buffer.alloc(10)
+  if (n >= 65536) {
+    head[0] = 0x80 | opcode
+    head[1] = 127
+    head.writeBigUInt64BE(BigInt(n), 2)
+  }
+  return Buffer.concat([head, payload])
+}
+
+/** A `pages` message [18, id, pid, address, pages, data] as the page servers write it. */
+function pagesMessage(id: number, pid: number, address: number, data: Buffer): Buffer {
+  const h = Buffer.alloc(31)
+  h[0] = 0x96
+  h[1] = 18
+  h[2] = 0xce
+  h.writeUInt32BE(id, 3)
+  h[7] = 0xce
+  h.writeUInt32BE(pid, 8)
+  h[12] = 0xcf
+  h.writeBigUInt64BE(BigInt(address), 13)
+  h[21] = 0xce
+  h.writeUInt32BE(data.length / PS, 22)
+  h[26] = 0xc6
+  h.writeUInt32BE(data.length, 27)
+  return Buffer.concat([h, data])
+}
+
+/** Reads the client's (masked) frames from `sock`: resolves them one at a time. */
+function frameReader(sock: net.Socket): () => Promise<{ opcode: number; payload: Buffer }> {
+  let buf = Buffer.alloc(0)
+  let wake: (() => void) | null = null
+  sock.on('data', (d: Buffer) => {
+    buf = Buffer.concat([buf, d])
+    wake?.()
+  })
+  const take = (): { opcode: number; payload: Buffer } | null => {
+    if (buf.length < 2) return null
+    if ((buf[1]! & 0x80) === 0) throw new Error('client frame not masked')
+    let len = buf[1]! & 0x7f
+    let at = 2
+    if (len === 126) {
+      if (buf.length < 4) return null
+      len = buf.readUInt16BE(2)
+      at = 4
+    }
+    if (buf.length < at + 4 + len) return null
+    const mask = buf.subarray(at, at + 4)
+    const payload = Buffer.from(buf.subarray(at + 4, at + 4 + len).map((b, i) => b ^ mask[i & 3]!))
+    const opcode = buf[0]! & 0x0f
+    buf = buf.subarray(at + 4 + len)
+    return { opcode, payload }
+  }
+  return async () => {
+    for (;;) {
+      const f = take()
+      if (f) return f
+      await settles(new Promise<void>((r) => (wake = r)), 'a frame from the receiver')
+    }
+  }
+}
+
+/** A connected pair on loopback: the client end handed to a PageReceiver, the server end ours. */
+async function connected(t: ExecutionContext, maxBytes: number) {
+  const server = net.createServer()
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  t.teardown(() => server.close())
+  const accepted = new Promise<net.Socket>((r) => server.once('connection', r))
+  const client = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1')
+  await new Promise<void>((r) => client.once('connect', r))
+  const peer = await accepted
+  t.teardown(() => peer.destroy())
+  const handle = (client as unknown as { _handle: { fd: number; readStop(): number } })._handle
+  handle.readStop()
+  const events: PageReceiverEvent[] = []
+  let wake: (() => void) | null = null
+  const receiver = new PageReceiver(handle.fd, new Uint8Array(0), maxBytes, (e) => {
+    events.push(e)
+    wake?.()
+  })
+  client.destroy()
+  t.teardown(() => receiver.terminate())
+  const next = async (): Promise<PageReceiverEvent> => {
+    while (events.length === 0) await settles(new Promise<void>((r) => (wake = r)), 'a receiver event')
+    return events.shift()!
+  }
+  return { receiver, peer, read: frameReader(peer), next }
+}
+
+test('a reply is installed where its request said, waking a thread that waits for a page of it; JS hears once', async (t) => {
+  const r = Region.create(t, { pages: 64 })
+  r.serve(() => undefined, { mode: 'event-loop' }) // faults are left to the receiver
+  const { receiver, peer, read, next } = await connected(t, 64 * PS)
+  const touched = testing.touch({ addresses: [r.page(40)] })
+  receiver.request(1, 77, 0x7f0000001000, 64, r.loop!.installTarget(r.uffd, r.start), Buffer.from('request 1'))
+  const sent = await read()
+  t.deepEqual([sent.opcode, sent.payload.toString()], [2, 'request 1'])
+  const data = Buffer.concat(Array.from({ length: 64 }, (_, i) => stampedPage(r.page(i))))
+  peer.write(serverFrame(2, pagesMessage(1, 77, 0x7f0000001000, data)))
+  t.deepEqual(await next(), { type: 'installed', id: 1, bytes: 64 * PS, end: 'done' })
+  t.deepEqual([...(await settles(touched, 'touch')).values], [BigInt(r.page(40))])
+  const { values } = await settles(testing.touch({ start: r.start, count: 64 }), 'touch all')
+  t.deepEqual([...values], Array.from({ length: 64 }, (_, i) => BigInt(r.page(i))))
+  t.like(receiver.state, { replies: 1, pagesInstalled: 64, bytesReceived: 64 * PS })
+  t.is(receiver.installNow(1, 0, PS), 'absent', 'a reply wholly dealt with is gone from the buffers')
+})
+
+test('a reply that does not match its request installs nothing; other frames pass to JS; pings are answered; a close ends it', async (t) => {
+  const r = Region.create(t, { pages: 8 })
+  r.serve(() => undefined, { mode: 'event-loop' })
+  const { receiver, peer, read, next } = await connected(t, 8 * PS)
+  const target = r.loop!.installTarget(r.uffd, r.start)
+  receiver.request(2, 77, 0x10000, 4, target, Buffer.from('r2'))
+  receiver.request(3, 77, 0x20000, 4, target, Buffer.from('r3'))
+  await read()
+  await read()
+  const four = Buffer.concat([0, 1, 2, 3].map((i) => stampedPage(r.page(i))))
+  // Wrong address for 2; 3 was given up (cancel) before its reply came: read and dropped.
+  peer.write(serverFrame(2, pagesMessage(2, 77, 0x30000, four)))
+  receiver.cancel(3)
+  peer.write(serverFrame(2, pagesMessage(3, 77, 0x20000, four)))
+  const error = Buffer.from([0x93, 19, 2, 0xa3, 0x6e, 0x6f, 0x21]) // [19, 2, "no!"]
+  peer.write(serverFrame(2, error))
+  const bad = await next()
+  t.is(bad.type, 'bad-reply')
+  t.regex((bad as { error: string }).error, /reply 2 is pid 77 0x30000\+4 pages, the request pid 77 0x10000\+4 pages/)
+  t.deepEqual(await next(), { type: 'message', data: new Uint8Array(error) })
+  t.deepEqual(pagemapScan(r.start, 8 * PS, { present: true }), [], 'nothing installed')
+  peer.write(serverFrame(9, Buffer.from('hb')))
+  t.deepEqual(await read(), { opcode: 10, payload: Buffer.from('hb') })
+  peer.write(serverFrame(8, Buffer.from([0x03, 0xe8])))
+  t.deepEqual(await read(), { opcode: 8, payload: Buffer.from([0x03, 0xe8]) }, 'the close is echoed')
+  t.deepEqual(await next(), { type: 'closed', error: undefined })
+  t.true(receiver.closed)
+})
+
+test('a reply to a request made before a remove event was read installs nothing: no stale page', async (t) => {
+  const r = Region.create(t, { pages: 4, features: ['eventRemove'] })
+  r.serve(({ faults }) => {
+    for (const f of faults) r.uffd.zeropage(f.address, PS)
+  }, { mode: 'event-loop' })
+  t.is(r.uffd.copy(r.page(0), stampedPage(r.page(0))).status, 'ok')
+  const { receiver, peer, read, next } = await connected(t, 4 * PS)
+  receiver.request(5, 77, 0x40000, 1, r.loop!.installTarget(r.uffd, r.page(1)), Buffer.from('r5'))
+  await read()
+  // The event is read (and the madvise returns) after the request was made.
+  await settles(testing.madviseOnThread(r.page(1), PS, 'dontneed'), 'madvise')
+  peer.write(serverFrame(2, pagesMessage(5, 77, 0x40000, stampedPage(r.page(1)))))
+  t.deepEqual(await next(), { type: 'installed', id: 5, bytes: 0, end: 'stale' })
+  const { values } = await settles(testing.touch({ addresses: [r.page(0), r.page(1)] }), 'touch')
+  t.deepEqual([...values], [BigInt(r.page(0)), 0n])
+})
+
+test('a frame longer than the largest reply ends the connection, naming it', async (t) => {
+  const { peer, read, next } = await connected(t, PS)
+  const head = Buffer.from([0x82, 127, 0, 0, 0, 0, 0, 0x20, 0, 0])
+  peer.write(head)
+  const close = await read()
+  t.is(close.opcode, 8)
+  const e = await next()
+  t.is(e.type, 'closed')
+  t.regex((e as { error?: string }).error ?? '', /frame of 2097152 bytes exceeds/)
+})

@@ -1,0 +1,598 @@
+//! A page client's background lane, received and installed on a native thread.
+//!
+//! Why: on the destination, the JS thread used to read every background byte (a 2 MiB
+//! reply took ~5 reads, each a trip through libuv and a JS callback), decode the reply and
+//! hand it to an installer thread. Two threads touched every frame, and the JS thread's
+//! part showed up in the time until every page is in. Here a thread per background
+//! connection reads each reply's pages into one of a few page-aligned buffers and hands it
+//! to an installer thread (background.rs), which installs it with UFFDIO_COPY while the
+//! next reply is read, then tells JS once per reply how it went. Receiving and installing
+//! stay on two threads: one thread doing both was measured slower than the JS thread plus
+//! an installer (a fresh page of the target costs more than receiving it, so the two must
+//! overlap).
+//!
+//! Installs stay ordered with the uffd's events exactly as the installer's other jobs are:
+//! each request is registered with a `Target` carrying the gate's epoch of the moment JS
+//! asked for it. A reply installed after an event was read installs nothing more
+//! ("stale") and JS decides again about its pages, now knowing the event.
+//!
+//! JS keeps what is not the data path: the handshake, hello and welcome (done before the
+//! socket is handed over), writing requests (through `request`, on the JS thread, which
+//! registers them first), and every frame that is not a reply to a registered request
+//! (`error`, `bye`, `reject`), passed on whole. Only the subset a page server speaks:
+//! unfragmented unmasked binary frames, ping, pong, close.
+
+use crate::background::{Completion, End, Gate, Installer, Job, Present, SrcBytes, Target, install_span};
+use crate::sys::{SysError, SysResult, now_ns, page_size};
+use crate::ws_wire::{FrameBuf, TAG_PAGES, message_uints, send_all, take_socket, ws_header};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+/// Largest frame passed to JS whole (errors, bye, reject are a few hundred bytes).
+const MAX_OTHER_PAYLOAD: u64 = 1 << 20;
+/// Bytes read ahead for frame headers and the start of a message.
+const READ_AHEAD: usize = 64 << 10;
+/// A reply's `pages` message prefix is at most this long: array, tag, four uints, bin32.
+const PAGES_PREFIX_MAX: usize = 2 + 4 * 9 + 5;
+/// Reply buffers per connection: one being read, one being installed, one ready.
+const BUFFERS: usize = 3;
+
+/// What the thread tells JS.
+pub enum Event {
+    /// The reply to request `id` is dealt with: `bytes` from its start are in (installed,
+    /// or there already), and `end` says why it stopped if that is not all of them.
+    Installed { id: u64, bytes: u64, end: End },
+    /// The reply to request `id` does not match it (pid, address, length): nothing installed.
+    BadReply { id: u64, why: String },
+    /// Any other binary frame's payload (`error`, `bye`, `reject`), for JS's decoder.
+    Message(Vec<u8>),
+    /// The connection is over; the thread has ended. None: closed cleanly by either side.
+    Closed(Option<String>),
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub replies: AtomicU64,
+    pub pages: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+struct Pending {
+    pid: u64,
+    address: u64,
+    pages: u64,
+    target: Target,
+}
+
+/// Masking keys for the frames a client sends (RFC 6455 wants them unpredictable), drawn
+/// from the kernel 256 at a time.
+struct Masks {
+    pool: [u8; 1024],
+    at: usize,
+}
+
+impl Masks {
+    fn next(&mut self) -> [u8; 4] {
+        if self.at + 4 > self.pool.len() {
+            let mut got = 0;
+            while got < self.pool.len() {
+                // SAFETY: fills the live remainder of pool.
+                let n = unsafe { libc::getrandom(self.pool[got..].as_mut_ptr().cast(), self.pool.len() - got, 0) };
+                if n > 0 {
+                    got += n as usize;
+                }
+            }
+            self.at = 0;
+        }
+        let k = [self.pool[self.at], self.pool[self.at + 1], self.pool[self.at + 2], self.pool[self.at + 3]];
+        self.at += 4;
+        k
+    }
+}
+
+/// Reply buffers not in use, and a wait for one.
+struct Buffers {
+    free: Mutex<Vec<FrameBuf>>,
+    returned: Condvar,
+}
+
+impl Buffers {
+    /// A free buffer, once there is one; None if the connection is stopping meanwhile.
+    fn take(&self, stopping: &AtomicBool) -> Option<FrameBuf> {
+        let mut free = self.free.lock().unwrap();
+        loop {
+            if stopping.load(Ordering::SeqCst) {
+                return None;
+            }
+            if let Some(b) = free.pop() {
+                return Some(b);
+            }
+            free = self.returned.wait(free).unwrap();
+        }
+    }
+
+    fn put(&self, b: FrameBuf) {
+        self.free.lock().unwrap().push(b);
+        self.returned.notify_one();
+    }
+
+    fn wake(&self) {
+        let _guard = self.free.lock().unwrap();
+        self.returned.notify_all();
+    }
+}
+
+/// A reply read whole and not yet wholly installed: where its pages are and where they go.
+/// While it is listed its buffer is not reused (the completion takes it out first, under
+/// the same lock), so install_now may copy from it.
+struct Received {
+    src: SrcBytes,
+    gate: Arc<Gate>,
+    epoch: u64,
+    dst: u64,
+}
+
+type ReceivedMap = Arc<Mutex<HashMap<u64, Received>>>;
+
+/// How install_now went.
+pub enum Now {
+    /// The pages are in.
+    Installed,
+    /// The reply has not been read whole yet (or is wholly installed and gone).
+    Absent,
+    /// It stopped: an event was read since the request (stale), or the process is gone.
+    Ended(End),
+}
+
+/// A reply on the installer: its request, and the buffer that goes back once it is in.
+struct Slot {
+    id: u64,
+    buf: FrameBuf,
+}
+
+struct Shared {
+    sock: OwnedFd,
+    /// Held while a frame is written: JS writes requests, the thread answers pings.
+    writer: Mutex<Masks>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    received: ReceivedMap,
+    buffers: Arc<Buffers>,
+    installer: Installer<Slot>,
+    stopping: AtomicBool,
+    /// now_ns() of the last bytes read.
+    heard_ns: AtomicU64,
+    stats: Arc<Stats>,
+    /// The largest reply's page data.
+    max_bytes: usize,
+}
+
+impl Shared {
+    fn write_frame(&self, opcode: u8, payload: &[u8]) -> SysResult<()> {
+        let mut masks = self.writer.lock().unwrap();
+        let mut f = ws_header(opcode, payload.len());
+        f[1] |= 0x80;
+        let key = masks.next();
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i & 3]));
+        send_all(self.sock.as_raw_fd(), &f)
+    }
+
+    /// An error that ends the thread: none to report if JS asked it to stop.
+    fn ended(&self, why: String) -> Option<String> {
+        if self.stopping.load(Ordering::SeqCst) { None } else { Some(why) }
+    }
+}
+
+/// The JS-side handle of one connection's thread.
+pub struct PageReceiver {
+    shared: Arc<Shared>,
+}
+
+impl PageReceiver {
+    /// Takes over the connection on `fd` after the hello was welcomed (a duplicate is made:
+    /// the caller closes its own, and must have stopped reading it). `head`: bytes already
+    /// read from it. `max_bytes`: the largest reply expected, its buffer faulted in now.
+    /// The thread reports through `emit` until it sends `Event::Closed`, its last event.
+    pub fn start(fd: RawFd, head: Vec<u8>, max_bytes: usize, emit: Arc<dyn Fn(Event) + Send + Sync>) -> SysResult<PageReceiver> {
+        let sock = take_socket(fd)?;
+        let mut free = Vec::with_capacity(BUFFERS);
+        for _ in 0..BUFFERS {
+            free.push(FrameBuf::new(max_bytes.max(page_size()))?);
+        }
+        let buffers = Arc::new(Buffers { free: Mutex::new(free), returned: Condvar::new() });
+        let stats = Arc::new(Stats::default());
+        let received: ReceivedMap = Arc::default();
+        let installed: Arc<dyn Fn(Completion<Slot>) + Send + Sync> = {
+            let (buffers, emit, stats, received) = (buffers.clone(), emit.clone(), stats.clone(), received.clone());
+            Arc::new(move |c: Completion<Slot>| {
+                let id = c.keep.id;
+                stats.pages.fetch_add(c.bytes / page_size() as u64, Ordering::Relaxed);
+                received.lock().unwrap().remove(&id);
+                buffers.put(c.keep.buf);
+                emit(Event::Installed { id, bytes: c.bytes, end: c.end });
+            })
+        };
+        let installer = Installer::start(1, installed).map_err(|e| SysError::new("pthread_create", e.raw_os_error().unwrap_or(libc::EAGAIN)).because(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            sock,
+            writer: Mutex::new(Masks { pool: [0; 1024], at: 1024 }),
+            pending: Mutex::new(HashMap::new()),
+            received,
+            buffers,
+            installer,
+            stopping: AtomicBool::new(false),
+            heard_ns: AtomicU64::new(now_ns()),
+            stats,
+            max_bytes: max_bytes.max(page_size()),
+        });
+        let mut inbuf = vec![0u8; READ_AHEAD.max(head.len())];
+        inbuf[..head.len()].copy_from_slice(&head);
+        let reader = Reader { fd: shared.sock.as_raw_fd(), buf: inbuf, lo: 0, hi: head.len() };
+        let for_thread = shared.clone();
+        std::thread::Builder::new()
+            .name("lazymig-recv".into())
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(|| Conn { s: &for_thread, r: reader, emit: &*emit }.run());
+                let end = match std::panic::catch_unwind(run) {
+                    Ok(end) => end,
+                    Err(p) => Some(format!("internal error in the page receiver thread: {}", crate::napi::error::panic_message(&*p))),
+                };
+                // SAFETY: shutdown on an fd we own: the server learns at once that nobody reads.
+                unsafe { libc::shutdown(for_thread.sock.as_raw_fd(), libc::SHUT_RDWR) };
+                // Every reply read is reported before the end: the one being installed when
+                // the installer stops, and those it never started (nothing of them is in).
+                for j in for_thread.installer.stop() {
+                    emit(Event::Installed { id: j.keep.id, bytes: 0, end: End::Stale });
+                }
+                emit(Event::Closed(end));
+            })
+            .map_err(|e| SysError::new("pthread_create", e.raw_os_error().unwrap_or(libc::EAGAIN)).because(e.to_string()))?;
+        Ok(PageReceiver { shared })
+    }
+
+    /// Registers request `id` (its reply's pages go to `target`) and sends `payload`, the
+    /// request message, as a binary frame. Registered first: the reply may come at once.
+    pub fn request(&self, id: u64, pid: u64, address: u64, pages: u64, target: Target, payload: &[u8]) -> SysResult<()> {
+        self.shared.pending.lock().unwrap().insert(id, Pending { pid, address, pages, target });
+        self.shared.write_frame(0x2, payload)
+    }
+
+    /// Request `id` is given up (the server answered it with an error): a late reply is
+    /// read and dropped.
+    pub fn cancel(&self, id: u64) {
+        self.shared.pending.lock().unwrap().remove(&id);
+    }
+
+    /// Bytes [from, to) of request `id`'s pages are in the process already: its reply
+    /// passes over them. Only what is truly present may be named.
+    pub fn present(&self, id: u64, from: u64, to: u64) {
+        self.shared.installer.present(id, from, to);
+    }
+
+    /// Installs bytes [from, to) of request `id`'s pages now, on the calling thread, from
+    /// the buffer its reply was read into: a fault on a page that has arrived need not
+    /// wait for the installer to reach it. The epoch check of the request holds here too.
+    pub fn install_now(&self, id: u64, from: u64, to: u64) -> Now {
+        let received = self.shared.received.lock().unwrap();
+        let Some(r) = received.get(&id) else { return Now::Absent };
+        let target = Target { gate: r.gate.clone(), epoch: r.epoch, dst: r.dst };
+        match install_span(id, &target, r.src, from, to, &self.shared.stopping, &Present::default()) {
+            Ok(()) => {
+                // The installer passes over them rather than find each one present.
+                self.shared.installer.present(id, from, to);
+                Now::Installed
+            }
+            Err((_, end)) => Now::Ended(end),
+        }
+    }
+
+    pub fn send(&self, payload: &[u8]) -> SysResult<()> {
+        self.shared.write_frame(0x2, payload)
+    }
+
+    pub fn ping(&self) -> SysResult<()> {
+        self.shared.write_frame(0x9, &[])
+    }
+
+    /// Sends a close frame; the thread ends when the server answers it (or on terminate).
+    pub fn close(&self, code: u16) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        if self.shared.write_frame(0x8, &code.to_be_bytes()).is_err() {
+            self.terminate();
+        }
+    }
+
+    /// Ends the connection now (the thread, blocked in recv, is woken by the shutdown).
+    pub fn terminate(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.buffers.wake();
+        // SAFETY: shutdown on an fd the shared state owns; it stays open until the last
+        // Arc goes, so the number cannot have been reused.
+        unsafe { libc::shutdown(self.shared.sock.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+
+    /// Milliseconds since the last bytes came from the server.
+    pub fn silent_ms(&self) -> u64 {
+        now_ns().saturating_sub(self.shared.heard_ns.load(Ordering::Relaxed)) / 1_000_000
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+}
+
+/// Why the thread stops: None when JS asked for it or the server closed cleanly.
+type Stop = Option<String>;
+
+/// Reads the socket: headers through a read-ahead buffer, page data straight to its place.
+struct Reader {
+    fd: RawFd,
+    buf: Vec<u8>,
+    lo: usize,
+    hi: usize,
+}
+
+impl Reader {
+    fn available(&self) -> usize {
+        self.hi - self.lo
+    }
+
+    /// One recv into [ptr, ptr + len): how many bytes came.
+    fn recv(&self, s: &Shared, ptr: *mut u8, len: usize) -> Result<usize, Stop> {
+        loop {
+            // SAFETY: the caller passes a live, writable region of len bytes.
+            let n = unsafe { libc::recv(self.fd, ptr.cast(), len, 0) };
+            if n > 0 {
+                s.heard_ns.store(now_ns(), Ordering::Relaxed);
+                return Ok(n as usize);
+            }
+            if n == 0 {
+                return Err(s.ended("connection closed by the page server".into()));
+            }
+            let e = SysError::last("recv");
+            if e.errno != libc::EINTR {
+                return Err(s.ended(e.to_string()));
+            }
+        }
+    }
+
+    /// At least `n` bytes (n <= READ_AHEAD) buffered.
+    fn fill(&mut self, s: &Shared, n: usize) -> Result<(), Stop> {
+        if self.lo + n > self.buf.len() {
+            self.buf.copy_within(self.lo..self.hi, 0);
+            self.hi -= self.lo;
+            self.lo = 0;
+        }
+        while self.available() < n {
+            let (at, room) = (self.buf[self.hi..].as_mut_ptr(), self.buf.len() - self.hi);
+            let got = self.recv(s, at, room)?;
+            self.hi += got;
+        }
+        Ok(())
+    }
+
+    fn peek(&self, n: usize) -> &[u8] {
+        &self.buf[self.lo..self.lo + n]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.lo += n;
+        if self.lo == self.hi {
+            self.lo = 0;
+            self.hi = 0;
+        }
+    }
+
+    /// Exactly `len` bytes into [ptr, ptr + len): buffered bytes first, the rest straight
+    /// from the socket, never past the end.
+    fn read_exact(&mut self, s: &Shared, ptr: *mut u8, len: usize) -> Result<(), Stop> {
+        let first = self.available().min(len);
+        // SAFETY: ptr has room for len >= first bytes; the source is our own buffer.
+        unsafe { std::ptr::copy_nonoverlapping(self.buf[self.lo..].as_ptr(), ptr, first) };
+        self.consume(first);
+        let mut filled = first;
+        while filled < len {
+            // SAFETY: [ptr + filled, ptr + len) is inside the caller's region.
+            filled += self.recv(s, unsafe { ptr.add(filled) }, len - filled)?;
+        }
+        Ok(())
+    }
+}
+
+/// The start of a `pages` message: (id, pid, address, pages, data length, prefix length).
+fn decode_pages_prefix(b: &[u8]) -> Option<(u64, u64, u64, u64, u64, usize)> {
+    let ([id, pid, address, pages], at) = message_uints::<4>(b, 6, TAG_PAGES)?;
+    let (len, n) = match *b.get(at)? {
+        0xc4 => (*b.get(at + 1)? as u64, 2),
+        0xc5 => (u16::from_be_bytes(b.get(at + 1..at + 3)?.try_into().ok()?) as u64, 3),
+        0xc6 => (u32::from_be_bytes(b.get(at + 1..at + 5)?.try_into().ok()?) as u64, 5),
+        _ => return None,
+    };
+    Some((id, pid, address, pages, len, at + n))
+}
+
+struct Conn<'a> {
+    s: &'a Shared,
+    r: Reader,
+    emit: &'a (dyn Fn(Event) + Send + Sync),
+}
+
+impl Conn<'_> {
+    fn run(&mut self) -> Stop {
+        loop {
+            let (opcode, len) = match self.header() {
+                Ok(h) => h,
+                Err(stop) => return stop,
+            };
+            let step = match opcode {
+                0x2 => self.binary(len),
+                0x9 => self.small(len).and_then(|p| self.s.write_frame(0xa, &p).map_err(|e| self.s.ended(e.to_string()))),
+                0xa => self.small(len).map(|_| ()),
+                0x8 => {
+                    let body = self.small(len).unwrap_or_default();
+                    if !self.s.stopping.swap(true, Ordering::SeqCst) {
+                        // The server closed first: echo its code, as RFC 6455 asks.
+                        let code = if body.len() >= 2 { body[..2].to_vec() } else { vec![0x03, 0xe8] };
+                        let _ = self.s.write_frame(0x8, &code);
+                        let code = if body.len() >= 2 { u16::from_be_bytes([body[0], body[1]]) } else { 1005 };
+                        if code != 1000 && code != 1005 {
+                            let reason = String::from_utf8_lossy(body.get(2..).unwrap_or_default());
+                            return Some(format!("closed by the page server ({code}{}{reason})", if reason.is_empty() { "" } else { ": " }));
+                        }
+                    }
+                    return None;
+                }
+                _ => unreachable!("header() admits no other opcode"),
+            };
+            if let Err(stop) = step {
+                return stop;
+            }
+        }
+    }
+
+    /// A protocol error: close with `code` and stop, naming `why`.
+    fn violation(&self, code: u16, why: String) -> Stop {
+        let mut body = code.to_be_bytes().to_vec();
+        body.extend_from_slice(why.as_bytes());
+        let _ = self.s.write_frame(0x8, &body);
+        Some(why)
+    }
+
+    /// The next frame's opcode and payload length.
+    fn header(&mut self) -> Result<(u8, u64), Stop> {
+        self.r.fill(self.s, 2)?;
+        let [b0, b1] = [self.r.peek(2)[0], self.r.peek(2)[1]];
+        if b0 & 0x70 != 0 {
+            return Err(self.violation(1002, "RSV bits set".into()));
+        }
+        if b1 & 0x80 != 0 {
+            return Err(self.violation(1002, "server frames must not be masked".into()));
+        }
+        let opcode = b0 & 0x0f;
+        if b0 & 0x80 == 0 || opcode == 0 {
+            return Err(self.violation(1003, "fragmented frames are not supported".into()));
+        }
+        if !matches!(opcode, 0x2 | 0x8 | 0x9 | 0xa) {
+            return Err(self.violation(1003, format!("unsupported opcode {opcode}")));
+        }
+        let hdr = match b1 & 0x7f {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        self.r.fill(self.s, hdr)?;
+        let h = self.r.peek(hdr);
+        let len = match hdr {
+            4 => u16::from_be_bytes([h[2], h[3]]) as u64,
+            10 => u64::from_be_bytes(h[2..10].try_into().unwrap()),
+            _ => (b1 & 0x7f) as u64,
+        };
+        if opcode >= 0x8 && len > 125 {
+            return Err(self.violation(1002, "control frame too long".into()));
+        }
+        let max = (self.s.max_bytes + PAGES_PREFIX_MAX) as u64;
+        if len > max.max(MAX_OTHER_PAYLOAD) {
+            return Err(self.violation(1009, format!("frame of {len} bytes exceeds {}", max.max(MAX_OTHER_PAYLOAD))));
+        }
+        self.r.consume(hdr);
+        Ok((opcode, len))
+    }
+
+    /// A payload of at most MAX_OTHER_PAYLOAD bytes, whole.
+    fn small(&mut self, len: u64) -> Result<Vec<u8>, Stop> {
+        let mut v = vec![0u8; len as usize];
+        self.r.read_exact(self.s, v.as_mut_ptr(), v.len())?;
+        Ok(v)
+    }
+
+    fn binary(&mut self, len: u64) -> Result<(), Stop> {
+        let head = (len as usize).min(PAGES_PREFIX_MAX);
+        self.r.fill(self.s, head)?;
+        if let Some((id, pid, address, pages, data_len, k)) = decode_pages_prefix(self.r.peek(head))
+            && k as u64 + data_len == len
+        {
+            self.r.consume(k);
+            let pending = self.s.pending.lock().unwrap().remove(&id);
+            let Some(p) = pending else {
+                // A request given up meanwhile: its reply is read and dropped.
+                return self.discard(data_len);
+            };
+            let ps = page_size() as u64;
+            let mismatch = if p.pid != pid || p.address != address || p.pages != pages {
+                Some(format!("reply {id} is pid {pid} 0x{address:x}+{pages} pages, the request pid {} 0x{:x}+{} pages", p.pid, p.address, p.pages))
+            } else if data_len != pages * ps {
+                Some(format!("reply {id} carries {data_len} bytes for {pages} pages"))
+            } else {
+                None
+            };
+            if let Some(why) = mismatch {
+                self.discard(data_len)?;
+                (self.emit)(Event::BadReply { id, why });
+                return Ok(());
+            }
+            return self.install_reply(id, p.target, data_len);
+        }
+        if len > MAX_OTHER_PAYLOAD {
+            return Err(self.violation(1009, format!("a {len}-byte frame that is not a reply to a request")));
+        }
+        let v = self.small(len)?;
+        (self.emit)(Event::Message(v));
+        Ok(())
+    }
+
+    /// Reads `len` bytes of page data into a free buffer and hands it to the installer.
+    fn install_reply(&mut self, id: u64, target: Target, len: u64) -> Result<(), Stop> {
+        let Some(buf) = self.s.buffers.take(&self.s.stopping) else { return Err(None) };
+        // The data area starts one page into the mapping: page-aligned, like the target.
+        // SAFETY: the mapping is one page plus data_capacity() >= len bytes (header()
+        // refuses longer frames).
+        let data = unsafe { buf.ptr.add(page_size()) };
+        if let Err(stop) = self.r.read_exact(self.s, data, len as usize) {
+            self.s.buffers.put(buf);
+            return Err(stop);
+        }
+        self.s.stats.replies.fetch_add(1, Ordering::Relaxed);
+        self.s.stats.bytes.fetch_add(len, Ordering::Relaxed);
+        let src = SrcBytes { ptr: data, len };
+        let listed = Received { src, gate: target.gate.clone(), epoch: target.epoch, dst: target.dst };
+        self.s.received.lock().unwrap().insert(id, listed);
+        // The buffer rides with the job and comes back with its completion: the bytes stay
+        // as read until then (SrcBytes).
+        self.s.installer.submit(Job { id, target, src, keep: Slot { id, buf } });
+        Ok(())
+    }
+
+    /// Reads and drops `len` bytes.
+    fn discard(&mut self, mut len: u64) -> Result<(), Stop> {
+        let mut sink = vec![0u8; READ_AHEAD];
+        while len > 0 {
+            let n = len.min(sink.len() as u64) as usize;
+            self.r.read_exact(self.s, sink.as_mut_ptr(), n)?;
+            len -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_prefix_decodes_both_servers_headers() {
+        // As writePagesHeader and page_stream.rs write it: fixed widths, bin32.
+        let mut b = vec![0x96, TAG_PAGES, 0xce, 0, 0, 0, 7, 0xce, 0, 0, 1, 0x2c, 0xcf];
+        b.extend_from_slice(&0x7f00_0000_0000u64.to_be_bytes());
+        b.extend_from_slice(&[0xce, 0, 0, 2, 0, 0xc6, 0, 0x20, 0, 0]);
+        assert_eq!(decode_pages_prefix(&b), Some((7, 300, 0x7f00_0000_0000, 512, 512 * 4096, 31)));
+        // As msgpackr packs it (encodeServer): smallest widths, a float64 address, bin16.
+        let mut m = vec![0x96, TAG_PAGES, 7, 0xcd, 1, 0x2c, 0xcb];
+        m.extend_from_slice(&(0x7f00_0000_0000u64 as f64).to_be_bytes());
+        m.extend_from_slice(&[1, 0xc5, 0x10, 0]);
+        assert_eq!(decode_pages_prefix(&m), Some((7, 300, 0x7f00_0000_0000, 1, 4096, m.len())));
+        assert_eq!(decode_pages_prefix(&m[..m.len() - 1]), None);
+        assert_eq!(decode_pages_prefix(&[0x93, 19, 1]), None);
+    }
+}
