@@ -281,11 +281,11 @@ export type PageReceiverEvent =
   | { type: 'closed'; error?: string }
 
 /**
- * A page client's connection whose replies are received and installed on a native thread:
- * each reply's pages are read into a page-aligned buffer and installed with UFFDIO_COPY
- * (waking waiting threads) as they arrive, 64 KiB at a time, each slice ordered with the
- * FaultLoop's reads as BackgroundInstaller's are. JS hears once per reply. The thread
- * answers pings and close frames itself.
+ * A page client's connection whose replies are received and installed on native threads:
+ * two threads take turns reading a whole reply into their own page-aligned buffer, and
+ * each installs the reply it read with UFFDIO_COPY (waking waiting threads) while the other
+ * reads the next, 64 KiB slices ordered with the FaultLoop's reads as BackgroundInstaller's
+ * are. JS hears once per reply. The threads answer pings and close frames themselves.
  *
  * `fd` is a connected TCP socket after the WebSocket handshake and the protocol's hello;
  * the receiver makes its own duplicate (and makes the open file blocking), so the caller

@@ -3,13 +3,14 @@
 //! Why: on the destination, the JS thread used to read every background byte (a 2 MiB
 //! reply took ~5 reads, each a trip through libuv and a JS callback), decode the reply and
 //! hand it to an installer thread. Two threads touched every frame, and the JS thread's
-//! part showed up in the time until every page is in. Here a thread per background
-//! connection reads each reply's pages into one of a few page-aligned buffers and hands it
-//! to an installer thread (background.rs), which installs it with UFFDIO_COPY while the
-//! next reply is read, then tells JS once per reply how it went. Receiving and installing
-//! stay on two threads: one thread doing both was measured slower than the JS thread plus
-//! an installer (a fresh page of the target costs more than receiving it, so the two must
-//! overlap).
+//! part showed up in the time until every page is in. Here two threads per background
+//! connection take turns at the socket: one reads a whole reply into its own page-aligned
+//! buffer, lets the other read the next, and installs its pages with UFFDIO_COPY while the
+//! other reads; JS hears once per reply. Each reply is installed by the thread that read it,
+//! from memory still in that CPU's cache: with a reader thread handing buffers to an
+//! installer thread, installing 1 GiB took ~515 ms of CPU (the copies read lines the other
+//! CPU had just written), where this machine's plain-C floor, which reads and installs on
+//! one thread, needs far less (see docs/PERFORMANCE.md).
 //!
 //! Installs stay ordered with the uffd's events exactly as the installer's other jobs are:
 //! each request is registered with a `Target` carrying the gate's epoch of the moment JS
@@ -22,13 +23,13 @@
 //! (`error`, `bye`, `reject`), passed on whole. Only the subset a page server speaks:
 //! unfragmented unmasked binary frames, ping, pong, close.
 
-use crate::background::{Completion, End, Gate, Installer, Job, Present, SrcBytes, Target, install_span};
+use crate::background::{End, Gate, Present, SrcBytes, Target, defer_to_js_thread, install_span};
 use crate::sys::{SysError, SysResult, now_ns, page_size};
 use crate::ws_wire::{FrameBuf, TAG_PAGES, message_uints, send_all, take_socket, ws_header};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Largest frame passed to JS whole (errors, bye, reject are a few hundred bytes).
 const MAX_OTHER_PAYLOAD: u64 = 1 << 20;
@@ -36,8 +37,8 @@ const MAX_OTHER_PAYLOAD: u64 = 1 << 20;
 const READ_AHEAD: usize = 64 << 10;
 /// A reply's `pages` message prefix is at most this long: array, tag, four uints, bin32.
 const PAGES_PREFIX_MAX: usize = 2 + 4 * 9 + 5;
-/// Reply buffers per connection: one being read, one being installed, one ready.
-const BUFFERS: usize = 3;
+/// Threads per connection: while one installs the reply it read, the other reads the next.
+const THREADS: usize = 2;
 
 /// What the thread tells JS.
 pub enum Event {
@@ -92,49 +93,15 @@ impl Masks {
     }
 }
 
-/// Reply buffers not in use, and a wait for one.
-struct Buffers {
-    free: Mutex<Vec<FrameBuf>>,
-    returned: Condvar,
-}
-
-impl Buffers {
-    /// A free buffer, once there is one; None if the connection is stopping meanwhile.
-    fn take(&self, stopping: &AtomicBool) -> Option<FrameBuf> {
-        let mut free = self.free.lock().unwrap();
-        loop {
-            if stopping.load(Ordering::SeqCst) {
-                return None;
-            }
-            if let Some(b) = free.pop() {
-                return Some(b);
-            }
-            free = self.returned.wait(free).unwrap();
-        }
-    }
-
-    fn put(&self, b: FrameBuf) {
-        self.free.lock().unwrap().push(b);
-        self.returned.notify_one();
-    }
-
-    fn wake(&self) {
-        let _guard = self.free.lock().unwrap();
-        self.returned.notify_all();
-    }
-}
-
 /// A reply read whole and not yet wholly installed: where its pages are and where they go.
-/// While it is listed its buffer is not reused (the completion takes it out first, under
-/// the same lock), so install_now may copy from it.
+/// While it is listed its buffer is not reused (the thread that read it takes it out, under
+/// the same lock, before it reads into that buffer again), so install_now may copy from it.
 struct Received {
     src: SrcBytes,
     gate: Arc<Gate>,
     epoch: u64,
     dst: u64,
 }
-
-type ReceivedMap = Arc<Mutex<HashMap<u64, Received>>>;
 
 /// How install_now went.
 pub enum Now {
@@ -146,10 +113,11 @@ pub enum Now {
     Ended(End),
 }
 
-/// A reply on the installer: its request, and the buffer that goes back once it is in.
-struct Slot {
-    id: u64,
-    buf: FrameBuf,
+/// The connection's read side: the thread holding it reads the next frames.
+struct ReadSide {
+    r: Reader,
+    /// Why the connection ended, once it has (None inside: cleanly, or on request).
+    ended: Option<Stop>,
 }
 
 struct Shared {
@@ -157,13 +125,16 @@ struct Shared {
     /// Held while a frame is written: JS writes requests, the thread answers pings.
     writer: Mutex<Masks>,
     pending: Mutex<HashMap<u64, Pending>>,
-    received: ReceivedMap,
-    buffers: Arc<Buffers>,
-    installer: Installer<Slot>,
+    received: Mutex<HashMap<u64, Received>>,
+    /// Spans of requests' pages JS installed itself: installs pass over them.
+    present: Present,
+    read_side: Mutex<ReadSide>,
+    /// Threads still running: the last one out reports the end.
+    running: AtomicUsize,
     stopping: AtomicBool,
     /// now_ns() of the last bytes read.
     heard_ns: AtomicU64,
-    stats: Arc<Stats>,
+    stats: Stats,
     /// The largest reply's page data.
     max_bytes: usize,
 }
@@ -197,58 +168,51 @@ impl PageReceiver {
     /// The thread reports through `emit` until it sends `Event::Closed`, its last event.
     pub fn start(fd: RawFd, head: Vec<u8>, max_bytes: usize, emit: Arc<dyn Fn(Event) + Send + Sync>) -> SysResult<PageReceiver> {
         let sock = take_socket(fd)?;
-        let mut free = Vec::with_capacity(BUFFERS);
-        for _ in 0..BUFFERS {
-            free.push(FrameBuf::new(max_bytes.max(page_size()))?);
+        let max_bytes = max_bytes.max(page_size());
+        let mut bufs = Vec::with_capacity(THREADS);
+        for _ in 0..THREADS {
+            bufs.push(FrameBuf::new(max_bytes)?);
         }
-        let buffers = Arc::new(Buffers { free: Mutex::new(free), returned: Condvar::new() });
-        let stats = Arc::new(Stats::default());
-        let received: ReceivedMap = Arc::default();
-        let installed: Arc<dyn Fn(Completion<Slot>) + Send + Sync> = {
-            let (buffers, emit, stats, received) = (buffers.clone(), emit.clone(), stats.clone(), received.clone());
-            Arc::new(move |c: Completion<Slot>| {
-                let id = c.keep.id;
-                stats.pages.fetch_add(c.bytes / page_size() as u64, Ordering::Relaxed);
-                received.lock().unwrap().remove(&id);
-                buffers.put(c.keep.buf);
-                emit(Event::Installed { id, bytes: c.bytes, end: c.end });
-            })
-        };
-        let installer = Installer::start(1, installed).map_err(|e| SysError::new("pthread_create", e.raw_os_error().unwrap_or(libc::EAGAIN)).because(e.to_string()))?;
+        let mut inbuf = vec![0u8; READ_AHEAD.max(head.len())];
+        inbuf[..head.len()].copy_from_slice(&head);
+        let reader = Reader { fd: sock.as_raw_fd(), buf: inbuf, lo: 0, hi: head.len() };
         let shared = Arc::new(Shared {
             sock,
             writer: Mutex::new(Masks { pool: [0; 1024], at: 1024 }),
             pending: Mutex::new(HashMap::new()),
-            received,
-            buffers,
-            installer,
+            received: Mutex::new(HashMap::new()),
+            present: Present::default(),
+            read_side: Mutex::new(ReadSide { r: reader, ended: None }),
+            running: AtomicUsize::new(THREADS),
             stopping: AtomicBool::new(false),
             heard_ns: AtomicU64::new(now_ns()),
-            stats,
-            max_bytes: max_bytes.max(page_size()),
+            stats: Stats::default(),
+            max_bytes,
         });
-        let mut inbuf = vec![0u8; READ_AHEAD.max(head.len())];
-        inbuf[..head.len()].copy_from_slice(&head);
-        let reader = Reader { fd: shared.sock.as_raw_fd(), buf: inbuf, lo: 0, hi: head.len() };
-        let for_thread = shared.clone();
-        std::thread::Builder::new()
-            .name("lazymig-recv".into())
-            .spawn(move || {
-                let run = std::panic::AssertUnwindSafe(|| Conn { s: &for_thread, r: reader, emit: &*emit }.run());
-                let end = match std::panic::catch_unwind(run) {
-                    Ok(end) => end,
-                    Err(p) => Some(format!("internal error in the page receiver thread: {}", crate::napi::error::panic_message(&*p))),
-                };
-                // SAFETY: shutdown on an fd we own: the server learns at once that nobody reads.
-                unsafe { libc::shutdown(for_thread.sock.as_raw_fd(), libc::SHUT_RDWR) };
-                // Every reply read is reported before the end: the one being installed when
-                // the installer stops, and those it never started (nothing of them is in).
-                for j in for_thread.installer.stop() {
-                    emit(Event::Installed { id: j.keep.id, bytes: 0, end: End::Stale });
+        for (i, buf) in bufs.into_iter().enumerate() {
+            let (s, emit) = (shared.clone(), emit.clone());
+            let spawned = std::thread::Builder::new().name(format!("lazymig-recv{i}")).spawn(move || {
+                defer_to_js_thread();
+                let run = std::panic::AssertUnwindSafe(|| Worker { s: &s, buf, emit: &*emit }.run());
+                if let Err(p) = std::panic::catch_unwind(run) {
+                    let why = format!("internal error in a page receiver thread: {}", crate::napi::error::panic_message(&*p));
+                    s.read_side.lock().unwrap_or_else(|p| p.into_inner()).ended.get_or_insert(Some(why));
+                    s.stopping.store(true, Ordering::SeqCst);
                 }
-                emit(Event::Closed(end));
-            })
-            .map_err(|e| SysError::new("pthread_create", e.raw_os_error().unwrap_or(libc::EAGAIN)).because(e.to_string()))?;
+                if s.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    // SAFETY: shutdown on an fd we own: the server learns at once that nobody reads.
+                    unsafe { libc::shutdown(s.sock.as_raw_fd(), libc::SHUT_RDWR) };
+                    let end = s.read_side.lock().unwrap_or_else(|p| p.into_inner()).ended.take().flatten();
+                    emit(Event::Closed(end));
+                }
+            });
+            if let Err(e) = spawned {
+                // The threads already started end with the connection.
+                shared.running.fetch_sub(THREADS - i, Ordering::SeqCst);
+                PageReceiver { shared: shared.clone() }.terminate();
+                return Err(SysError::new("pthread_create", e.raw_os_error().unwrap_or(libc::EAGAIN)).because(e.to_string()));
+            }
+        }
         Ok(PageReceiver { shared })
     }
 
@@ -268,7 +232,9 @@ impl PageReceiver {
     /// Bytes [from, to) of request `id`'s pages are in the process already: its reply
     /// passes over them. Only what is truly present may be named.
     pub fn present(&self, id: u64, from: u64, to: u64) {
-        self.shared.installer.present(id, from, to);
+        if from < to {
+            self.shared.present.add(id, from, to);
+        }
     }
 
     /// Installs bytes [from, to) of request `id`'s pages now, on the calling thread, from
@@ -280,8 +246,8 @@ impl PageReceiver {
         let target = Target { gate: r.gate.clone(), epoch: r.epoch, dst: r.dst };
         match install_span(id, &target, r.src, from, to, &self.shared.stopping, &Present::default()) {
             Ok(()) => {
-                // The installer passes over them rather than find each one present.
-                self.shared.installer.present(id, from, to);
+                // The thread installing the reply passes over them rather than find each one present.
+                self.shared.present.add(id, from, to);
                 Now::Installed
             }
             Err((_, end)) => Now::Ended(end),
@@ -307,7 +273,6 @@ impl PageReceiver {
     /// Ends the connection now (the thread, blocked in recv, is woken by the shutdown).
     pub fn terminate(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        self.shared.buffers.wake();
         // SAFETY: shutdown on an fd the shared state owns; it stays open until the last
         // Arc goes, so the number cannot have been reused.
         unsafe { libc::shutdown(self.shared.sock.as_raw_fd(), libc::SHUT_RDWR) };
@@ -413,43 +378,101 @@ fn decode_pages_prefix(b: &[u8]) -> Option<(u64, u64, u64, u64, u64, usize)> {
     Some((id, pid, address, pages, len, at + n))
 }
 
+/// A reply read into a thread's buffer, to be installed.
+struct Reply {
+    id: u64,
+    target: Target,
+    src: SrcBytes,
+}
+
+/// One of a connection's threads: reads a reply (holding the read side), installs it.
+struct Worker<'a> {
+    s: &'a Shared,
+    buf: FrameBuf,
+    emit: &'a (dyn Fn(Event) + Send + Sync),
+}
+
+impl Worker<'_> {
+    fn run(&mut self) {
+        loop {
+            let reply = {
+                let mut side = self.s.read_side.lock().unwrap();
+                if side.ended.is_some() {
+                    return;
+                }
+                match (Conn { s: self.s, r: &mut side.r, emit: self.emit }).next_reply(&self.buf) {
+                    Ok(reply) => reply,
+                    Err(stop) => {
+                        side.ended = Some(stop);
+                        return;
+                    }
+                }
+            };
+            self.install(reply);
+        }
+    }
+
+    fn install(&self, Reply { id, target, src }: Reply) {
+        let (bytes, end) = match install_span(id, &target, src, 0, src.len, &self.s.stopping, &self.s.present) {
+            Ok(()) => (src.len, End::Done),
+            Err(stopped) => stopped,
+        };
+        // Unlisted before the buffer takes the next reply: install_now copies under this lock.
+        self.s.received.lock().unwrap().remove(&id);
+        self.s.present.forget(id);
+        self.s.stats.pages.fetch_add(bytes / page_size() as u64, Ordering::Relaxed);
+        (self.emit)(Event::Installed { id, bytes, end });
+    }
+}
+
+/// Reading the connection, for the thread that holds its read side.
 struct Conn<'a> {
     s: &'a Shared,
-    r: Reader,
+    r: &'a mut Reader,
     emit: &'a (dyn Fn(Event) + Send + Sync),
 }
 
 impl Conn<'_> {
-    fn run(&mut self) -> Stop {
+    /// Reads frames until a reply to a registered request has been read into `buf`; deals
+    /// with every other frame on the way (pings, errors and the like for JS, replies to
+    /// requests given up). Err: the connection is over.
+    fn next_reply(&mut self, buf: &FrameBuf) -> Result<Reply, Stop> {
         loop {
-            let (opcode, len) = match self.header() {
-                Ok(h) => h,
-                Err(stop) => return stop,
-            };
-            let step = match opcode {
-                0x2 => self.binary(len),
-                0x9 => self.small(len).and_then(|p| self.s.write_frame(0xa, &p).map_err(|e| self.s.ended(e.to_string()))),
-                0xa => self.small(len).map(|_| ()),
-                0x8 => {
-                    let body = self.small(len).unwrap_or_default();
-                    if !self.s.stopping.swap(true, Ordering::SeqCst) {
-                        // The server closed first: echo its code, as RFC 6455 asks.
-                        let code = if body.len() >= 2 { body[..2].to_vec() } else { vec![0x03, 0xe8] };
-                        let _ = self.s.write_frame(0x8, &code);
-                        let code = if body.len() >= 2 { u16::from_be_bytes([body[0], body[1]]) } else { 1005 };
-                        if code != 1000 && code != 1005 {
-                            let reason = String::from_utf8_lossy(body.get(2..).unwrap_or_default());
-                            return Some(format!("closed by the page server ({code}{}{reason})", if reason.is_empty() { "" } else { ": " }));
-                        }
+            let (opcode, len) = self.header()?;
+            match opcode {
+                0x2 => {
+                    if let Some(reply) = self.binary(len, buf)? {
+                        return Ok(reply);
                     }
-                    return None;
                 }
+                0x9 => {
+                    let p = self.small(len)?;
+                    self.s.write_frame(0xa, &p).map_err(|e| self.s.ended(e.to_string()))?;
+                }
+                0xa => {
+                    self.small(len)?;
+                }
+                0x8 => return Err(self.closed_by_server(len)),
                 _ => unreachable!("header() admits no other opcode"),
-            };
-            if let Err(stop) = step {
-                return stop;
             }
         }
+    }
+
+    /// The server's close frame: echoed (unless we closed first), then the end.
+    fn closed_by_server(&mut self, len: u64) -> Stop {
+        let body = self.small(len).unwrap_or_default();
+        if self.s.stopping.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        // The server closed first: echo its code, as RFC 6455 asks.
+        let code = if body.len() >= 2 { body[..2].to_vec() } else { vec![0x03, 0xe8] };
+        let _ = self.s.write_frame(0x8, &code);
+        let code = if body.len() >= 2 { u16::from_be_bytes([body[0], body[1]]) } else { 1005 };
+        if code == 1000 || code == 1005 {
+            return None;
+        }
+        let reason = String::from_utf8_lossy(body.get(2..).unwrap_or_default());
+        Some(format!("closed by the page server ({code}{}{reason})", if reason.is_empty() { "" } else { ": " }))
     }
 
     /// A protocol error: close with `code` and stop, naming `why`.
@@ -507,7 +530,8 @@ impl Conn<'_> {
         Ok(v)
     }
 
-    fn binary(&mut self, len: u64) -> Result<(), Stop> {
+    /// A binary frame: a reply read into `buf` (Some), or anything else dealt with (None).
+    fn binary(&mut self, len: u64, buf: &FrameBuf) -> Result<Option<Reply>, Stop> {
         let head = (len as usize).min(PAGES_PREFIX_MAX);
         self.r.fill(self.s, head)?;
         if let Some((id, pid, address, pages, data_len, k)) = decode_pages_prefix(self.r.peek(head))
@@ -517,7 +541,8 @@ impl Conn<'_> {
             let pending = self.s.pending.lock().unwrap().remove(&id);
             let Some(p) = pending else {
                 // A request given up meanwhile: its reply is read and dropped.
-                return self.discard(data_len);
+                self.discard(data_len)?;
+                return Ok(None);
             };
             let ps = page_size() as u64;
             let mismatch = if p.pid != pid || p.address != address || p.pages != pages {
@@ -530,38 +555,33 @@ impl Conn<'_> {
             if let Some(why) = mismatch {
                 self.discard(data_len)?;
                 (self.emit)(Event::BadReply { id, why });
-                return Ok(());
+                return Ok(None);
             }
-            return self.install_reply(id, p.target, data_len);
+            return self.read_reply(id, p.target, data_len, buf).map(Some);
         }
         if len > MAX_OTHER_PAYLOAD {
             return Err(self.violation(1009, format!("a {len}-byte frame that is not a reply to a request")));
         }
         let v = self.small(len)?;
         (self.emit)(Event::Message(v));
-        Ok(())
+        Ok(None)
     }
 
-    /// Reads `len` bytes of page data into a free buffer and hands it to the installer.
-    fn install_reply(&mut self, id: u64, target: Target, len: u64) -> Result<(), Stop> {
-        let Some(buf) = self.s.buffers.take(&self.s.stopping) else { return Err(None) };
+    /// Reads `len` bytes of page data into `buf`, listed for install_now once whole.
+    fn read_reply(&mut self, id: u64, target: Target, len: u64, buf: &FrameBuf) -> Result<Reply, Stop> {
         // The data area starts one page into the mapping: page-aligned, like the target.
         // SAFETY: the mapping is one page plus data_capacity() >= len bytes (header()
         // refuses longer frames).
         let data = unsafe { buf.ptr.add(page_size()) };
-        if let Err(stop) = self.r.read_exact(self.s, data, len as usize) {
-            self.s.buffers.put(buf);
-            return Err(stop);
-        }
+        self.r.read_exact(self.s, data, len as usize)?;
         self.s.stats.replies.fetch_add(1, Ordering::Relaxed);
         self.s.stats.bytes.fetch_add(len, Ordering::Relaxed);
+        // The bytes stay as read until the reply is installed and unlisted: the thread that
+        // owns buf reads nothing else into it before (SrcBytes).
         let src = SrcBytes { ptr: data, len };
         let listed = Received { src, gate: target.gate.clone(), epoch: target.epoch, dst: target.dst };
         self.s.received.lock().unwrap().insert(id, listed);
-        // The buffer rides with the job and comes back with its completion: the bytes stay
-        // as read until then (SrcBytes).
-        self.s.installer.submit(Job { id, target, src, keep: Slot { id, buf } });
-        Ok(())
+        Ok(Reply { id, target, src })
     }
 
     /// Reads and drops `len` bytes.
