@@ -251,15 +251,17 @@ export declare class FaultLoop {
   stop(): Promise<void>
   /**
    * Installs on native threads ('event-loop' mode only, else an Error), with the loop's
-   * guarantee kept: a job never installs anything after the loop has read an event
-   * (REMOVE/UNMAP/REMAP/FORK) from its uffd that JS had not seen when submitting it. The
-   * loop's read of a uffd waits for an install slice in progress (64 KiB) to end.
+   * guarantee kept: a job never installs a page after the loop has read an event about
+   * that page (a REMOVE or UNMAP of it, a REMAP from or to it) that JS had not seen when
+   * submitting the job. Events about other pages (and FORK) leave it alone. The loop's
+   * read of a uffd waits for an install slice in progress (64 KiB) to end.
    */
   backgroundInstaller(onDone: BackgroundDone, opts?: { /** worker threads, default 1 */ threads?: number }): BackgroundInstaller
   /**
    * Where a PageReceiver may install a reply's pages: from `dst` on in the uffd's process
-   * ('event-loop' mode only, else an Error). Valid while this loop has read no event
-   * (REMOVE/UNMAP/REMAP/FORK) from the uffd since now: take it when deciding what to ask for.
+   * ('event-loop' mode only, else an Error). A page goes in only if this loop has read no
+   * event about it (REMOVE, UNMAP, REMAP from or to it) since now: take the target when
+   * deciding what to ask for.
    */
   installTarget(uffd: Userfaultfd | number, dst: number): InstallTarget
 }
@@ -326,8 +328,8 @@ export declare class PageReceiver {
 /**
  * How a background job ended:
  * - 'done': every page of it is in (installed by the job, or already present);
- * - 'stale': an event was read since it was submitted (or the uffd left the loop, or the
- *   installer stopped): pages past `bytes` were not installed;
+ * - 'stale': an event about the page at `bytes` was read since the job was submitted (or
+ *   the uffd left the loop, or the installer stopped): pages past `bytes` were not installed;
  * - 'again': the kernel refused (an event waits to be read): pages past `bytes` were not installed;
  * - 'gone': the mapping or the process is gone;
  * - 'failed': another error.

@@ -141,7 +141,7 @@ test('a reply that does not match its request installs nothing; other frames pas
   t.true(receiver.closed)
 })
 
-test('a reply to a request made before a remove event was read installs nothing: no stale page', async (t) => {
+test('an event read after a request stales its reply only where it touched: no stale page, the rest goes in', async (t) => {
   const r = Region.create(t, { pages: 4, features: ['eventRemove'] })
   r.serve(({ faults }) => {
     for (const f of faults) r.uffd.zeropage(f.address, PS)
@@ -149,13 +149,17 @@ test('a reply to a request made before a remove event was read installs nothing:
   t.is(r.uffd.copy(r.page(0), stampedPage(r.page(0))).status, 'ok')
   const { receiver, peer, read, next } = await connected(t, 4 * PS)
   receiver.request(5, 77, 0x40000, 1, r.loop!.installTarget(r.uffd, r.page(1)), Buffer.from('r5'))
+  receiver.request(6, 77, 0x41000, 1, r.loop!.installTarget(r.uffd, r.page(2)), Buffer.from('r6'))
   await read()
-  // The event is read (and the madvise returns) after the request was made.
+  await read()
+  // The event (about page 1 only) is read, and the madvise returns, after both requests.
   await settles(testing.madviseOnThread(r.page(1), PS, 'dontneed'), 'madvise')
   peer.write(serverFrame(2, pagesMessage(5, 77, 0x40000, stampedPage(r.page(1)))))
   t.deepEqual(await next(), { type: 'installed', id: 5, bytes: 0, end: 'stale' })
-  const { values } = await settles(testing.touch({ addresses: [r.page(0), r.page(1)] }), 'touch')
-  t.deepEqual([...values], [BigInt(r.page(0)), 0n])
+  peer.write(serverFrame(2, pagesMessage(6, 77, 0x41000, stampedPage(r.page(2)))))
+  t.deepEqual(await next(), { type: 'installed', id: 6, bytes: PS, end: 'done' })
+  const { values } = await settles(testing.touch({ addresses: [r.page(0), r.page(1), r.page(2)] }), 'touch')
+  t.deepEqual([...values], [BigInt(r.page(0)), 0n, BigInt(r.page(2))])
 })
 
 test('a frame longer than the largest reply ends the connection, naming it', async (t) => {

@@ -10,10 +10,11 @@
 //! range after a REMOVE/UNMAP/REMAP event about it was read, unless JS had seen that event
 //! when it asked for the install. So every uffd watched by an event-loop FaultLoop has a
 //! `Gate`: the JS thread holds it exclusively while it reads the uffd and counts the event
-//! batches it read (`epoch`); a worker holds it shared around each UFFDIO_COPY slice and
-//! first checks that the epoch is still the one of the moment JS submitted the job. A job
-//! that finds the epoch moved stops ("stale"): JS decides again about the rest, now knowing
-//! the event. Installs made before the read either landed before the target's change (and
+//! batches it read (`epoch`), noting the address ranges each one touched; a worker holds it
+//! shared around each UFFDIO_COPY slice and first checks that no event read since the
+//! moment JS submitted the job touched the slice's pages. A job that finds one did stops
+//! ("stale"): JS decides again about the rest, now knowing the event. Events elsewhere in
+//! the address space (a glibc free far away, a fork) leave it alone. Installs made before the read either landed before the target's change (and
 //! are dealt with by it) or failed with EAGAIN (the kernel's mmap_changing).
 //!
 //! A worker holds the gate for one slice (`SLICE_BYTES`) at a time, and does not start
@@ -44,6 +45,26 @@ struct GateState {
     /// keep the uffd open (a process unmapping registered memory waits until someone
     /// reads the event, or until the uffd is closed for good), however long the gate lives.
     fd: Option<OwnedFd>,
+    /// [start, end) ranges the latest event batches touched, with the epoch each batch
+    /// ended: oldest first, at most TOUCHED_KEPT.
+    touched: VecDeque<(u64, u64, u64)>,
+    /// Every batch after this epoch has its ranges in `touched`; a job from before it
+    /// cannot be checked and is stale.
+    forgotten: u64,
+}
+
+/// Event ranges a gate remembers: a job older than all of them is stale.
+const TOUCHED_KEPT: usize = 1024;
+
+impl GateState {
+    /// True when nothing an event read since `epoch` touched [start, end) (and the uffd is
+    /// still in its loop).
+    fn untouched_since(&self, epoch: u64, start: u64, end: u64) -> bool {
+        if self.fd.is_none() || epoch < self.forgotten {
+            return false;
+        }
+        self.touched.iter().rev().take_while(|t| t.0 > epoch).all(|&(_, s, e)| e <= start || end <= s)
+    }
 }
 
 /// The ordering point between the reader of one uffd and background installs into it.
@@ -59,19 +80,30 @@ impl Gate {
         let dup = crate::sys::cvt(unsafe { libc::fcntl(uffd, libc::F_DUPFD_CLOEXEC, 0) } as libc::c_long, "fcntl(F_DUPFD_CLOEXEC)")?;
         // SAFETY: dup is a fresh fd owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(dup as RawFd) };
-        Ok(Arc::new(Gate { state: RwLock::new(GateState { epoch: 0, fd: Some(fd) }), waiting: AtomicUsize::new(0) }))
+        let state = GateState { epoch: 0, fd: Some(fd), touched: VecDeque::new(), forgotten: 0 };
+        Ok(Arc::new(Gate { state: RwLock::new(state), waiting: AtomicUsize::new(0) }))
     }
 
     /// Runs `read` (the reader's read of the uffd) with no install in progress through
-    /// this gate. `read` returns whether it read any non-cooperative event; if so, jobs
-    /// submitted before are stale from now on.
-    pub fn exclusive<R>(&self, read: impl FnOnce() -> (R, bool)) -> R {
+    /// this gate. `read` returns the [start, end) ranges the events it read touched (an
+    /// unmap's, a remove's, both ends of a remap); jobs submitted before that install into
+    /// them are stale from now on.
+    pub fn exclusive<R>(&self, read: impl FnOnce() -> (R, Vec<(u64, u64)>)) -> R {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
         self.waiting.fetch_sub(1, Ordering::SeqCst);
-        let (r, saw_event) = read();
-        if saw_event {
+        let (r, touched) = read();
+        if !touched.is_empty() {
             st.epoch += 1;
+            let epoch = st.epoch;
+            for (s, e) in touched {
+                if st.touched.len() == TOUCHED_KEPT
+                    && let Some((old, _, _)) = st.touched.pop_front()
+                {
+                    st.forgotten = st.forgotten.max(old);
+                }
+                st.touched.push_back((epoch, s, e));
+            }
         }
         r
     }
@@ -81,13 +113,14 @@ impl Gate {
         self.state.read().unwrap_or_else(|p| p.into_inner()).epoch
     }
 
-    /// One slice of a job: `f` runs holding the gate shared, unless the job is stale (an
-    /// event was read since it was submitted at `epoch`, or the gate closed): then None.
+    /// One slice of a job, into [dst, dst + len): `f` runs holding the gate shared, unless
+    /// the slice is stale (an event read since the job was submitted at `epoch` touched it,
+    /// or the gate closed): then None.
     ///
     /// A reader waiting for the gate goes first. It was woken when the last slice ended
     /// and takes the gate as soon as it runs; the worker yields meanwhile (sleeping would
     /// leave the CPU idle for longer than that takes).
-    fn slice<R>(&self, epoch: u64, stopping: &AtomicBool, f: impl FnOnce(RawFd) -> R) -> Option<R> {
+    fn slice<R>(&self, epoch: u64, dst: u64, len: u64, stopping: &AtomicBool, f: impl FnOnce(RawFd) -> R) -> Option<R> {
         let mut tries = 0u32;
         while self.waiting.load(Ordering::SeqCst) > 0 && !stopping.load(Ordering::Relaxed) {
             tries += 1;
@@ -99,7 +132,7 @@ impl Gate {
         }
         let st = self.state.read().unwrap_or_else(|p| p.into_inner());
         match &st.fd {
-            Some(fd) if st.epoch == epoch => Some(f(fd.as_raw_fd())),
+            Some(fd) if st.untouched_since(epoch, dst, dst.saturating_add(len)) => Some(f(fd.as_raw_fd())),
             _ => None,
         }
     }
@@ -363,7 +396,7 @@ pub fn install_span(id: u64, target: &Target, src: SrcBytes, from: u64, to: u64,
         // SAFETY: at + n <= src.len, and the source bytes stay alive and unmodified while
         // they are installed (SrcBytes).
         let copy = |fd| unsafe { uffd::copy_from_raw(fd, target.dst + at, src.ptr.add(at as usize), n, FillMode { dont_wake: false, wp: false }) };
-        let Some(out) = target.gate.slice(target.epoch, stopping, copy) else {
+        let Some(out) = target.gate.slice(target.epoch, target.dst + at, n, stopping, copy) else {
             return Err((at, End::Stale));
         };
         match out {
@@ -395,7 +428,7 @@ pub fn gate_turns(rounds: u32) -> SysResult<u64> {
         std::thread::spawn(move || {
             let _ = tx.send(());
             while !stop.load(Ordering::Relaxed) {
-                gate.slice(0, &stop, |_| {
+                gate.slice(0, 0, 1, &stop, |_| {
                     if gate.waiting.load(Ordering::SeqCst) > 0 {
                         overtaking.fetch_add(1, Ordering::SeqCst);
                     }
@@ -413,11 +446,51 @@ pub fn gate_turns(rounds: u32) -> SysResult<u64> {
         let before = overtaking.load(Ordering::SeqCst);
         gate.exclusive(|| {
             worst = worst.max(overtaking.load(Ordering::SeqCst) - before);
-            ((), false)
+            ((), Vec::new())
         });
         std::thread::sleep(Duration::from_micros(200));
     }
     stop.store(true, Ordering::Relaxed);
     let _ = worker.join();
     Ok(worst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn null_gate() -> Arc<Gate> {
+        let null = std::fs::File::open("/dev/null").unwrap();
+        Gate::new(null.as_raw_fd()).unwrap()
+    }
+
+    fn untouched(g: &Gate, epoch: u64, start: u64, end: u64) -> bool {
+        g.state.read().unwrap().untouched_since(epoch, start, end)
+    }
+
+    #[test]
+    fn events_stale_only_the_pages_they_touched() {
+        let g = null_gate();
+        let e0 = g.epoch();
+        g.exclusive(|| ((), vec![(0x2000, 0x3000)]));
+        assert!(untouched(&g, e0, 0x3000, 0x5000), "after the range");
+        assert!(untouched(&g, e0, 0x0, 0x2000), "before it");
+        assert!(!untouched(&g, e0, 0x1000, 0x2001), "overlapping its first byte");
+        assert!(untouched(&g, g.epoch(), 0x2000, 0x3000), "a job that knew of the event");
+        g.exclusive(|| ((), Vec::new()));
+        assert_eq!(g.epoch(), e0 + 1, "a batch without events moves nothing");
+    }
+
+    #[test]
+    fn a_job_older_than_the_ranges_kept_is_stale() {
+        let g = null_gate();
+        let e0 = g.epoch();
+        for i in 0..=TOUCHED_KEPT as u64 {
+            g.exclusive(|| ((), vec![(i << 20, (i << 20) + 0x1000)]));
+        }
+        assert!(!untouched(&g, e0, 0x7fff_0000_0000, 0x7fff_0000_1000), "its events are forgotten: cannot tell");
+        assert!(untouched(&g, e0 + 2, 0x7fff_0000_0000, 0x7fff_0000_1000), "a later job can still be checked");
+        g.close();
+        assert!(!untouched(&g, g.epoch(), 0, 0x1000), "a closed gate admits nothing");
+    }
 }

@@ -12,10 +12,10 @@
 //! CPU had just written), where this machine's plain-C floor, which reads and installs on
 //! one thread, needs far less (see docs/PERFORMANCE.md).
 //!
-//! Installs stay ordered with the uffd's events exactly as the installer's other jobs are:
-//! each request is registered with a `Target` carrying the gate's epoch of the moment JS
-//! asked for it. A reply installed after an event was read installs nothing more
-//! ("stale") and JS decides again about its pages, now knowing the event.
+//! Installs stay ordered with the uffd's events exactly as the installer's jobs are: each
+//! request is registered with a `Target` carrying the gate's epoch of the moment JS asked
+//! for it. A reply installs nothing where an event read since then touched it ("stale"),
+//! and JS decides again about those pages, now knowing the event.
 //!
 //! JS keeps what is not the data path: the handshake, hello and welcome (done before the
 //! socket is handed over), writing requests (through `request`, on the JS thread, which
@@ -109,7 +109,8 @@ pub enum Now {
     Installed,
     /// The reply has not been read whole yet (or is wholly installed and gone).
     Absent,
-    /// It stopped: an event was read since the request (stale), or the process is gone.
+    /// It stopped: an event about these pages was read since the request (stale), or the
+    /// process is gone.
     Ended(End),
 }
 

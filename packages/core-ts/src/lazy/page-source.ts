@@ -53,7 +53,7 @@ export interface InstallingFetch {
   /**
    * Installs bytes [offset, offset + len) (whole pages) of these pages now, on the calling
    * thread, if they have arrived and wait to be installed: true when they are in. False
-   * when they have not arrived, or when an event was read since they were asked for.
+   * when they have not arrived, or when an event about them was read since they were asked for.
    */
   installNow(offset: number, len: number): boolean;
 }

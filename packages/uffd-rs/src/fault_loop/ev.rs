@@ -267,8 +267,7 @@ impl EvLoop {
             let buf = &mut st.buf;
             let mut read = || {
                 let r = read_pending(fd, buf, page_mask, &mut faults, &mut events);
-                let saw_event = !events.is_empty();
-                (r, saw_event)
+                (r, touched_ranges(&events))
             };
             let got = match &gate {
                 Some(g) => g.exclusive(read),
@@ -370,4 +369,21 @@ fn call_on_batch(env_raw: napi_env, on_batch: ffi::napi_ref, batch: &Pending) {
     }
     // SAFETY: the scope opened above.
     unsafe { ffi::napi_close_handle_scope(env_raw, scope) };
+}
+
+/// The address ranges a batch of events changed, for the gate: what an unmap or a remove
+/// takes away, and both ends of a remap. A fork changes nothing in the parent.
+fn touched_ranges(events: &[LoopEvent]) -> Vec<(u64, u64)> {
+    let mut v = Vec::new();
+    for e in events {
+        match *e {
+            LoopEvent::Remove { start, end, .. } | LoopEvent::Unmap { start, end, .. } => v.push((start, end)),
+            LoopEvent::Remap { from, to, len, .. } => {
+                v.push((from, from.saturating_add(len)));
+                v.push((to, to.saturating_add(len)));
+            }
+            LoopEvent::Fork { .. } | LoopEvent::Error { .. } => {}
+        }
+    }
+    v
 }
