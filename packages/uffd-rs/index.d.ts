@@ -252,16 +252,16 @@ export declare class FaultLoop {
   /**
    * Installs on native threads ('event-loop' mode only, else an Error), with the loop's
    * guarantee kept: a job never installs a page after the loop has read an event about
-   * that page (a REMOVE or UNMAP of it, a REMAP from or to it) that JS had not seen when
-   * submitting the job. Events about other pages (and FORK) leave it alone. The loop's
-   * read of a uffd waits for an install slice in progress (64 KiB) to end.
+   * that page (a REMOVE or UNMAP of it; any REMAP or FORK) that JS had not seen when
+   * submitting the job. A REMOVE or UNMAP of other pages leaves it alone. The loop's read
+   * of a uffd waits for an install slice in progress (64 KiB) to end.
    */
   backgroundInstaller(onDone: BackgroundDone, opts?: { /** worker threads, default 1 */ threads?: number }): BackgroundInstaller
   /**
    * Where a PageReceiver may install a reply's pages: from `dst` on in the uffd's process
    * ('event-loop' mode only, else an Error). A page goes in only if this loop has read no
-   * event about it (REMOVE, UNMAP, REMAP from or to it) since now: take the target when
-   * deciding what to ask for.
+   * event about it (a REMOVE or UNMAP of it; any REMAP or FORK) since now: take the target
+   * when deciding what to ask for.
    */
   installTarget(uffd: Userfaultfd | number, dst: number): InstallTarget
 }

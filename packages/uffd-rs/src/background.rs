@@ -13,8 +13,9 @@
 //! batches it read (`epoch`), noting the address ranges each one touched; a worker holds it
 //! shared around each UFFDIO_COPY slice and first checks that no event read since the
 //! moment JS submitted the job touched the slice's pages. A job that finds one did stops
-//! ("stale"): JS decides again about the rest, now knowing the event. Events elsewhere in
-//! the address space (a glibc free far away, a fork) leave it alone. Installs made before the read either landed before the target's change (and
+//! ("stale"): JS decides again about the rest, now knowing the event. A REMOVE or UNMAP
+//! elsewhere in the address space (a glibc free far away) leaves it alone; a REMAP or a
+//! FORK touches everything (fault_loop/ev.rs says why). Installs made before the read either landed before the target's change (and
 //! are dealt with by it) or failed with EAGAIN (the kernel's mmap_changing).
 //!
 //! A worker holds the gate for one slice (`SLICE_BYTES`) at a time, and does not start
@@ -85,9 +86,8 @@ impl Gate {
     }
 
     /// Runs `read` (the reader's read of the uffd) with no install in progress through
-    /// this gate. `read` returns the [start, end) ranges the events it read touched (an
-    /// unmap's, a remove's, both ends of a remap); jobs submitted before that install into
-    /// them are stale from now on.
+    /// this gate. `read` returns the [start, end) ranges the events it read touched; jobs
+    /// submitted before that install into them are stale from now on.
     pub fn exclusive<R>(&self, read: impl FnOnce() -> (R, Vec<(u64, u64)>)) -> R {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
