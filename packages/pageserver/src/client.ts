@@ -204,6 +204,7 @@ class Lane {
         if (!p) return this.pool.release(data);
         // An installed request's reply reaches JS only if the receiver could not read it as one.
         if (p.kind !== 'data' || m.pid !== p.pid || m.address !== p.address || m.pages !== p.pages || m.data.length !== p.bytes) {
+          if (this.ws instanceof ReceiverSocket) this.ws.cancel(m.id);
           this.pool.release(data);
           p.reject(new PageServerError(`reply ${m.id} does not match its request`));
           return;

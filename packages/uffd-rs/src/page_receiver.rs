@@ -198,7 +198,8 @@ impl PageReceiver {
                 if let Err(p) = std::panic::catch_unwind(run) {
                     let why = format!("internal error in a page receiver thread: {}", crate::napi::error::panic_message(&*p));
                     s.read_side.lock().unwrap_or_else(|p| p.into_inner()).ended.get_or_insert(Some(why));
-                    s.stopping.store(true, Ordering::SeqCst);
+                    // The other thread may be waiting in recv: the connection ends with this one.
+                    PageReceiver { shared: s.clone() }.terminate();
                 }
                 if s.running.fetch_sub(1, Ordering::SeqCst) == 1 {
                     // SAFETY: shutdown on an fd we own: the server learns at once that nobody reads.
