@@ -186,6 +186,7 @@ unsafe impl Send for SrcBytes {}
 
 /// Where pages may go: an address in the process behind `gate`'s uffd, as long as no event
 /// was read since `epoch` (the gate's epoch when the one who asked last knew what it wants).
+#[derive(Clone)]
 pub struct Target {
     pub gate: Arc<Gate>,
     pub epoch: u64,

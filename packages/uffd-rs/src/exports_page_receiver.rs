@@ -28,9 +28,7 @@ pub const TABLE: &[Export] = &[
 #[repr(C)]
 struct JsTarget {
     tag: u64,
-    gate: Arc<crate::background::Gate>,
-    epoch: u64,
-    dst: u64,
+    target: Target,
 }
 
 impl Tagged for JsTarget {
@@ -50,7 +48,7 @@ fn target_create(env: Env, a: &Args) -> JsResult<Value> {
         return range_error(format!("uffd {fd} is not watched by this event-loop FaultLoop"));
     };
     let epoch = gate.epoch();
-    env.external(Arc::new(JsTarget { tag: JsTarget::TAG, gate, epoch, dst }))
+    env.external(Arc::new(JsTarget { tag: JsTarget::TAG, target: Target { gate, epoch, dst } }))
 }
 
 #[repr(C)]
@@ -110,8 +108,7 @@ fn receiver_request(env: Env, a: &Args) -> JsResult<Value> {
     if pages == 0 {
         return range_error("pages must be at least 1");
     }
-    let target = Target { gate: t.gate.clone(), epoch: t.epoch, dst: t.dst };
-    r.inner.request(id, pid, address, pages, target, payload.as_slice())?;
+    r.inner.request(id, pid, address, pages, t.target.clone(), payload.as_slice())?;
     env.undefined()
 }
 

@@ -23,7 +23,7 @@
 //! (`error`, `bye`, `reject`), passed on whole. Only the subset a page server speaks:
 //! unfragmented unmasked binary frames, ping, pong, close.
 
-use crate::background::{End, Gate, Present, SrcBytes, Target, defer_to_js_thread, install_span};
+use crate::background::{End, Present, SrcBytes, Target, defer_to_js_thread, install_span};
 use crate::sys::{SysError, SysResult, now_ns, page_size};
 use crate::ws_wire::{FrameBuf, TAG_PAGES, message_uints, send_all, take_socket, ws_header};
 use std::collections::HashMap;
@@ -98,9 +98,7 @@ impl Masks {
 /// the same lock, before it reads into that buffer again), so install_now may copy from it.
 struct Received {
     src: SrcBytes,
-    gate: Arc<Gate>,
-    epoch: u64,
-    dst: u64,
+    target: Target,
 }
 
 /// How install_now went.
@@ -229,6 +227,7 @@ impl PageReceiver {
     /// read and dropped.
     pub fn cancel(&self, id: u64) {
         self.shared.pending.lock().unwrap().remove(&id);
+        self.shared.present.forget(id);
     }
 
     /// Bytes [from, to) of request `id`'s pages are in the process already: its reply
@@ -245,8 +244,7 @@ impl PageReceiver {
     pub fn install_now(&self, id: u64, from: u64, to: u64) -> Now {
         let received = self.shared.received.lock().unwrap();
         let Some(r) = received.get(&id) else { return Now::Absent };
-        let target = Target { gate: r.gate.clone(), epoch: r.epoch, dst: r.dst };
-        match install_span(id, &target, r.src, from, to, &self.shared.stopping, &Present::default()) {
+        match install_span(id, &r.target, r.src, from, to, &self.shared.stopping, &Present::default()) {
             Ok(()) => {
                 // The thread installing the reply passes over them rather than find each one present.
                 self.shared.present.add(id, from, to);
@@ -581,8 +579,7 @@ impl Conn<'_> {
         // The bytes stay as read until the reply is installed and unlisted: the thread that
         // owns buf reads nothing else into it before (SrcBytes).
         let src = SrcBytes { ptr: data, len };
-        let listed = Received { src, gate: target.gate.clone(), epoch: target.epoch, dst: target.dst };
-        self.s.received.lock().unwrap().insert(id, listed);
+        self.s.received.lock().unwrap().insert(id, Received { src, target: target.clone() });
         Ok(Reply { id, target, src })
     }
 
