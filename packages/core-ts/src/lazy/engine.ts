@@ -247,7 +247,11 @@ export class LazyPagesEngine {
     return [...this.#procs.values()].filter((p) => p.alive && p.pid > 0).map((p) => p.pid);
   }
 
-  /** Stops serving (the caller kills the processes: a process left without its pages would hang). */
+  /**
+   * Stops serving (the caller kills the processes: a process left without its pages would
+   * hang). The uffds stay open: a caller that goes on using registered memory itself must
+   * close them first, or its munmap of it waits for someone to read the UNMAP event.
+   */
   async abort(err: Error): Promise<void> {
     if (this.#finished) return;
     this.#finished = true;
