@@ -54,11 +54,6 @@ export class ReceiverSocket {
     return this.#r.state.silentMs;
   }
 
-  get stats(): { replies: number; pagesInstalled: number; bytesReceived: number } {
-    const { replies, pagesInstalled, bytesReceived } = this.#r.state;
-    return { replies, pagesInstalled, bytesReceived };
-  }
-
   /**
    * Sends request `payload` for request `id`, whose pages go to `target`. A connection
    * that cannot take it is ended: the lane reconnects and asks again.
