@@ -51,8 +51,11 @@ export function frozenTreeContent(images: LoadedImages, frozen: FrozenTree, log:
     reader: new FrozenProcessReader(),
     onComplete: () => {
       log.info('killing the source tree: the destination holds every page', { root: frozen.root });
-      frozen.kill();
+      frozen.sendKill();
     },
+    // Reaping waits for the kernel to free the tree's memory: the destination has its
+    // answer (the tree is SIGKILLed and never runs again) without waiting for that.
+    afterBye: () => frozen.kill(),
   };
 }
 

@@ -48,9 +48,12 @@ export interface PageServerContent {
   reader: PageReader;
   /**
    * The destination holds every page. Called once; `bye` is sent after it resolves, and the
-   * server then stops listening.
+   * server then stops listening. Only what `bye` promises belongs here (the source tree is
+   * killed); slow cleanup goes in afterBye, which the destination does not wait for.
    */
   onComplete: () => Promise<void> | void;
+  /** After `bye` went out: cleanup the destination need not wait for. `done` waits for it. */
+  afterBye?: () => Promise<void> | void;
 }
 
 export interface PageServerOptions {
@@ -105,7 +108,7 @@ export class PageServer {
   readonly #background: Array<{ peer: Peer; m: Request }> = [];
   #drainScheduled = false;
   #resolveDone!: () => void;
-  /** Resolves once the destination has confirmed it holds every page and onComplete ran. */
+  /** Resolves once the destination has confirmed it holds every page, and onComplete and afterBye ran. */
   readonly done: Promise<void>;
 
   private constructor(opts: PageServerOptions, http: Server) {
@@ -371,7 +374,14 @@ export class PageServer {
       await content.onComplete();
     } finally {
       peer.send(encodeServer({ type: 'bye' }), () => {
-        this.#resolveDone();
+        void (async () => {
+          try {
+            await content.afterBye?.();
+          } catch (err) {
+            this.#log.error('cleanup after the session failed', { error: (err as Error).message });
+          }
+          this.#resolveDone();
+        })();
       });
     }
   }
