@@ -2,6 +2,7 @@
 //! turn -1/errno into `SysError`. Nothing here knows about JS.
 
 pub mod errno;
+pub mod futex;
 pub mod ioc;
 pub mod pagemap;
 pub mod uffd;
