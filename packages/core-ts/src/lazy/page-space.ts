@@ -131,6 +131,14 @@ export class PageSpace {
 
   /** Marks pages DONE; returns how many were not DONE before. */
   finish(range: LazyRange, first: number, count: number): number {
+    // The usual run (a whole reply, none of it DONE yet) natively, as in nextMissing: the
+    // loop below was the daemon's busiest JS function in a 1 GiB transfer (perf).
+    const run = range.state.subarray(first, first + count);
+    if (run.indexOf(DONE) < 0) {
+      run.fill(DONE);
+      this.remaining -= run.length;
+      return run.length;
+    }
     let n = 0;
     for (let i = first; i < first + count; i++) {
       if (range.state[i] !== DONE) {
