@@ -8,9 +8,8 @@ import { restoreCommand } from './commands/restore.js';
 import { lazyPagesCommand } from './commands/lazy-pages.js';
 import { pageServerCommand } from './commands/page-server.js';
 import { demoCommand } from './commands/demo.js';
-import { lazyGuardCommand } from './commands/lazy-guard.js';
 
-const commands: Command[] = [checkCommand, dumpCommand, restoreCommand, lazyPagesCommand, pageServerCommand, showCommand, demoCommand, lazyGuardCommand];
+const commands: Command[] = [checkCommand, dumpCommand, restoreCommand, lazyPagesCommand, pageServerCommand, showCommand, demoCommand];
 
 function mainHelp(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

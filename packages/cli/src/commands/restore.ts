@@ -1,10 +1,6 @@
 import { writeFileSync } from 'node:fs';
-import { spawn } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
-import { setPriority } from 'node:os';
-import { join, resolve } from 'node:path';
-import { lazymigBin } from '../bin-path.js';
-import { attachUserfaultfd, ControlClient, createLogger, restore, type LazyHook, type RestoreResult } from '@lazymig/core-ts';
+import { resolve } from 'node:path';
+import { attachUserfaultfd, ControlClient, createLogger, restore, startGuard, type LazyHook, type RestoreResult } from '@lazymig/core-ts';
 import { closeFd } from '@lazymig/uffd-rs';
 import { PAGE_SIZE } from '@lazymig/uffd-rs';
 import type { Command } from '../command.js';
@@ -100,10 +96,6 @@ export const restoreCommand: Command = {
   },
 };
 
-const LAZYMIG = lazymigBin();
-/** The lazy-guard's nice value: it must not slow the transfer it starts next to. */
-const GUARD_NICE = 10;
-
 /**
  * Hands each process's userfaultfd to the lazy-pages daemon before the process resumes,
  * then leaves a guard holding copies of them: if the daemon dies before every page is in,
@@ -128,31 +120,7 @@ class LazyHandover {
   /** Every process runs: tell the daemon, and hand our uffd copies to the guard. */
   finish(_r: RestoreResult): void {
     this.#client.allSent(this.#pids.length);
-    if (this.#pids.length > 0) {
-      // Not our stdout/stderr: a guard holding them would keep `restore | tee` waiting
-      // until the transfer ends. It reports to a log file in the work dir instead.
-      const log = openSync(join(this.workDir, 'lazy-guard.log'), 'a', 0o600);
-      try {
-        // It starts while the first pages are being fetched: nothing in it is urgent (it holds
-        // the uffd copies from its first instruction), so it starts niced and without the
-        // ~80 ms of parsing NODE_EXTRA_CA_CERTS (as bin/lazymig does for every command).
-        const env = { ...process.env };
-        delete env['NODE_EXTRA_CA_CERTS'];
-        const guard = spawn(process.execPath, [LAZYMIG, 'lazy-guard', '--work-dir', this.workDir, '--pids', this.#pids.join(',')], {
-          detached: true,
-          env,
-          stdio: ['ignore', 'ignore', log, ...this.#uffds],
-        });
-        try {
-          if (guard.pid !== undefined) setPriority(guard.pid, GUARD_NICE);
-        } catch {
-          /* a guard at our priority works the same */
-        }
-        guard.unref();
-      } finally {
-        closeSync(log);
-      }
-    }
+    if (this.#pids.length > 0) startGuard(this.workDir, this.#pids, this.#uffds);
   }
 
   close(): void {

@@ -4,30 +4,21 @@
  * process's userfaultfd attached (SCM_RIGHTS), and waits for the daemon's ack before it lets
  * the process run; then it says that every process was sent.
  */
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { closeFd, unixSocket, UnixSocketServer } from '@lazymig/uffd-rs';
 
 export const CONTROL_SOCKET = 'lazy-pages.socket';
 /**
  * Written by the daemon when every page of the listed processes is in, before it closes the
- * socket: a guard that comes too late to be told (a small process migrates in less time than
- * a guard takes to start) reads it instead of mistaking the daemon's exit for its death.
+ * socket: a guard that comes too late to be told (a small process can migrate before its
+ * guard connects) reads it instead of mistaking the daemon's exit for its death. The guard
+ * (guard/guard.c) reads this file and speaks this protocol in C: keep the two in step.
  */
 export const COMPLETE_FILE = 'lazy-pages.complete';
 
 export function completeFilePath(workDir: string): string {
   return join(workDir, COMPLETE_FILE);
-}
-
-/** The pids a completed daemon served, or null when it has not completed. */
-export function readCompletion(workDir: string): number[] | null {
-  try {
-    const v = JSON.parse(readFileSync(completeFilePath(workDir), 'utf8')) as { pids?: unknown };
-    return Array.isArray(v.pids) && v.pids.every((p) => Number.isInteger(p)) ? (v.pids as number[]) : null;
-  } catch {
-    return null;
-  }
 }
 
 export function writeCompletion(workDir: string, pids: readonly number[]): void {
@@ -108,35 +99,6 @@ export interface ControlHandlers {
   onGuard(notify: () => void): void;
   /** A restore handed over processes, then went away without saying that it was done. */
   onAbandoned(processes: number): void;
-}
-
-/**
- * The guard's end: blocks (it is a process of its own) until the daemon says every page is
- * in — true — or goes away without saying so — false.
- */
-export function watchDaemon(workDir: string, connectTimeoutMs = 5_000): boolean {
-  let fd: number;
-  try {
-    fd = unixSocket.connect(controlSocketPath(workDir), connectTimeoutMs);
-  } catch {
-    return false;
-  }
-  try {
-    unixSocket.send(fd, encode({ type: 'guard' }));
-    for (;;) {
-      let m;
-      try {
-        m = unixSocket.recv(fd, 4096, 60_000);
-      } catch (err) {
-        if ((err as { code?: string }).code === 'ETIMEDOUT') continue;
-        return false;
-      }
-      if (m === null) return false;
-      if (decode(m.payload).type === 'complete') return true;
-    }
-  } finally {
-    closeFd(fd);
-  }
 }
 
 /** The daemon's end. */

@@ -6,4 +6,5 @@ export { PageSpace } from './page-space.js';
 export { lazyRanges, vmasToRegister, lazyCapable, entriesForLazyRestore, type LazyPlanRange } from './plan.js';
 export { attachUserfaultfd, AttachError, UFFD_EVENTS, type RemoteProcess } from './attach.js';
 export { ImagesPageSource } from './local-source.js';
-export { ControlClient, serveControl, watchDaemon, readCompletion, writeCompletion, clearCompletion, COMPLETE_FILE, controlSocketPath, CONTROL_SOCKET, type ControlMessage, type ControlHandlers } from './control.js';
+export { ControlClient, serveControl, writeCompletion, clearCompletion, COMPLETE_FILE, controlSocketPath, CONTROL_SOCKET, type ControlMessage, type ControlHandlers } from './control.js';
+export { startGuard, guardBinary, GUARD_LOG } from './guard.js';

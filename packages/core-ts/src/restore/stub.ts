@@ -8,53 +8,32 @@
  * (clone3 + set_tid), reports how it ends, and reaps orphans until the namespace is empty.
  * Every pid here (pid, reaperPid, initPid) is as seen from our namespace.
  *
- * The binary is built by the package's `build` script into dist/lazymig-stub. When it is
- * missing (tests run from the sources) it is compiled once into a cache dir keyed by a hash
- * of the source; LAZYMIG_STUB overrides both.
+ * The binary is dist/lazymig-stub (host/c-program.ts); LAZYMIG_STUB overrides it.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { RestoreError, errnoText } from './errors.js';
 import { hostChildWithNsPid, startTimeOf } from './pidns.js';
+import { cProgram, CProgramError, type CProgram } from '../host/c-program.js';
 
-// Found through the package name, not this file's place: the CLI runs core-ts bundled.
-const PKG_DIR = dirname(createRequire(import.meta.url).resolve('@lazymig/core-ts/package.json'));
-export const STUB_SOURCE = join(PKG_DIR, 'stub', 'stub.c');
-export const STUB_CFLAGS = ['-static', '-nostdlib', '-ffreestanding', '-fno-stack-protector', '-fno-pie', '-no-pie', '-O2', '-Wall', '-Wextra'];
-
-let memo: string | undefined;
+export const STUB: CProgram = {
+  name: 'lazymig-stub',
+  source: 'stub/stub.c',
+  cflags: ['-static', '-nostdlib', '-ffreestanding', '-fno-stack-protector', '-fno-pie', '-no-pie', '-O2', '-Wall', '-Wextra'],
+  env: 'LAZYMIG_STUB',
+};
 
 /** Path of the stub binary, building it if needed. */
 export function stubBinary(): string {
-  if (memo) return memo;
-  const env = process.env['LAZYMIG_STUB'];
-  if (env) return (memo = env);
-  const dist = join(PKG_DIR, 'dist', 'lazymig-stub');
-  const haveSource = existsSync(STUB_SOURCE);
-  if (existsSync(dist) && (!haveSource || statSync(dist).mtimeMs >= statSync(STUB_SOURCE).mtimeMs)) return (memo = dist);
-  if (!haveSource) throw new RestoreError(`no restore stub: neither ${dist} nor its source ${STUB_SOURCE}`, 'unsupported');
-  const h = createHash('sha256').update(STUB_CFLAGS.join(' ')).update(readFileSync(STUB_SOURCE)).digest('hex').slice(0, 16);
-  const dir = join(tmpdir(), `lazymig-stub-${h}`);
-  const out = join(dir, 'lazymig-stub');
-  if (!existsSync(out)) {
-    mkdirSync(dir, { recursive: true });
-    const tmp = `${out}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-    try {
-      execFileSync('gcc', [...STUB_CFLAGS, '-o', tmp, STUB_SOURCE], { timeout: 60_000, stdio: ['ignore', 'ignore', 'pipe'] });
-      renameSync(tmp, out);
-    } catch (err) {
-      throw new RestoreError(`cannot build the restore stub (${STUB_SOURCE}): ${(err as Error).message}`, 'unsupported', { cause: err });
-    } finally {
-      rmSync(tmp, { force: true });
-    }
+  try {
+    return cProgram(STUB);
+  } catch (err) {
+    if (err instanceof CProgramError) throw new RestoreError(`no restore stub: ${err.message}`, 'unsupported', { cause: err });
+    throw err;
   }
-  return (memo = out);
 }
 
 export interface StubExit {

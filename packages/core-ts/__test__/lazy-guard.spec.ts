@@ -1,0 +1,99 @@
+// The lazy restore's guard (guard/guard.c) against a real control socket: it lets the
+// restored processes be when the daemon says every page is in (or said so in its
+// completion file before the guard came), and kills them when the daemon goes away first.
+import { spawn, type ChildProcess } from 'node:child_process';
+import test, { type ExecutionContext } from 'ava';
+import { guardBinary, serveControl, writeCompletion } from '../src/index.js';
+import { tempDir } from './restore-helpers.js';
+
+/** A process standing in for a restored one, killed on teardown if the guard did not. */
+function victim(t: ExecutionContext): ChildProcess & { pid: number } {
+  const v = spawn('sleep', ['60'], { stdio: 'ignore' });
+  t.teardown(() => {
+    if (v.exitCode === null && v.signalCode === null) v.kill('SIGKILL');
+  });
+  if (v.pid === undefined) throw new Error('sleep did not start');
+  return v as ChildProcess & { pid: number };
+}
+
+function ended(c: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  if (c.exitCode !== null || c.signalCode !== null) return Promise.resolve({ code: c.exitCode, signal: c.signalCode });
+  return new Promise((res) => c.once('exit', (code, signal) => res({ code, signal })));
+}
+
+/** Runs the guard (pids comma-separated) to its end; `connectMs` bounds its wait for a daemon that is not there. */
+async function guard(workDir: string, pids: string, connectMs = 200): Promise<{ code: number | null; stderr: string }> {
+  const g = spawn(guardBinary(), [workDir, pids, String(connectMs)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  g.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  // 'close', not 'exit': stderr is read to its end.
+  const code = await new Promise<number | null>((res) => g.once('close', (c) => res(c)));
+  return { code, stderr };
+}
+
+test('the daemon says every page is in: the guard exits 0 and the processes run on', async (t) => {
+  const dir = tempDir(t, 'guard');
+  const v = victim(t);
+  const server = serveControl(dir, {
+    onProcess: () => undefined,
+    onAllSent: () => undefined,
+    onGuard: (notify) => setTimeout(notify, 50),
+    onAbandoned: () => undefined,
+  });
+  t.teardown(() => server.close());
+  const r = await guard(dir, `${v.pid}`);
+  t.is(r.code, 0, r.stderr);
+  t.is(v.exitCode, null);
+  t.is(v.signalCode, null, 'not killed');
+});
+
+test('the daemon goes away before every page is in: the guard kills each process and says so', async (t) => {
+  const dir = tempDir(t, 'guard');
+  const a = victim(t);
+  const b = victim(t);
+  let server: ReturnType<typeof serveControl> | undefined;
+  server = serveControl(dir, {
+    onProcess: () => undefined,
+    onAllSent: () => undefined,
+    // The guard is connected and waiting: the daemon dies.
+    onGuard: () => void server?.close(),
+    onAbandoned: () => undefined,
+  });
+  t.teardown(() => server?.close());
+  const r = await guard(dir, `${a.pid},${b.pid}`);
+  t.is(r.code, 1);
+  t.is((await ended(a)).signal, 'SIGKILL');
+  t.is((await ended(b)).signal, 'SIGKILL');
+  t.regex(r.stderr, new RegExp(`went away before every page was in: killed pid ${a.pid}\\n`));
+  t.regex(r.stderr, new RegExp(`killed pid ${b.pid}\\n`));
+});
+
+test('a guard that comes after the daemon finished reads the completion file and leaves its processes be', async (t) => {
+  const dir = tempDir(t, 'guard');
+  const v = victim(t);
+  writeCompletion(dir, [1, v.pid]);
+  const r = await guard(dir, `${v.pid}`);
+  t.is(r.code, 0, r.stderr);
+  t.is(v.signalCode, null, 'not killed');
+});
+
+test('no daemon and no completion of these pids: the guard kills them after its connect timeout', async (t) => {
+  const dir = tempDir(t, 'guard');
+  const v = victim(t);
+  // Another restore's completion: not ours.
+  writeCompletion(dir, [v.pid + 1]);
+  const r = await guard(dir, `${v.pid}`);
+  t.is(r.code, 1);
+  t.is((await ended(v)).signal, 'SIGKILL');
+});
+
+test('bad arguments: exit 2 with the usage, nothing killed', async (t) => {
+  const dir = tempDir(t, 'guard');
+  const v = victim(t);
+  for (const pids of ['', `${v.pid},x`, '-1']) {
+    const r = await guard(dir, pids);
+    t.is(r.code, 2, `pids ${JSON.stringify(pids)}`);
+    t.regex(r.stderr, /^usage: lazymig-guard /);
+  }
+  t.is(v.signalCode, null);
+});
