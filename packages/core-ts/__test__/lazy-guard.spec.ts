@@ -3,6 +3,7 @@
 // completion file before the guard came), and kills them when the daemon goes away first.
 import { spawn, type ChildProcess } from 'node:child_process';
 import test, { type ExecutionContext } from 'ava';
+import { closeFd, pidfdOpen } from '@lazymig/uffd-rs';
 import { guardBinary, serveControl, writeCompletion } from '../src/index.js';
 import { tempDir } from './restore-helpers.js';
 
@@ -21,9 +22,19 @@ function ended(c: ChildProcess): Promise<{ code: number | null; signal: NodeJS.S
   return new Promise((res) => c.once('exit', (code, signal) => res({ code, signal })));
 }
 
-/** Runs the guard (pids comma-separated) to its end; `connectMs` bounds its wait for a daemon that is not there. */
-async function guard(workDir: string, pids: string, connectMs = 200): Promise<{ code: number | null; stderr: string }> {
-  const g = spawn(guardBinary(), [workDir, pids, String(connectMs)], { stdio: ['ignore', 'ignore', 'pipe'] });
+/**
+ * Runs the guard to its end, as restore starts it: the pids (comma-separated) as an argument,
+ * a pidfd of each of `victims` as fds 3 and up. `connectMs` bounds its wait for a daemon
+ * that is not there.
+ */
+async function guard(workDir: string, pids: string, victims: ReadonlyArray<{ pid: number }>, connectMs = 200): Promise<{ code: number | null; stderr: string }> {
+  const pidfds = victims.map((v) => pidfdOpen(v.pid));
+  let g: ChildProcess;
+  try {
+    g = spawn(guardBinary(), [workDir, pids, String(connectMs)], { stdio: ['ignore', 'ignore', 'pipe', ...pidfds] });
+  } finally {
+    for (const fd of pidfds) closeFd(fd);
+  }
   let stderr = '';
   g.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   // 'close', not 'exit': stderr is read to its end.
@@ -41,7 +52,7 @@ test('the daemon says every page is in: the guard exits 0 and the processes run 
     onAbandoned: () => undefined,
   });
   t.teardown(() => server.close());
-  const r = await guard(dir, `${v.pid}`);
+  const r = await guard(dir, `${v.pid}`, [v]);
   t.is(r.code, 0, r.stderr);
   t.is(v.exitCode, null);
   t.is(v.signalCode, null, 'not killed');
@@ -60,7 +71,7 @@ test('the daemon goes away before every page is in: the guard kills each process
     onAbandoned: () => undefined,
   });
   t.teardown(() => server?.close());
-  const r = await guard(dir, `${a.pid},${b.pid}`);
+  const r = await guard(dir, `${a.pid},${b.pid}`, [a, b]);
   t.is(r.code, 1);
   t.is((await ended(a)).signal, 'SIGKILL');
   t.is((await ended(b)).signal, 'SIGKILL');
@@ -72,7 +83,7 @@ test('a guard that comes after the daemon finished reads the completion file and
   const dir = tempDir(t, 'guard');
   const v = victim(t);
   writeCompletion(dir, [1, v.pid]);
-  const r = await guard(dir, `${v.pid}`);
+  const r = await guard(dir, `${v.pid}`, [v]);
   t.is(r.code, 0, r.stderr);
   t.is(v.signalCode, null, 'not killed');
 });
@@ -82,16 +93,36 @@ test('no daemon and no completion of these pids: the guard kills them after its 
   const v = victim(t);
   // Another restore's completion: not ours.
   writeCompletion(dir, [v.pid + 1]);
-  const r = await guard(dir, `${v.pid}`);
+  const r = await guard(dir, `${v.pid}`, [v]);
   t.is(r.code, 1);
   t.is((await ended(v)).signal, 'SIGKILL');
+});
+
+test('the guard kills through the pidfds it was handed, not by pid number (a pid may have been reused)', async (t) => {
+  const dir = tempDir(t, 'guard');
+  const handed = victim(t);
+  const named = victim(t);
+  // The pid named on the command line is another process than the pidfd's.
+  const r = await guard(dir, `${named.pid}`, [handed]);
+  t.is(r.code, 1);
+  t.is((await ended(handed)).signal, 'SIGKILL');
+  t.is(named.signalCode, null, 'the process that merely has the pid is left alone');
+});
+
+test('a pid without its pidfd: exit 2 naming it, nothing killed', async (t) => {
+  const dir = tempDir(t, 'guard');
+  const v = victim(t);
+  const r = await guard(dir, `${v.pid},${v.pid + 1}`, [v]);
+  t.is(r.code, 2);
+  t.regex(r.stderr, new RegExp(`no pidfd for pid ${v.pid + 1} at fd 4`));
+  t.is(v.signalCode, null);
 });
 
 test('bad arguments: exit 2 with the usage, nothing killed', async (t) => {
   const dir = tempDir(t, 'guard');
   const v = victim(t);
   for (const pids of ['', `${v.pid},x`, '-1']) {
-    const r = await guard(dir, pids);
+    const r = await guard(dir, pids, [v]);
     t.is(r.code, 2, `pids ${JSON.stringify(pids)}`);
     t.regex(r.stderr, /^usage: lazymig-guard /);
   }

@@ -1,6 +1,7 @@
 /*
  * lazymig-guard: started (detached) by `restore --lazy-pages` once the restored processes
- * run, with a copy of each one's userfaultfd as fds 3 and up. It holds those copies and
+ * run, with a pidfd of each (fds 3 and up, in the order of the pids) and then a copy of
+ * each one's userfaultfd. It holds the uffd copies and
  * watches the lazy-pages daemon through its control socket. If the daemon goes away before
  * every page is in, the processes are SIGKILLed: with the copies held open, a missing page
  * stays missing (a faulting thread waits) instead of silently reading as zeros, and a
@@ -15,16 +16,22 @@
  * already gone when the guard looks may have finished: lazy-pages.complete then lists the
  * pids it served ({"pids":[...]}).
  *
+ * It kills through the pidfds, which restore opened while each process was its own and
+ * stopped: a process that has exited meanwhile cannot be mistaken for another that was
+ * given its pid since.
+ *
  * usage: lazymig-guard WORK_DIR PID[,PID...] [CONNECT_TIMEOUT_MS]
  * exit: 0 every page came in (or the daemon finished first), 1 processes were killed,
- * 2 bad arguments.
+ * 2 bad arguments (or a pidfd missing).
  */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,6 +39,8 @@
 #define MAX_PIDS 4096
 #define CONTROL_SOCKET "lazy-pages.socket"
 #define COMPLETE_FILE "lazy-pages.complete"
+/* fd of the first pid's pidfd; the others follow in order. */
+#define FIRST_PIDFD 3
 
 static const char *work_dir;
 static long pids[MAX_PIDS];
@@ -143,10 +152,16 @@ int main(int argc, char **argv) {
     return 2;
   }
   work_dir = argv[1];
-  /* The uffd copies are fds 3 and up: held, untouched, until exit. */
+  for (int i = 0; i < npids; i++) {
+    if (fcntl(FIRST_PIDFD + i, F_GETFD) < 0) {
+      fprintf(stderr, "lazymig-guard: no pidfd for pid %ld at fd %d\n", pids[i], FIRST_PIDFD + i);
+      return 2;
+    }
+  }
+  /* The uffd copies come after the pidfds: held, untouched, until exit. */
   if (watch_daemon(connect_timeout_ms) || daemon_completed()) return 0;
   for (int i = 0; i < npids; i++) {
-    if (kill((pid_t)pids[i], SIGKILL) == 0)
+    if (syscall(SYS_pidfd_send_signal, FIRST_PIDFD + i, SIGKILL, NULL, 0) == 0)
       say("the lazy-pages daemon went away before every page was in: killed", pids[i]);
   }
   return 1;

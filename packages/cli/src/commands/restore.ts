@@ -1,7 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { attachUserfaultfd, ControlClient, createLogger, restore, startGuard, type LazyHook, type RestoreResult } from '@lazymig/core-ts';
-import { closeFd } from '@lazymig/uffd-rs';
+import { closeFd, pidfdOpen } from '@lazymig/uffd-rs';
 import { PAGE_SIZE } from '@lazymig/uffd-rs';
 import type { Command } from '../command.js';
 import { mib, phaseFields, plural, Progress } from '../ui/progress.js';
@@ -105,6 +105,8 @@ class LazyHandover {
   readonly #client: ControlClient;
   readonly #uffds: number[] = [];
   readonly #pids: number[] = [];
+  /** Opened while each process is ours and stopped: the guard signals through them, never by a pid that may be reused. */
+  readonly #pidfds: number[] = [];
 
   constructor(readonly workDir: string) {
     this.#client = ControlClient.connect(workDir);
@@ -114,17 +116,18 @@ class LazyHandover {
     const fd = attachUserfaultfd(t.process, t.vmas);
     this.#uffds.push(fd);
     this.#pids.push(t.pid);
+    this.#pidfds.push(pidfdOpen(t.pid));
     this.#client.sendProcess(t.pid, t.dumpedPid, fd);
   };
 
   /** Every process runs: tell the daemon, and hand our uffd copies to the guard. */
   finish(_r: RestoreResult): void {
     this.#client.allSent(this.#pids.length);
-    if (this.#pids.length > 0) startGuard(this.workDir, this.#pids, this.#uffds);
+    if (this.#pids.length > 0) startGuard(this.workDir, this.#pids, this.#pidfds, this.#uffds);
   }
 
   close(): void {
-    for (const fd of this.#uffds.splice(0)) closeFd(fd);
+    for (const fd of [...this.#uffds.splice(0), ...this.#pidfds.splice(0)]) closeFd(fd);
     this.#client.close();
   }
 }

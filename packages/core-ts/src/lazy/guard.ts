@@ -24,16 +24,18 @@ export function guardBinary(): string {
 }
 
 /**
- * Starts a guard for `pids`, handing it `uffds` (our copies: the caller may close them once
- * this returns). It watches the daemon whose control socket is in `workDir`.
+ * Starts a guard for `pids`, handing it a pidfd of each (what it kills through) and `uffds`
+ * (our copies: the caller may close all these fds once this returns). It watches the
+ * daemon whose control socket is in `workDir`.
  */
-export function startGuard(workDir: string, pids: readonly number[], uffds: readonly number[]): void {
+export function startGuard(workDir: string, pids: readonly number[], pidfds: readonly number[], uffds: readonly number[]): void {
+  if (pidfds.length !== pids.length) throw new Error(`lazy guard: ${pids.length} pids but ${pidfds.length} pidfds`);
   const bin = guardBinary();
   // Not our stdout/stderr: a guard holding them would keep `restore | tee` waiting until the
   // transfer ends. It reports to a log file in the work dir instead.
   const log = openSync(join(workDir, GUARD_LOG), 'a', 0o600);
   try {
-    const guard = spawn(bin, [workDir, pids.join(',')], { detached: true, stdio: ['ignore', 'ignore', log, ...uffds] });
+    const guard = spawn(bin, [workDir, pids.join(',')], { detached: true, stdio: ['ignore', 'ignore', log, ...pidfds, ...uffds] });
     try {
       if (guard.pid !== undefined) setPriority(guard.pid, GUARD_NICE);
     } catch {
