@@ -284,10 +284,12 @@ export type PageReceiverEvent =
 
 /**
  * A page client's connection whose replies are received and installed on native threads:
- * two threads take turns reading a whole reply into their own page-aligned buffer, and
- * each installs the reply it read with UFFDIO_COPY (waking waiting threads) while the other
- * reads the next, 64 KiB slices ordered with the FaultLoop's reads as BackgroundInstaller's
- * are. JS hears once per reply. The threads answer pings and close frames themselves.
+ * on a 'background' lane two threads (deferring to the JS thread) take turns reading a
+ * whole reply into their own page-aligned buffer, and each installs the reply it read with
+ * UFFDIO_COPY (waking waiting threads) while the other reads the next; on a 'fault' lane one
+ * thread at the JS thread's priority reads and installs each reply. Installs go in 64 KiB
+ * slices ordered with the FaultLoop's reads as BackgroundInstaller's are. JS hears once per
+ * reply. The threads answer pings and close frames themselves.
  *
  * `fd` is a connected TCP socket after the WebSocket handshake and the protocol's hello;
  * the receiver makes its own duplicate (and makes the open file blocking), so the caller
@@ -295,7 +297,7 @@ export type PageReceiverEvent =
  * largest reply's page data (its buffer is faulted in now; a longer reply ends the connection).
  */
 export declare class PageReceiver {
-  constructor(fd: number, head: Uint8Array, maxBytes: number, onEvent: (e: PageReceiverEvent) => void)
+  constructor(fd: number, head: Uint8Array, maxBytes: number, onEvent: (e: PageReceiverEvent) => void, lane?: 'background' | 'fault')
   /**
    * Registers request `id` (its reply's pages go to `target`, checked against pid, address
    * and pages) and sends `payload`, the encoded request, as a binary frame. Throws (errno

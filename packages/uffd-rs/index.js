@@ -226,14 +226,14 @@ export class PageReceiver {
   #closed = false
   #closeTimer = null
 
-  constructor(fd, head, maxBytes, onEvent) {
+  constructor(fd, head, maxBytes, onEvent, lane = 'background') {
     this.#handle = native.pageReceiverStart(fd, head, maxBytes, (e) => {
       if (e.type === 'closed') {
         this.#closed = true
         clearTimeout(this.#closeTimer)
       }
       onEvent(e)
-    })
+    }, lane)
   }
 
   get closed() {

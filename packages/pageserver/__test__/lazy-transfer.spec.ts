@@ -52,8 +52,11 @@ async function servedMemhog(
   return { dir, w, r, images, server, log };
 }
 
+/** Which of the client's lanes install their replies natively (PageClient's installBackground, installFaults). */
+type Installing = 'none' | 'background' | 'both';
+
 const throughEngine = test.macro({
-  async exec(t, installBackground: boolean) {
+  async exec(t, installing: Installing) {
   const { dir, w, images, server, log } = await servedMemhog(t, 8);
   const region = Number(/region=(0x[0-9a-f]+)/.exec(w.ready[0])![1]);
   const size = Number(/ size=(\d+)/.exec(w.ready[0])![1]);
@@ -77,7 +80,9 @@ const throughEngine = test.macro({
   const ranges = lazyRanges(images.inventory, p)
     .filter((x) => x.start >= region && x.start < region + size)
     .map((x) => ({ start: at + (x.start - region), src: x.start, pages: x.pages }));
-  const client = await PageClient.connect({ address: '127.0.0.1', port: server.port, token: await readToken(join(dir, 'img')), installBackground });
+  const client = await PageClient.connect({
+    address: '127.0.0.1', port: server.port, token: await readToken(join(dir, 'img')), installBackground: installing !== 'none', installFaults: installing === 'both',
+  });
   t.teardown(() => client.close());
   const engine = new LazyPagesEngine(client, { pageSize: PAGE_SIZE });
   engine.add({ pid: process.pid, sourcePid: p.pid, uffd, ranges });
@@ -106,16 +111,20 @@ const throughEngine = test.macro({
   t.is(exit.signal, 'SIGKILL', 'the source was killed once every page was in');
   t.is(log.filter((l) => /session started.*streamed=true/.test(l)).length, 1, 'the background lane was served by a native stream');
   t.true(server.stats.pagesSent >= size / PAGE_SIZE, 'the streams\' pages count in the server\'s stats');
-  // Every page the engine credits to the background was reported in by the receiver.
-  if (installBackground) t.true(summary.pagesByBackground > 0 && client.stats.pagesInstalled >= summary.pagesByBackground, `${client.stats.pagesInstalled} pages in through the receiver`);
+  // Every page the engine credits to a lane that installs natively was reported in by its receiver.
+  if (installing === 'both') t.true(client.stats.pagesInstalled >= summary.pagesTotal, `${client.stats.pagesInstalled} of ${summary.pagesTotal} pages in through the receivers`);
+  else if (installing === 'background') t.true(summary.pagesByBackground > 0 && client.stats.pagesInstalled >= summary.pagesByBackground, `${client.stats.pagesInstalled} pages in through the receiver`);
   else t.is(client.stats.pagesInstalled, 0);
   },
-  title: (_, installBackground: boolean) =>
-    `a frozen memhog region arrives intact through page server, client and engine${installBackground ? ', background replies installed by the client\'s native receiver' : ''}`,
+  title: (_, installing: Installing) =>
+    `a frozen memhog region arrives intact through page server, client and engine${
+      { none: '', background: ', background replies installed by the client\'s native receiver', both: ', every reply installed by the client\'s native receivers' }[installing]
+    }`,
 });
 
-test(throughEngine, false);
-test(throughEngine, true);
+test(throughEngine, 'none');
+test(throughEngine, 'background');
+test(throughEngine, 'both');
 
 test('a wrong token is refused with a reason, and pages outside the lazy ranges are not served', async (t) => {
   const { w, r, images, server } = await servedMemhog(t, 4);

@@ -9,9 +9,10 @@
  * resolves with belongs to the client's pool, and the caller hands it back with release()
  * once it has installed it (a caller that never does just costs fresh allocations).
  *
- * With `installBackground`, the background lane's replies never reach JS: once its hello
- * is welcomed, the connection goes to a native receiver (ReceiverSocket) that installs
- * each reply into the target its request named (fetchInstalled).
+ * With `installBackground` (and `installFaults`), the background (fault) lane's replies
+ * never reach JS: once its hello is welcomed, the connection goes to a native receiver
+ * (ReceiverSocket) that installs each reply into the target its request named
+ * (fetchInstalled).
  */
 import {
   silentLogger, type InstallTarget, type InstalledPages, type InstallingFetch, type Logger, type PageSource, type Priority,
@@ -44,6 +45,13 @@ export interface PageClientOptions {
   installBackground?: boolean;
   /** Largest background request in pages, with installBackground (its buffer is made at connect). Default 512. */
   maxBackgroundPages?: number;
+  /**
+   * The fault lane too installs its replies itself, on a native thread of its own: fault
+   * pages come through fetchInstalled, not fetch. Needs installBackground. Default false.
+   */
+  installFaults?: boolean;
+  /** Largest fault request in pages, with installFaults. Default 64. */
+  maxFaultPages?: number;
 }
 
 export class PageServerError extends Error {
@@ -152,10 +160,10 @@ class Lane {
       ws.terminate();
       throw err;
     });
-    const conn = this.installUpTo === null ? ws : ReceiverSocket.take(ws, this.installUpTo);
+    const conn = this.installUpTo === null ? ws : ReceiverSocket.take(ws, this.installUpTo, this.name);
     if (conn === null) {
       ws.terminate();
-      throw new PageServerError(`page server ${address}:${port}: the background connection cannot be handed to the native receiver`);
+      throw new PageServerError(`page server ${address}:${port}: the ${this.name} connection cannot be handed to the native receiver`);
     }
     conn.onMessage = (data) => this.#onMessage(data);
     if (conn instanceof ReceiverSocket) {
@@ -334,11 +342,15 @@ export class PageClient implements PageSource {
       }
       this.#onLost(err);
     };
+    if (opts.installFaults && !opts.installBackground) throw new PageServerError('installFaults needs installBackground');
     this.#lanes = {
-      fault: new Lane('fault', opts, log, fail, this.#pool, null),
+      fault: new Lane('fault', opts, log, fail, this.#pool, opts.installFaults ? (opts.maxFaultPages ?? 64) * this.#pageSize : null),
       background: new Lane('background', opts, log, fail, this.#pool, opts.installBackground ? (opts.maxBackgroundPages ?? 512) * this.#pageSize : null),
     };
-    if (opts.installBackground) this.fetchInstalled = (pid, address, pages, into) => this.#fetchInstalled(pid, address, pages, into);
+    if (opts.installBackground) {
+      this.installedLanes = new Set<Priority>(opts.installFaults ? ['background', 'fault'] : ['background']);
+      this.fetchInstalled = (pid, address, pages, into, priority) => this.#fetchInstalled(pid, address, pages, into, priority);
+    }
   }
 
   /**
@@ -364,13 +376,14 @@ export class PageClient implements PageSource {
     }
   }
 
-  /** Present with installBackground (PageSource.fetchInstalled): background pages installed as they arrive. */
-  readonly fetchInstalled?: (pid: number, address: number, pages: number, into: InstallTarget) => InstallingFetch;
+  /** Present with installBackground (PageSource.fetchInstalled): pages of the installedLanes installed as they arrive. */
+  readonly fetchInstalled?: (pid: number, address: number, pages: number, into: InstallTarget, priority: Priority) => InstallingFetch;
+  readonly installedLanes?: ReadonlySet<Priority>;
 
   fetch(pid: number, address: number, pages: number, priority: Priority): Promise<Uint8Array> {
     if (this.#failure) return Promise.reject(this.#failure);
-    if (priority === 'background' && this.fetchInstalled) {
-      return Promise.reject(new PageServerError('the background lane installs its pages itself: use fetchInstalled'));
+    if (this.installedLanes?.has(priority)) {
+      return Promise.reject(new PageServerError(`the ${priority} lane installs its pages itself: use fetchInstalled`));
     }
     const id = this.#nextId++;
     this.stats.requests++;
@@ -391,8 +404,8 @@ export class PageClient implements PageSource {
     });
   }
 
-  #fetchInstalled(pid: number, address: number, pages: number, into: InstallTarget): InstallingFetch {
-    const lane = this.#lanes.background;
+  #fetchInstalled(pid: number, address: number, pages: number, into: InstallTarget, priority: Priority): InstallingFetch {
+    const lane = this.#lanes[priority];
     const id = this.#nextId++;
     this.stats.requests++;
     const done = this.#failure

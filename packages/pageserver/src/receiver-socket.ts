@@ -1,11 +1,11 @@
 /**
- * The background lane's connection once its hello was welcomed, when its replies are
- * installed as they arrive: the FrameSocket's TCP connection handed to uffd-rs's
- * PageReceiver, whose thread reads each reply's pages and installs them into the target
- * its request named (see page_receiver.rs for why). JS hears once per reply, and gets
- * every other frame (error, bye, reject) as a FrameSocket would hand it over.
+ * A lane's connection once its hello was welcomed, when its replies are installed as they
+ * arrive: the FrameSocket's TCP connection handed to uffd-rs's PageReceiver, whose threads
+ * read each reply's pages and install them into the target its request named (see
+ * page_receiver.rs for why). JS hears once per reply, and gets every other frame (error,
+ * bye, reject) as a FrameSocket would hand it over.
  */
-import { PageReceiver, type InstallTarget, type PageReceiverEvent } from '@lazymig/core-ts';
+import { PageReceiver, type InstallTarget, type PageReceiverEvent, type Priority } from '@lazymig/core-ts';
 import type { FrameSocket } from './ws-client.js';
 
 type Installed = Extract<PageReceiverEvent, { type: 'installed' }>;
@@ -24,7 +24,7 @@ export class ReceiverSocket {
   /** Why a write failed, when that is what ended the connection. */
   #writeError: Error | undefined;
 
-  private constructor(fd: number, head: Buffer, maxBytes: number) {
+  private constructor(fd: number, head: Buffer, maxBytes: number, lane: Priority) {
     this.#r = new PageReceiver(fd, head, maxBytes, (e) => {
       switch (e.type) {
         case 'installed':
@@ -36,15 +36,18 @@ export class ReceiverSocket {
         case 'closed':
           return this.onClose(e.error === undefined ? this.#writeError : new Error(e.error));
       }
-    });
+    }, lane);
   }
 
-  /** Takes ws's connection over (null: it cannot be handed over). `maxBytes`: the largest reply's pages. */
-  static take(ws: FrameSocket, maxBytes: number): ReceiverSocket | null {
+  /**
+   * Takes ws's connection over (null: it cannot be handed over). `maxBytes`: the largest
+   * reply's pages. `lane`: which lane it carries (PageReceiver's threads differ).
+   */
+  static take(ws: FrameSocket, maxBytes: number, lane: Priority): ReceiverSocket | null {
     const d = ws.detach();
     if (d === null) return null;
     try {
-      return new ReceiverSocket(d.fd, d.head, maxBytes);
+      return new ReceiverSocket(d.fd, d.head, maxBytes, lane);
     } finally {
       d.release();
     }

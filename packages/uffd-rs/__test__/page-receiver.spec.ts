@@ -68,7 +68,7 @@ function frameReader(sock: net.Socket): () => Promise<{ opcode: number; payload:
 }
 
 /** A connected pair on loopback: the client end handed to a PageReceiver, the server end ours. */
-async function connected(t: ExecutionContext, maxBytes: number) {
+async function connected(t: ExecutionContext, maxBytes: number, lane: 'background' | 'fault' = 'background') {
   const server = net.createServer()
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
   t.teardown(() => server.close())
@@ -84,7 +84,7 @@ async function connected(t: ExecutionContext, maxBytes: number) {
   const receiver = new PageReceiver(handle.fd, new Uint8Array(0), maxBytes, (e) => {
     events.push(e)
     wake?.()
-  })
+  }, lane)
   client.destroy()
   t.teardown(() => receiver.terminate())
   const next = async (): Promise<PageReceiverEvent> => {
@@ -94,10 +94,11 @@ async function connected(t: ExecutionContext, maxBytes: number) {
   return { receiver, peer, read: frameReader(peer), next }
 }
 
-test('a reply is installed where its request said, waking a thread that waits for a page of it; JS hears once', async (t) => {
+const installsAReply = test.macro({
+  async exec(t, lane: 'background' | 'fault') {
   const r = Region.create(t, { pages: 64 })
   r.serve(() => undefined, { mode: 'event-loop' }) // faults are left to the receiver
-  const { receiver, peer, read, next } = await connected(t, 64 * PS)
+  const { receiver, peer, read, next } = await connected(t, 64 * PS, lane)
   const touched = testing.touch({ addresses: [r.page(40)] })
   receiver.request(1, 77, 0x7f0000001000, 64, r.loop!.installTarget(r.uffd, r.start), Buffer.from('request 1'))
   const sent = await read()
@@ -110,7 +111,13 @@ test('a reply is installed where its request said, waking a thread that waits fo
   t.deepEqual([...values], Array.from({ length: 64 }, (_, i) => BigInt(r.page(i))))
   t.like(receiver.state, { replies: 1, pagesInstalled: 64, bytesReceived: 64 * PS })
   t.is(receiver.installNow(1, 0, PS), 'absent', 'a reply wholly dealt with is gone from the buffers')
+  },
+  title: (_, lane: 'background' | 'fault') =>
+    `a reply is installed where its request said, waking a thread that waits for a page of it; JS hears once (${lane} lane)`,
 })
+
+test(installsAReply, 'background')
+test(installsAReply, 'fault')
 
 test('a reply that does not match its request installs nothing; other frames pass to JS; pings are answered; a close ends it', async (t) => {
   const r = Region.create(t, { pages: 8 })

@@ -6,7 +6,7 @@ use crate::export;
 use crate::fault_loop::FaultLoop;
 use crate::exports_conn::{closed_event, conn_args, event_tsfn, message_event, page_span};
 use crate::napi::{Args, Env, Export, JsResult, Tagged, Value, range_error};
-use crate::page_receiver::{Event, Now, PageReceiver};
+use crate::page_receiver::{Event, Lane, Now, PageReceiver};
 use crate::sys::page_size;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -86,11 +86,19 @@ fn event_value(env: Env, e: Event) -> JsResult<Value> {
     }
 }
 
-/// pageReceiverStart(fd, head: Uint8Array, maxBytes, onEvent(event))
+/// pageReceiverStart(fd, head: Uint8Array, maxBytes, onEvent(event), lane?: 'background' | 'fault')
 fn receiver_start(env: Env, a: &Args) -> JsResult<Value> {
     let (fd, head, max_bytes) = conn_args(env, a, "maxBytes")?;
+    let lane = match a.opt(4)? {
+        None => Lane::Background,
+        Some(v) => match env.to_string(v, "lane")?.as_str() {
+            "background" => Lane::Background,
+            "fault" => Lane::Fault,
+            other => return range_error(format!("lane must be 'background' or 'fault', not {other:?}")),
+        },
+    };
     let tsfn = event_tsfn(env, a, 3, "lazymig-page-receiver", event_value)?;
-    let inner = PageReceiver::start(fd, head, max_bytes, Arc::new(move |e| {
+    let inner = PageReceiver::start(fd, head, max_bytes, lane, Arc::new(move |e| {
         tsfn.call(e);
     }))?;
     env.external(Arc::new(JsReceiver { tag: JsReceiver::TAG, inner }))

@@ -4,7 +4,7 @@ import {
   DEFAULT_CHUNK_PAGES, DEFAULT_MAX_WINDOW, ImagesPageSource, LazyPagesEngine, createLogger, lazyRanges, openPagesReader, readImages, serveControl,
   type LazySummary, type LoadedImages, type Logger, type PageSource, type PagesReader, type ProcessImage,
 } from '@lazymig/core-ts';
-import { BufferPool, PageClient, pagesFrameBytes, readToken, warmPageTransport } from '@lazymig/pageserver';
+import { PageClient, readToken, warmPageTransport } from '@lazymig/pageserver';
 import { PAGE_SIZE, Userfaultfd } from '@lazymig/uffd-rs';
 import type { Command } from '../command.js';
 import { mib, Progress } from '../ui/progress.js';
@@ -151,17 +151,15 @@ interface PrepareOptions {
 async function prepare(o: PrepareOptions): Promise<Daemon> {
   // With --wait-images, each read is retried until its files have arrived and check out.
   const timeoutMs = (o.waitImages ?? 0) * 1000;
-  // Reply frames are read into buffers from here; an armed daemon faults them in while it
-  // waits (below), not while the restored process waits for its first pages.
-  const pool = new BufferPool();
   const connect = async (address: string, port: number): Promise<PageClient> => {
     const read = (): Promise<string> => readToken(o.imagesDir);
     // Connected while the token is on its way: only the hello waits for it.
     const token = o.waitImages === undefined ? read() : whenComplete(o.imagesDir, read, { timeoutMs });
     token.catch(() => undefined); // PageClient.connect fails with it
-    // Background replies are installed as they arrive, on the connection's own thread.
+    // Replies are installed as they arrive, on each connection's own threads.
     const client = await PageClient.connect({
-      address, port, token, pool, log: o.log, retryForMs: o.sourceTimeout * 1000, installBackground: true, maxBackgroundPages: DEFAULT_CHUNK_PAGES,
+      address, port, token, log: o.log, retryForMs: o.sourceTimeout * 1000,
+      installBackground: true, maxBackgroundPages: DEFAULT_CHUNK_PAGES, installFaults: true, maxFaultPages: DEFAULT_MAX_WINDOW,
     });
     o.log.info('connected to the page server', { address, port });
     return client;
@@ -180,12 +178,9 @@ async function prepare(o: PrepareOptions): Promise<Daemon> {
             onWaiting: (why) => o.log.info('waiting for the images', { dir: o.imagesDir, why }),
             ...(o.remote
               ? {
-                  warmUp: async () => {
-                    await warmPageTransport(PAGE_SIZE);
-                    // Only fault replies come through the pool: background ones are installed
-                    // from the receiver's own buffer.
-                    pool.prefill(pagesFrameBytes(DEFAULT_MAX_WINDOW, PAGE_SIZE), 4);
-                  },
+                  // No reply comes through the pool: both lanes' receivers read into buffers of
+                  // their own, made when they take their connections over.
+                  warmUp: () => warmPageTransport(PAGE_SIZE),
                 }
               : {}),
           });

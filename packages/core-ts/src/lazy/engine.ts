@@ -8,7 +8,7 @@
  * pages in large chunks, starting near the latest fault, a few requests in flight, and
  * installs them on native threads (BackgroundInstaller) while the JS thread receives the
  * next ones and serves faults. A source that can install them itself (fetchInstalled: the
- * network client's background lane) gets them without their bytes reaching this thread.
+ * network client's lanes) gets them without their bytes reaching this thread.
  * REMOVE and UNMAP drop pages that must never be installed; REMAP moves them; FORK adds
  * the child, which misses what its parent missed.
  */
@@ -16,7 +16,7 @@ import {
   FaultLoop, Userfaultfd, type BackgroundEnd, type BackgroundInstaller, type Fault, type FaultBatch, type UffdEvent,
 } from '@lazymig/uffd-rs';
 import { silentLogger, type Logger } from '../log.js';
-import type { InstallingFetch, PageSource } from './page-source.js';
+import type { InstallingFetch, PageSource, Priority } from './page-source.js';
 import { DONE, PageSpace, REQUESTED, type LazyRange, type Run } from './page-space.js';
 
 export interface LazyTarget {
@@ -87,7 +87,7 @@ interface Staged {
   lane: 'fault' | 'background';
 }
 
-/** A background run the source installs itself (fetchInstalled). */
+/** A run the source installs itself (fetchInstalled). */
 interface Remote {
   p: Proc;
   run: Run;
@@ -166,8 +166,10 @@ export class LazyPagesEngine {
   /** Background replies with jobs on the installer threads, and how many jobs each. */
   readonly #installing = new Map<Staged, number>();
   #nextJob = 1;
-  /** Background runs the source is installing itself. */
+  /** Runs the source is installing itself. */
   readonly #remote = new Set<Remote>();
+  /** The source installs fault windows itself too (PageSource.installedLanes). */
+  readonly #installsFaults: boolean;
   /** Received replies waiting to be installed, the ones from the fault lane first. */
   #staged: Staged[] = [];
   #drainScheduled = false;
@@ -193,6 +195,7 @@ export class LazyPagesEngine {
     this.#sliceMs = opts.installSliceMs ?? 0.3;
     this.#onProgress = opts.onProgress;
     this.#maxRate = opts.maxBackgroundRate ?? Infinity;
+    this.#installsFaults = source.fetchInstalled !== undefined && (source.installedLanes?.has('fault') ?? false);
     this.done = new Promise((res, rej) => {
       this.#resolve = res;
       this.#reject = rej;
@@ -327,7 +330,8 @@ export class LazyPagesEngine {
     if (r.state[idx] === REQUESTED && (this.#serveFromStaged(p, r, idx, t) || this.#serveFromRemote(p, r, idx, t))) return;
     const run = p.space.claim(r, idx, p.window, true);
     if (!run) return;
-    this.#fetch(p, run, 'fault', t);
+    if (this.#installsFaults) this.#fetchInstalled(p, run, this.#source.fetchInstalled!, 'fault', t);
+    else this.#fetch(p, run, 'fault', t);
   }
 
   #fetch(p: Proc, run: Run, lane: 'fault' | 'background', faultT?: number): void {
@@ -466,45 +470,57 @@ export class LazyPagesEngine {
   }
 
   /**
-   * Pages [from, from + count) of a background run were installed off this thread (by the
-   * installer threads, or by the source), `bytes` of them from `from` on.
+   * Pages [from, from + count) of a run were installed off this thread (by the installer
+   * threads, or by the source), `bytes` of them from `from` on; a fault window's (`lane`
+   * 'fault') first page is the faulting one.
    */
-  #installedElsewhere(p: Proc, run: Run, from: number, count: number, bytes: number, end: BackgroundEnd): void {
+  #installedElsewhere(p: Proc, run: Run, from: number, count: number, bytes: number, end: BackgroundEnd, lane: Priority = 'background'): void {
     if (this.#finished || !p.alive) return;
     const n = Math.min(count, bytes / this.#P);
     const installed = n > 0 ? p.space.finish(run.range, run.first + from, n) : 0;
-    this.stats.pagesByBackground += installed;
+    if (lane === 'fault') {
+      this.stats.pagesByFault += Math.min(1, installed);
+      this.stats.pagesByPrefetch += Math.max(0, installed - 1);
+    } else this.stats.pagesByBackground += installed;
     this.stats.bytes += installed * this.#P;
     if (end === 'gone') this.#gone(p);
     else if (n < count) {
       // An event came (or is waiting) since the pages were asked for: they are fetched
       // again unless the event dropped them.
-      if (end === 'failed') this.#log.warn('background install failed', { pid: p.pid, address: run.range.dst + (run.first + from + n) * this.#P });
+      if (end === 'failed') this.#log.warn('install failed', { lane, pid: p.pid, address: run.range.dst + (run.first + from + n) * this.#P });
       p.space.release(run.range, run.first + from + n, count - n);
     }
   }
 
   /**
-   * Asks the source for a background run it installs itself. The target is taken now,
-   * when every event read so far has been dealt with: an event read after this makes
-   * the install stop, and the pages it did not install are decided about again.
+   * Asks the source for a run it installs itself: a background run, or a fault window
+   * (`lane` 'fault', the fault read at `faultT`). The target is taken now, when every event
+   * read so far has been dealt with: an event read after this makes the install stop, and
+   * the pages it did not install are decided about again.
    */
-  #fetchInstalled(p: Proc, run: Run, fetchInstalled: NonNullable<PageSource['fetchInstalled']>): void {
+  #fetchInstalled(p: Proc, run: Run, fetchInstalled: NonNullable<PageSource['fetchInstalled']>, lane: Priority, faultT?: number): void {
     const dst = run.range.dst + run.first * this.#P;
     const src = run.range.src + run.first * this.#P;
-    this.#inFlight++;
-    const r: Remote = { p, run, f: fetchInstalled(p.sourcePid, src, run.count, this.#loop.installTarget(p.uffd, dst)) };
+    const background = lane === 'background';
+    if (background) this.#inFlight++;
+    const r: Remote = { p, run, f: fetchInstalled(p.sourcePid, src, run.count, this.#loop.installTarget(p.uffd, dst), lane) };
     this.#remote.add(r);
     r.f.done.then(
       ({ bytes, end }) => {
         this.#remote.delete(r);
-        this.#inFlight--;
-        this.#installedElsewhere(p, run, 0, run.count, bytes, end);
+        if (background) this.#inFlight--;
+        else {
+          // Off this thread, the window was installed before we hear of it: this counts a
+          // little more than the faulting thread waited.
+          if (faultT !== undefined) this.#serviceUs.push((performance.now() - faultT) * 1000);
+          this.#releaseBackground();
+        }
+        this.#installedElsewhere(p, run, 0, run.count, bytes, end, lane);
         this.#pump();
       },
       (err: Error) => {
         this.#remote.delete(r);
-        this.#inFlight--;
+        if (background) this.#inFlight--;
         void this.#fail(new Error(`fetching pid ${p.sourcePid} 0x${src.toString(16)}+${run.count} pages: ${err.message}`));
       },
     );
@@ -654,8 +670,8 @@ export class LazyPagesEngine {
         continue;
       }
       this.#backgroundBytes += run.count * this.#P;
-      const fetchInstalled = this.#source.fetchInstalled;
-      if (fetchInstalled) this.#fetchInstalled(p, run, fetchInstalled);
+      const fetchInstalled = this.#source.installedLanes?.has('background') ? this.#source.fetchInstalled : undefined;
+      if (fetchInstalled) this.#fetchInstalled(p, run, fetchInstalled, 'background');
       else this.#fetch(p, run, 'background');
     }
     this.stats.remaining = this.#remaining();

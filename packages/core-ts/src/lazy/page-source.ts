@@ -21,11 +21,14 @@ export interface PageSource {
    */
   release?(data: Uint8Array): void;
   /**
-   * Optional, and present only on a source that can: background pages fetched and
-   * installed by the source itself, on its own thread, into `into` (see
-   * FaultLoop.installTarget), so that their bytes never reach the JS thread.
+   * Optional, and present only on a source that can: pages fetched and installed by the
+   * source itself, on its own threads, into `into` (see FaultLoop.installTarget), so that
+   * their bytes never reach the JS thread. For the lanes in `installedLanes` only (fetch
+   * serves the others).
    */
-  readonly fetchInstalled?: (pid: number, address: number, pages: number, into: InstallTarget) => InstallingFetch;
+  readonly fetchInstalled?: (pid: number, address: number, pages: number, into: InstallTarget, priority: Priority) => InstallingFetch;
+  /** The lanes fetchInstalled serves. */
+  readonly installedLanes?: ReadonlySet<Priority>;
   /** Every page is in: the source may drop the frozen tree. */
   complete(): Promise<void>;
   close(): Promise<void>;
