@@ -168,8 +168,8 @@ export class LazyPagesEngine {
   #nextJob = 1;
   /** Runs the source is installing itself. */
   readonly #remote = new Set<Remote>();
-  /** The source installs fault windows itself too (PageSource.installedLanes). */
-  readonly #installsFaults: boolean;
+  /** The source's fetchInstalled, for the lanes it installs itself (PageSource.installedLanes). */
+  readonly #sourceInstalls: Partial<Record<Priority, NonNullable<PageSource['fetchInstalled']>>> = {};
   /** Received replies waiting to be installed, the ones from the fault lane first. */
   #staged: Staged[] = [];
   #drainScheduled = false;
@@ -195,7 +195,8 @@ export class LazyPagesEngine {
     this.#sliceMs = opts.installSliceMs ?? 0.3;
     this.#onProgress = opts.onProgress;
     this.#maxRate = opts.maxBackgroundRate ?? Infinity;
-    this.#installsFaults = source.fetchInstalled !== undefined && (source.installedLanes?.has('fault') ?? false);
+    const fetchInstalled = source.fetchInstalled;
+    if (fetchInstalled) for (const lane of source.installedLanes ?? []) this.#sourceInstalls[lane] = fetchInstalled;
     this.done = new Promise((res, rej) => {
       this.#resolve = res;
       this.#reject = rej;
@@ -330,7 +331,8 @@ export class LazyPagesEngine {
     if (r.state[idx] === REQUESTED && (this.#serveFromStaged(p, r, idx, t) || this.#serveFromRemote(p, r, idx, t))) return;
     const run = p.space.claim(r, idx, p.window, true);
     if (!run) return;
-    if (this.#installsFaults) this.#fetchInstalled(p, run, this.#source.fetchInstalled!, 'fault', t);
+    const fetchInstalled = this.#sourceInstalls.fault;
+    if (fetchInstalled) this.#fetchInstalled(p, run, fetchInstalled, 'fault', t);
     else this.#fetch(p, run, 'fault', t);
   }
 
@@ -670,7 +672,7 @@ export class LazyPagesEngine {
         continue;
       }
       this.#backgroundBytes += run.count * this.#P;
-      const fetchInstalled = this.#source.installedLanes?.has('background') ? this.#source.fetchInstalled : undefined;
+      const fetchInstalled = this.#sourceInstalls.background;
       if (fetchInstalled) this.#fetchInstalled(p, run, fetchInstalled, 'background');
       else this.#fetch(p, run, 'background');
     }

@@ -31,7 +31,7 @@ export function stubBinary(): string {
   try {
     return cProgram(STUB);
   } catch (err) {
-    if (err instanceof CProgramError) throw new RestoreError(`no restore stub: ${err.message}`, 'unsupported', { cause: err });
+    if (err instanceof CProgramError) throw new RestoreError(`the restore stub: ${err.message}`, 'unsupported', { cause: err });
     throw err;
   }
 }
