@@ -4,7 +4,7 @@
  * between.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { cp, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -97,6 +97,32 @@ export function alive(pid: number): boolean {
     return !/^\d+ \(.*\) [ZX] /s.test(stat);
   } catch {
     return false;
+  }
+}
+
+/** pids of the lazy guards `restore --lazy-pages` left for the work dir `workDir`. */
+function guardsOf(workDir: string): number[] {
+  const found: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const argv = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0');
+      if (argv[0]?.endsWith('lazymig-guard') && argv[1] === workDir && alive(Number(name))) found.push(Number(name));
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  return found;
+}
+
+/** Waits until no guard for `workDir` runs any more: it has made its decision. */
+export async function guardsDone(workDir: string, timeoutMs: number): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const left = guardsOf(workDir);
+    if (left.length === 0) return;
+    if (performance.now() > deadline) throw new Error(`the lazy guard of ${workDir} (pid ${left.join(', ')}) still runs after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
   }
 }
 

@@ -2,7 +2,7 @@ import test, { type ExecutionContext } from 'ava';
 import { join } from 'node:path';
 import { startWorkload, waitForLogLine, type WorkloadName } from '../../../tools/workloads/index.js';
 import { mkdir } from 'node:fs/promises';
-import { alive, copyImages, lazymigIn, readPidfile, setUp, type Proc } from './migrate-helpers.js';
+import { alive, copyImages, guardsDone, lazymigIn, readPidfile, setUp, type Proc } from './migrate-helpers.js';
 
 /**
  * Migrates a running workload with the four commands and returns what a user would look
@@ -51,7 +51,7 @@ async function migrate(t: ExecutionContext, name: WorkloadName, args: string[], 
   t.regex(dumper.stderr(), /what="destination holds every page" .*cpuMs=\d+/);
   t.false(alive(w.pid), 'the source process is gone');
   t.true(alive(restoredPid), `the restored process runs; its log ends:\n${w.readLog().slice(-1500)}\nlazy-pages said:\n${daemon.stderr().slice(-3000)}`);
-  return { w, restoredPid, frozenAt, daemon, dumper, env };
+  return { w, restoredPid, frozenAt, daemon, dumper, env, workDir: opts.armed ? join(work, 'dst-work') : dstImages };
 }
 
 for (const armed of [false, true]) {
@@ -89,10 +89,10 @@ test('armed ahead of the dump (--wait-images), a parent and its child migrate to
 });
 
 test('a small process whose pages are all in before its guard even starts keeps running', async (t) => {
-  const { w, restoredPid, frozenAt } = await migrate(t, 'sleeper', ['--sleep-ms', '50'], /tick counter=3 /);
-  // lazy-pages may be gone before the guard connects (it then reads lazy-pages.complete),
-  // and a guard that finds no daemon gives up connecting after 5 s: outlast that.
-  await new Promise((r) => setTimeout(r, 6000));
+  const { w, restoredPid, frozenAt, workDir } = await migrate(t, 'sleeper', ['--sleep-ms', '50'], /tick counter=3 /);
+  // lazy-pages may be gone before the guard connects: the guard then finds its completion
+  // file. Either way, once the guard is gone it has decided.
+  await guardsDone(workDir, 15_000);
   t.true(alive(restoredPid), 'not killed by its guard');
   const m = w.logSize();
   await waitForLogLine(w.logPath, /tick counter=\d+ /, 10_000, { since: Math.max(m, frozenAt) });

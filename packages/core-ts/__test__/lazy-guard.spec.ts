@@ -25,9 +25,15 @@ function ended(c: ChildProcess): Promise<{ code: number | null; signal: NodeJS.S
 /**
  * Runs the guard to its end, as restore starts it: the pids (comma-separated) as an argument,
  * a pidfd of each of `victims` as fds 3 and up. `connectMs` bounds its wait for a daemon
- * that is not there.
+ * that is not there; a guard still running after `giveUpMs` is killed (code null).
  */
-async function guard(workDir: string, pids: string, victims: ReadonlyArray<{ pid: number }>, connectMs = 200): Promise<{ code: number | null; stderr: string }> {
+async function guard(
+  workDir: string,
+  pids: string,
+  victims: ReadonlyArray<{ pid: number }>,
+  connectMs = 200,
+  giveUpMs = 30_000,
+): Promise<{ code: number | null; stderr: string }> {
   const pidfds = victims.map((v) => pidfdOpen(v.pid));
   let g: ChildProcess;
   try {
@@ -37,8 +43,13 @@ async function guard(workDir: string, pids: string, victims: ReadonlyArray<{ pid
   }
   let stderr = '';
   g.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const watchdog = setTimeout(() => {
+    stderr += `(the guard still ran after ${giveUpMs} ms: killed by the test)\n`;
+    g.kill('SIGKILL');
+  }, giveUpMs);
   // 'close', not 'exit': stderr is read to its end.
   const code = await new Promise<number | null>((res) => g.once('close', (c) => res(c)));
+  clearTimeout(watchdog);
   return { code, stderr };
 }
 
@@ -79,11 +90,13 @@ test('the daemon goes away before every page is in: the guard kills each process
   t.regex(r.stderr, new RegExp(`killed pid ${b.pid}\\n`));
 });
 
-test('a guard that comes after the daemon finished reads the completion file and leaves its processes be', async (t) => {
+test('a guard that comes after the daemon finished reads the completion file and leaves its processes be, at once', async (t) => {
   const dir = tempDir(t, 'guard');
   const v = victim(t);
   writeCompletion(dir, [1, v.pid]);
-  const r = await guard(dir, `${v.pid}`, [v]);
+  // A connect timeout far beyond the test's: the guard must not wait for a daemon that has
+  // finished (it would hold the uffd copies open meanwhile).
+  const r = await guard(dir, `${v.pid}`, [v], 600_000, 10_000);
   t.is(r.code, 0, r.stderr);
   t.is(v.signalCode, null, 'not killed');
 });

@@ -83,39 +83,6 @@ static long now_ms(void) {
   return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* The control socket, retried while the daemon is not (yet) listening; -1 past the timeout. */
-static int connect_daemon(long timeout_ms) {
-  struct sockaddr_un a = {.sun_family = AF_UNIX};
-  if (!join_path(a.sun_path, sizeof a.sun_path, CONTROL_SOCKET)) return -1;
-  long deadline = now_ms() + timeout_ms;
-  for (;;) {
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) return fd;
-    int e = errno;
-    close(fd);
-    if ((e != ENOENT && e != ECONNREFUSED && e != EINTR) || now_ms() >= deadline) return -1;
-    usleep(10 * 1000);
-  }
-}
-
-/* 1 when the daemon says every page is in, 0 when it goes away without saying so. */
-static int watch_daemon(long connect_timeout_ms) {
-  int fd = connect_daemon(connect_timeout_ms);
-  if (fd < 0) return 0;
-  static const char hello[] = "{\"type\":\"guard\"}";
-  if (send(fd, hello, sizeof hello - 1, MSG_NOSIGNAL) < 0) return 0;
-  for (;;) {
-    char m[4096];
-    ssize_t n = recv(fd, m, sizeof m - 1, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return 0;
-    m[n] = 0;
-    /* The daemon writes its messages with JSON.stringify: no spaces. */
-    if (strstr(m, "\"type\":\"complete\"")) return 1;
-  }
-}
-
 /* Whether lazy-pages.complete lists pid. */
 static int listed_as_complete(const char *list, long pid) {
   const char *p = strstr(list, "\"pids\"");
@@ -143,6 +110,42 @@ static int daemon_completed(void) {
   for (int i = 0; i < npids; i++)
     if (!listed_as_complete(list, pids[i])) return 0;
   return 1;
+}
+
+/* The control socket, retried while the daemon is not (yet) listening; -1 past the timeout,
+ * or as soon as the daemon has finished (socket gone, completion file naming every pid): a
+ * guard that waited on would hold the uffd copies open, and a fault on a page the process
+ * dropped since would wait for it. */
+static int connect_daemon(long timeout_ms) {
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
+  if (!join_path(a.sun_path, sizeof a.sun_path, CONTROL_SOCKET)) return -1;
+  long deadline = now_ms() + timeout_ms;
+  for (;;) {
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) return fd;
+    int e = errno;
+    close(fd);
+    if ((e != ENOENT && e != ECONNREFUSED && e != EINTR) || now_ms() >= deadline || daemon_completed()) return -1;
+    usleep(10 * 1000);
+  }
+}
+
+/* 1 when the daemon says every page is in, 0 when it goes away without saying so. */
+static int watch_daemon(long connect_timeout_ms) {
+  int fd = connect_daemon(connect_timeout_ms);
+  if (fd < 0) return 0;
+  static const char hello[] = "{\"type\":\"guard\"}";
+  if (send(fd, hello, sizeof hello - 1, MSG_NOSIGNAL) < 0) return 0;
+  for (;;) {
+    char m[4096];
+    ssize_t n = recv(fd, m, sizeof m - 1, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return 0;
+    m[n] = 0;
+    /* The daemon writes its messages with JSON.stringify: no spaces. */
+    if (strstr(m, "\"type\":\"complete\"")) return 1;
+  }
 }
 
 int main(int argc, char **argv) {
