@@ -3,7 +3,7 @@
 //
 //   node --import tsx tools/bench/migrate.ts [MiB...]          (default: 64 1024)
 //        [--modes armed,lazy,eager] [--repeat N] [--interval-ms 20] [--json] [--timeline]
-//        [--net veth|loopback]
+//        [--net veth|loopback] [--against OTHER/packages/cli/bin/lazymig]
 //
 // --net: the link between the two "hosts": a veth pair between two namespaces (default, as
 // the tests), or one namespace's loopback (as CRIU's published figures). On this VM a veth
@@ -29,6 +29,11 @@
 //   wire         bytes received on the destination's link during the migration
 // With --repeat N, each size and mode runs N times, then a line of min / median / max,
 // and the ratios are of medians (one run on this noisy machine proves little).
+// --against BIN: the same migrations with another build's lazymig too (another checkout,
+// built: e.g. `git worktree add /tmp/base <commit> && (cd /tmp/base && bash tools/bootstrap)`),
+// the two interleaved round by round, alternating which goes first; then this build's
+// medians against the other's, and in how many rounds this one was faster. On a machine
+// whose speed drifts from minute to minute, only runs side by side compare.
 // Then ratios: lazy pause at the largest size vs the smallest; lazy vs eager pause; and
 // the largest lazy transfer against this machine's transfer floor, measured in the same run
 // (tools/workloads/src/transfer-floor.c: process_vm_readv -> TCP over the same link ->
@@ -37,10 +42,10 @@
 // CPU is not the transfer's either).
 // Absolute numbers on a noisy 2-vCPU VM mean little; the ratios are measured in one run.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { accessSync, constants, copyFileSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createTwoHosts, type Host, type Link, type TwoHosts } from '../topology/index.js';
 import { execFile } from 'node:child_process';
@@ -71,7 +76,9 @@ const REPEAT = Number(flag('repeat') ?? 1);
 if (!Number.isInteger(REPEAT) || REPEAT < 1 || REPEAT > 100) throw new Error(`--repeat: 1..100, not ${REPEAT}`);
 const NET = (flag('net') ?? 'veth') as Link;
 if (NET !== 'veth' && NET !== 'loopback') throw new Error(`--net: veth or loopback, not ${String(NET)}`);
-const USAGE = 'usage: migrate.ts [MiB...] [--modes armed,lazy,eager] [--repeat N] [--interval-ms N] [--net veth|loopback] [--json] [--timeline]';
+const AGAINST = flag('against');
+const USAGE =
+  'usage: migrate.ts [MiB...] [--modes armed,lazy,eager] [--repeat N] [--interval-ms N] [--net veth|loopback] [--against BIN] [--json] [--timeline]';
 if (argv.includes('--help') || argv.includes('-h')) {
   console.log(USAGE);
   process.exit(0);
@@ -84,6 +91,23 @@ if (bad !== undefined) {
 }
 const SIZES = argv.length > 0 ? argv.map(Number) : [64, 1024];
 
+/** A lazymig to run the commands with: this checkout's, or the one given with --against. */
+interface Build {
+  label: 'this' | 'against';
+  bin: string;
+}
+const BUILDS: Build[] = [{ label: 'this', bin: LAZYMIG }];
+if (AGAINST !== undefined) {
+  const bin = resolve(AGAINST);
+  try {
+    accessSync(bin, constants.X_OK);
+  } catch (err) {
+    console.error(`migrate.ts: --against ${AGAINST}: not an executable lazymig (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+    process.exit(2);
+  }
+  BUILDS.push({ label: 'against', bin });
+}
+
 interface Cmd {
   child: ChildProcess;
   out(): string;
@@ -92,8 +116,8 @@ interface Cmd {
   waitErr(re: RegExp, timeoutMs: number): Promise<RegExpExecArray>;
 }
 
-function run(hosts: TwoHosts, host: Host, args: string[]): Cmd {
-  const child = hosts.spawnIn(host, [LAZYMIG, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+function run(hosts: TwoHosts, host: Host, bin: string, args: string[]): Cmd {
+  const child = hosts.spawnIn(host, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   // Checked as each chunk of stderr arrives, not by polling: the bench copies the images
@@ -213,6 +237,7 @@ function passes(log: string): Pass[] {
 }
 
 interface Result {
+  build: Build['label'];
   mode: Mode;
   mib: number;
   downtimeMs: number;
@@ -232,7 +257,7 @@ interface Result {
   cpuMs: { source: number; destination: number };
 }
 
-async function migrate(mib: number, mode: Mode): Promise<Result> {
+async function migrate(mib: number, mode: Mode, build: Build): Promise<Result> {
   const hosts = await createTwoHosts({ link: NET });
   const work = await mkdtemp(join(tmpdir(), 'lazymig-bench-migrate-'));
   const cmds: Cmd[] = [];
@@ -260,14 +285,14 @@ async function migrate(mib: number, mode: Mode): Promise<Result> {
       await mkdir(workDir);
       const armed = ['--work-dir', workDir, '--wait-images', '120'];
       // Told where the page server is, it connects as soon as the token has arrived.
-      daemon = track(run(hosts, hosts.dst, [...daemonArgs, ...armed, '--address', hosts.src.address, '--port', String(port)]));
-      restorer = track(run(hosts, hosts.dst, [...restoreArgs, ...armed]));
+      daemon = track(run(hosts, hosts.dst, build.bin, [...daemonArgs, ...armed, '--address', hosts.src.address, '--port', String(port)]));
+      restorer = track(run(hosts, hosts.dst, build.bin, [...restoreArgs, ...armed]));
       await Promise.all([daemon.waitErr(/waiting for the images/, 60_000), restorer.waitErr(/waiting up to/, 60_000)]);
     }
     const logMark = hog.logSize();
     const dumpArgs = ['dump', '--tree', String(hog.pid), '--images-dir', srcImages];
     if (lazy) dumpArgs.push('--lazy-pages', '--address', hosts.src.address, '--port', String(port));
-    const dumper = track(run(hosts, hosts.src, dumpArgs));
+    const dumper = track(run(hosts, hosts.src, build.bin, dumpArgs));
     // Copied the moment dump says they are written (the page server opens a little later).
     if (lazy) await dumper.waitErr(/^images written to /m, 120_000);
     else await mustExit(dumper, 'dump');
@@ -277,9 +302,9 @@ async function migrate(mib: number, mode: Mode): Promise<Result> {
     if (mode === 'lazy') {
       // Restore is started at once, not after the daemon says it is ready: restore waits
       // (up to 5 s) for lazy-pages.socket, so the two commands start up side by side.
-      daemon = track(run(hosts, hosts.dst, daemonArgs));
+      daemon = track(run(hosts, hosts.dst, build.bin, daemonArgs));
     }
-    restorer ??= track(run(hosts, hosts.dst, restoreArgs));
+    restorer ??= track(run(hosts, hosts.dst, build.bin, restoreArgs));
     await restorer.waitErr(/what="tree resumed"/, 120_000);
     const resumedAt = logTime(restorer.err(), 'tree resumed');
     const frozenAt = logTime(dumper.err(), 'tree frozen');
@@ -325,6 +350,7 @@ async function migrate(mib: number, mode: Mode): Promise<Result> {
     const slow = Math.max(0, ...during.map((p) => p.ms));
     const pagesIn = summary ? summary.bytes / 2 ** 20 : mib;
     return {
+      build: build.label,
       mode,
       mib,
       downtimeMs: resumedAt - frozenAt,
@@ -360,30 +386,40 @@ async function migrate(mib: number, mode: Mode): Promise<Result> {
 const f = (n: number, d = 0): string => n.toFixed(d);
 const results: Result[] = [];
 console.log(`migrate bench: memhog ${SIZES.join(', ')} MiB (--interval-ms ${INTERVAL}), modes ${MODES.join(', ')}, over ${NET}, node ${process.version}`);
+if (AGAINST !== undefined) console.log(`against: ${BUILDS[1]!.bin}, interleaved round by round`);
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 const spread = (xs: number[]): string => `${f(Math.min(...xs))} / ${f(median(xs))} / ${f(Math.max(...xs))}`;
+/** The first column of a result's lines: size, mode and, with --against, the build. */
+const headOf = (mib: number, mode: Mode, build: Build['label']): string =>
+  `${String(mib).padStart(5)} MiB ${mode.padEnd(5)}${AGAINST !== undefined ? ` ${build.padEnd(7)}` : ''}`;
+
+function report(r: Result): void {
+  const head = headOf(r.mib, r.mode, r.build);
+  const common = `downtime ${f(r.downtimeMs).padStart(5)} ms (copy ${f(r.copyMs)} ms), pause ${f(r.pauseMs).padStart(5)} ms (after resume ${f(r.pauseAfterResumeMs)} ms), slowest pass ${f(r.slowPassMs)} ms (normal ${f(r.normalPassMs)} ms), wire ${f(r.wireMiB, 1)} MiB`;
+  if (r.mode === 'eager') return console.log(`${head}  ${common}`);
+  console.log(
+    `${head}  ${common}\n${' '.repeat(head.length + 2)}all in ${f(r.allInMs)} ms after resume (${f(r.mibPerSec)} MiB/s); pages: ${r.pages.fault} fault, ${r.pages.prefetch} prefetch, ${r.pages.background} background, ${r.pages.zero} zero-faults; fault service p50 ${f(r.faultP50Us)} µs, p99 ${f(r.faultP99Us)} µs; cpu: source ${f(r.cpuMs.source)} ms, destination ${f(r.cpuMs.destination)} ms`,
+  );
+}
+
 for (const mib of SIZES) {
   for (const mode of MODES) {
     for (let run = 0; run < REPEAT; run++) {
-      const r = await migrate(mib, mode);
-      results.push(r);
-      const head = `${String(mib).padStart(5)} MiB ${mode.padEnd(5)}`;
-      const common = `downtime ${f(r.downtimeMs).padStart(5)} ms (copy ${f(r.copyMs)} ms), pause ${f(r.pauseMs).padStart(5)} ms (after resume ${f(r.pauseAfterResumeMs)} ms), slowest pass ${f(r.slowPassMs)} ms (normal ${f(r.normalPassMs)} ms), wire ${f(r.wireMiB, 1)} MiB`;
-      if (mode === 'eager') console.log(`${head}  ${common}`);
-      else {
-        console.log(
-          `${head}  ${common}\n${' '.repeat(17)}all in ${f(r.allInMs)} ms after resume (${f(r.mibPerSec)} MiB/s); pages: ${r.pages.fault} fault, ${r.pages.prefetch} prefetch, ${r.pages.background} background, ${r.pages.zero} zero-faults; fault service p50 ${f(r.faultP50Us)} µs, p99 ${f(r.faultP99Us)} µs; cpu: source ${f(r.cpuMs.source)} ms, destination ${f(r.cpuMs.destination)} ms`,
-        );
+      // Which build goes first alternates: a machine that slows down over a round favours neither.
+      for (const build of run % 2 === 0 ? BUILDS : [...BUILDS].reverse()) {
+        const r = await migrate(mib, mode, build);
+        results.push(r);
+        report(r);
       }
     }
-    if (REPEAT > 1) {
-      const rs = results.filter((r) => r.mib === mib && r.mode === mode);
+    for (const build of REPEAT > 1 ? BUILDS : []) {
+      const rs = results.filter((r) => r.mib === mib && r.mode === mode && r.build === build.label);
       const allIn = mode === 'eager' ? '' : `, all in ${spread(rs.map((r) => r.allInMs))} ms, cpu source ${spread(rs.map((r) => r.cpuMs.source))} ms, destination ${spread(rs.map((r) => r.cpuMs.destination))} ms`;
-      console.log(`${String(mib).padStart(5)} MiB ${mode.padEnd(5)}  ${REPEAT} runs, min / median / max: downtime ${spread(rs.map((r) => r.downtimeMs))} ms, pause ${spread(rs.map((r) => r.pauseMs))} ms${allIn}`);
+      console.log(`${headOf(mib, mode, build.label)}  ${REPEAT} runs, min / median / max: downtime ${spread(rs.map((r) => r.downtimeMs))} ms, pause ${spread(rs.map((r) => r.pauseMs))} ms${allIn}`);
     }
   }
 }
@@ -416,9 +452,9 @@ async function transferFloor(mib: number, underLoad = false): Promise<{ ms: numb
   return { ms: Number(m[1]), mibPerSec: Number(m[2]), cpuMs: { source: Number(m[3]), destination: Number(m[4]) } };
 }
 
-/** The result of a size and mode; with --repeat, its medians. */
-const get = (mib: number, mode: Mode): Result | undefined => {
-  const rs = results.filter((r) => r.mib === mib && r.mode === mode);
+/** This build's result of a size and mode (the other's, with `build`); with --repeat, its medians. */
+const get = (mib: number, mode: Mode, build: Build['label'] = 'this'): Result | undefined => {
+  const rs = results.filter((r) => r.mib === mib && r.mode === mode && r.build === build);
   if (rs.length <= 1) return rs[0];
   return {
     ...rs[0]!,
@@ -455,6 +491,28 @@ if (lazyModes.length > 0) {
       `  ${big} MiB ${mode}: cpu while pages moved: source ${f(cs)} ms vs the floor's ${f(floor.cpuMs.source)} ms (${x(cs, floor.cpuMs.source)}), ` +
         `destination ${f(cd)} ms vs ${f(floor.cpuMs.destination)} ms (${x(cd, floor.cpuMs.destination)})`,
     );
+  }
+}
+if (AGAINST !== undefined) {
+  console.log(`\nthis build against ${BUILDS[1]!.bin} (medians${REPEAT > 1 ? ` of ${REPEAT} interleaved rounds` : ''}; below 1x: this build takes less):`);
+  const vs = (a: number, b: number, unit: string): string => `${f(a)} vs ${f(b)} ${unit} (${x(a, b)})`;
+  for (const mib of SIZES) {
+    for (const mode of MODES) {
+      const [a, b] = [get(mib, mode, 'this')!, get(mib, mode, 'against')!];
+      const mine = results.filter((r) => r.mib === mib && r.mode === mode && r.build === 'this');
+      const theirs = results.filter((r) => r.mib === mib && r.mode === mode && r.build === 'against');
+      const wins = (key: (r: Result) => number): string => `${mine.filter((r, i) => key(r) < key(theirs[i]!)).length} of ${mine.length} rounds`;
+      const head = `  ${String(mib).padStart(5)} MiB ${mode.padEnd(5)}`;
+      if (mode === 'eager') {
+        console.log(`${head} pause ${vs(a.pauseMs, b.pauseMs, 'ms')}, downtime ${vs(a.downtimeMs, b.downtimeMs, 'ms')}`);
+        continue;
+      }
+      console.log(
+        `${head} all in ${vs(a.allInMs, b.allInMs, 'ms')}, less in ${wins((r) => r.allInMs)}; pause ${vs(a.pauseMs, b.pauseMs, 'ms')}; ` +
+          `cpu source ${vs(a.cpuMs.source, b.cpuMs.source, 'ms')}, destination ${vs(a.cpuMs.destination, b.cpuMs.destination, 'ms')}, ` +
+          `less in ${wins((r) => r.cpuMs.source + r.cpuMs.destination)}`,
+      );
+    }
   }
 }
 if (JSON_OUT) console.log(JSON.stringify(results));
