@@ -393,6 +393,8 @@ const median = (xs: number[]): number => {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 const spread = (xs: number[]): string => `${f(Math.min(...xs))} / ${f(median(xs))} / ${f(Math.max(...xs))}`;
+/** One build's runs of a size and mode, in the order they ran. */
+const runsOf = (mib: number, mode: Mode, build: Build['label']): Result[] => results.filter((r) => r.mib === mib && r.mode === mode && r.build === build);
 /** The first column of a result's lines: size, mode and, with --against, the build. */
 const headOf = (mib: number, mode: Mode, build: Build['label']): string =>
   `${String(mib).padStart(5)} MiB ${mode.padEnd(5)}${AGAINST !== undefined ? ` ${build.padEnd(7)}` : ''}`;
@@ -417,7 +419,7 @@ for (const mib of SIZES) {
       }
     }
     for (const build of REPEAT > 1 ? BUILDS : []) {
-      const rs = results.filter((r) => r.mib === mib && r.mode === mode && r.build === build.label);
+      const rs = runsOf(mib, mode, build.label);
       const allIn = mode === 'eager' ? '' : `, all in ${spread(rs.map((r) => r.allInMs))} ms, cpu source ${spread(rs.map((r) => r.cpuMs.source))} ms, destination ${spread(rs.map((r) => r.cpuMs.destination))} ms`;
       console.log(`${headOf(mib, mode, build.label)}  ${REPEAT} runs, min / median / max: downtime ${spread(rs.map((r) => r.downtimeMs))} ms, pause ${spread(rs.map((r) => r.pauseMs))} ms${allIn}`);
     }
@@ -454,7 +456,7 @@ async function transferFloor(mib: number, underLoad = false): Promise<{ ms: numb
 
 /** This build's result of a size and mode (the other's, with `build`); with --repeat, its medians. */
 const get = (mib: number, mode: Mode, build: Build['label'] = 'this'): Result | undefined => {
-  const rs = results.filter((r) => r.mib === mib && r.mode === mode && r.build === build);
+  const rs = runsOf(mib, mode, build);
   if (rs.length <= 1) return rs[0];
   return {
     ...rs[0]!,
@@ -499,8 +501,7 @@ if (AGAINST !== undefined) {
   for (const mib of SIZES) {
     for (const mode of MODES) {
       const [a, b] = [get(mib, mode, 'this')!, get(mib, mode, 'against')!];
-      const mine = results.filter((r) => r.mib === mib && r.mode === mode && r.build === 'this');
-      const theirs = results.filter((r) => r.mib === mib && r.mode === mode && r.build === 'against');
+      const [mine, theirs] = [runsOf(mib, mode, 'this'), runsOf(mib, mode, 'against')];
       const wins = (key: (r: Result) => number): string => `${mine.filter((r, i) => key(r) < key(theirs[i]!)).length} of ${mine.length} rounds`;
       const head = `  ${String(mib).padStart(5)} MiB ${mode.padEnd(5)}`;
       if (mode === 'eager') {
