@@ -1,5 +1,5 @@
-/* transfer-floor <MiB> [--source-netns NS --dest-netns NS --address A]: the floor of a lazy
- * transfer on this machine, without lazymig.
+/* transfer-floor <MiB> [--source-netns NS --dest-netns NS --address A] [--reader-interval-ms N]:
+ * the floor of a lazy transfer on this machine, without lazymig.
  *
  * The same kernel work a migration's background transfer does, in plain C with no framing
  * and no JS: a "source" process reads a separate process's memory with process_vm_readv
@@ -11,13 +11,22 @@
  * namespace NS (a name under /run/netns) and the destination connects from the other one,
  * over the same link a migration between them uses.
  *
+ * --reader-interval-ms N: a thread of the destination verifies the whole region in passes
+ * while the pages arrive, N ms apart (the first N ms after the start), as the bench's
+ * migrated memhog does: the same pattern and check, a clock read per page. It faults on
+ * pages not installed yet and waits for the in-order install to reach them. No fault is
+ * served, so this is what a transfer of this kind can do beside such a workload on the
+ * same CPUs, whatever serves its faults. Adds reader_passes=... reader_cpu_ms=....
+ *
  * Both staging buffers are page-aligned. malloc's 2 MiB buffer starts 16 bytes into a page,
  * and on this CPU a kernel copy whose destination sits 1-31 bytes past its source modulo
  * 4 KiB (4K aliasing: each load waits on the store just before it) runs ~3.5x slower; with
  * malloc this program measured 1.1-2.6 s per GiB instead of 0.45-0.7 s (docs/PERFORMANCE.md).
  */
-#define _GNU_SOURCE
+#include "common.h"
 #include <linux/userfaultfd.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -39,22 +48,41 @@
 #define CHUNK (2ul << 20)
 #define MEM ((char *)0x100000000000ul)
 
-static double now_ms(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
-
-/* CPU time (user + system) this process has used, in ms. */
+/* CPU time (user + system) the calling thread has used, in ms. */
 static double cpu_ms(void) {
   struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
+  getrusage(RUSAGE_THREAD, &ru);
   return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
 }
 
-static void die(const char *what) {
-  perror(what);
-  exit(1);
+#define SEED 1
+
+/* The destination's verifier (--reader-interval-ms). */
+struct reader {
+  pthread_t thread;
+  const char *region;
+  size_t pages;
+  long interval_ms;
+  atomic_int stop;
+  unsigned long passes;
+  long bad;
+  double cpu_ms;
+};
+
+static void *read_passes(void *arg) {
+  struct reader *r = arg;
+  volatile double clock_sink = 0;
+  for (;;) {
+    sleep_ms(r->interval_ms);
+    if (atomic_load(&r->stop)) break;
+    for (size_t p = 0; p < r->pages && !atomic_load(&r->stop); p++) {
+      clock_sink += now_ms();
+      if (check_page((const uint64_t *)(r->region + p * PAGE), SEED, p, 0) >= 0) r->bad++;
+    }
+    r->passes++;
+  }
+  r->cpu_ms = cpu_ms();
+  return NULL;
 }
 
 static char *staging(void) {
@@ -69,32 +97,27 @@ static void enter_netns(const char *name) {
   char path[256];
   snprintf(path, sizeof path, "/run/netns/%s", name);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0 || setns(fd, CLONE_NEWNET)) die(path);
+  if (fd < 0 || setns(fd, CLONE_NEWNET)) die("%s", path);
   close(fd);
 }
 
 static void io_all(int fd, char *buf, size_t len, int writing) {
   for (size_t done = 0; done < len;) {
     ssize_t n = writing ? write(fd, buf + done, len - done) : read(fd, buf + done, len - done);
-    if (n <= 0) die(writing ? "write" : "read");
+    if (n <= 0) die("%s", writing ? "write" : "read");
     done += (size_t)n;
   }
 }
 
 int main(int argc, char **argv) {
-  const char *src_ns = NULL, *dst_ns = NULL, *address = "127.0.0.1";
-  int usage = argc < 2 || argc % 2 != 0;
-  for (int i = 2; i + 1 < argc; i += 2) {
-    if (!strcmp(argv[i], "--source-netns")) src_ns = argv[i + 1];
-    else if (!strcmp(argv[i], "--dest-netns")) dst_ns = argv[i + 1];
-    else if (!strcmp(argv[i], "--address")) address = argv[i + 1];
-    else usage = 1;
-  }
-  if (usage || atoi(argv[1]) <= 0 || !src_ns != !dst_ns) {
-    fprintf(stderr, "usage: transfer-floor <MiB> [--source-netns NS --dest-netns NS --address A]\n");
-    return 2;
-  }
-  size_t total = (size_t)atoi(argv[1]) << 20;
+  wl_init(argc, argv);
+  const char *src_ns = opt_str("--source-netns", NULL), *dst_ns = opt_str("--dest-netns", NULL);
+  const char *address = opt_str("--address", "127.0.0.1");
+  long reader_interval = opt_long("--reader-interval-ms", -1);
+  long mib = strtol(pos_arg(0, "0"), NULL, 10);
+  if (mib <= 0 || g_npos != 1 || !src_ns != !dst_ns)
+    die("usage: transfer-floor <MiB> [--source-netns NS --dest-netns NS --address A] [--reader-interval-ms N]");
+  size_t total = (size_t)mib << 20;
   int ready[2], cpu[2];
   if (pipe(ready) || pipe(cpu)) die("pipe");
 
@@ -103,7 +126,7 @@ int main(int argc, char **argv) {
   if (owner == 0) {
     if (mmap(MEM, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED) die("mmap");
     madvise(MEM, total, MADV_NOHUGEPAGE);
-    for (size_t i = 0; i < total; i += 8) *(unsigned long *)(MEM + i) = i * 2654435761u;
+    for (size_t p = 0; p < total / PAGE; p++) fill_page((uint64_t *)(MEM + p * PAGE), SEED, p, 0);
     if (write(ready[1], "x", 1) != 1) die("write");
     pause();
     _exit(0);
@@ -146,6 +169,8 @@ int main(int argc, char **argv) {
   struct uffdio_register reg = {.range = {(unsigned long)dst, total}, .mode = UFFDIO_REGISTER_MODE_MISSING};
   if (ioctl(uffd, UFFDIO_REGISTER, &reg)) die("UFFDIO_REGISTER");
   char *buf = staging();
+  struct reader reader = {.region = dst, .pages = total / PAGE, .interval_ms = reader_interval};
+  if (reader_interval >= 0 && pthread_create(&reader.thread, NULL, read_passes, &reader)) die("pthread_create");
 
   double t0 = now_ms(), c0 = cpu_ms();
   for (size_t off = 0; off < total; off += CHUNK) {
@@ -156,12 +181,19 @@ int main(int argc, char **argv) {
   double ms = now_ms() - t0, dst_cpu = cpu_ms() - c0, src_cpu = 0;
   if (read(cpu[0], &src_cpu, sizeof src_cpu) != sizeof src_cpu) die("source cpu");
 
-  long bad = 0;
-  for (size_t i = 0; i < total; i += 4096)
-    if (*(unsigned long *)(dst + i) != i * 2654435761u) bad++;
+  if (reader_interval >= 0) {
+    atomic_store(&reader.stop, 1);
+    pthread_join(reader.thread, NULL);
+  }
+
+  long bad = reader.bad;
+  for (size_t p = 0; p < total / PAGE; p++)
+    if (check_page((const uint64_t *)(dst + p * PAGE), SEED, p, 0) >= 0) bad++;
   kill(owner, SIGKILL);
   waitpid(source, 0, 0);
   waitpid(owner, 0, 0);
-  printf("floor_ms=%.1f mib_per_s=%.0f bad_pages=%ld src_cpu_ms=%.0f dst_cpu_ms=%.0f\n", ms, (double)(total >> 20) / (ms / 1e3), bad, src_cpu, dst_cpu);
+  char reader_line[96] = "";
+  if (reader_interval >= 0) snprintf(reader_line, sizeof reader_line, " reader_passes=%lu reader_cpu_ms=%.0f", reader.passes, reader.cpu_ms);
+  say("floor_ms=%.1f mib_per_s=%.0f bad_pages=%ld src_cpu_ms=%.0f dst_cpu_ms=%.0f%s", ms, (double)mib / (ms / 1e3), bad, src_cpu, dst_cpu, reader_line);
   return bad == 0 ? 0 : 1;
 }
