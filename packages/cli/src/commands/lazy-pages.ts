@@ -15,7 +15,7 @@ export function lazySummaryLine(s: LazySummary): string {
   return (
     `all ${s.pagesTotal} lazy pages in (${mib(s.bytes)}) in ${s.totalMs.toFixed(0)} ms: ` +
     `${s.pagesByFault} by fault, ${s.pagesByPrefetch} by prefetch, ${s.pagesByBackground} by background, ` +
-    `${s.zeroFaults} zero-page faults; fault service p50 ${s.faultServiceUs.p50.toFixed(0)} µs, p99 ${s.faultServiceUs.p99.toFixed(0)} µs; cpu ${s.cpuMs.toFixed(0)} ms`
+    `${s.zeroFaults} zero-page faults; ${s.faults} faults (${s.faultsWaited} waited for pages already on their way); fault service p50 ${s.faultServiceUs.p50.toFixed(0)} µs, p99 ${s.faultServiceUs.p99.toFixed(0)} µs; cpu ${s.cpuMs.toFixed(0)} ms`
   );
 }
 

@@ -62,6 +62,8 @@ export interface LazyStats {
   pagesByBackground: number;
   zeroFaults: number;
   faults: number;
+  /** Faults on pages already asked for, which waited for their reply rather than ask again. */
+  faultsWaited: number;
   bytes: number;
   remaining: number;
 }
@@ -92,6 +94,9 @@ interface Remote {
   p: Proc;
   run: Run;
   f: InstallingFetch;
+  lane: Priority;
+  /** Faults on its pages, waiting for its reply (read at `t`). */
+  waiting: { fault: Fault; t: number }[];
 }
 
 /** A contiguous part of a background reply handed to the installer threads. */
@@ -115,6 +120,12 @@ export const DEFAULT_CHUNK_PAGES = 512;
 export const DEFAULT_IN_FLIGHT = 8;
 /** Largest fault window, in pages (LazyEngineOptions.maxWindow). */
 export const DEFAULT_MAX_WINDOW = 64;
+/**
+ * A fault on a page of a background request waits for that request's reply when at most
+ * this many background requests are ahead of it: its reply is being read, or comes next
+ * after the one being read. Further back, the page is asked for on the fault lane.
+ */
+const WAIT_BEHIND_REQUESTS = 2;
 
 /** Pages installed per installBatch call while draining staged replies. */
 const SLICE_PAGES = 16;
@@ -143,7 +154,7 @@ function percentile(sorted: Float64Array, p: number): number {
 
 export class LazyPagesEngine {
   readonly stats: LazyStats = {
-    pagesTotal: 0, pagesByFault: 0, pagesByPrefetch: 0, pagesByBackground: 0, zeroFaults: 0, faults: 0, bytes: 0, remaining: 0,
+    pagesTotal: 0, pagesByFault: 0, pagesByPrefetch: 0, pagesByBackground: 0, zeroFaults: 0, faults: 0, faultsWaited: 0, bytes: 0, remaining: 0,
   };
   readonly #source: PageSource;
   readonly #P: number;
@@ -276,7 +287,10 @@ export class LazyPagesEngine {
     // Events first: a fault in the batch may be about a range an event just changed.
     for (const e of b.events) this.#onEvent(e);
     const t = performance.now();
-    for (const f of b.faults) this.#onFault(f, t);
+    for (const f of b.faults) {
+      this.stats.faults++;
+      this.#serveFault(f, t);
+    }
     this.#pump();
   }
 
@@ -307,17 +321,18 @@ export class LazyPagesEngine {
     }
   }
 
-  #onFault(f: Fault, t: number): void {
+  /** A fault read at `t`: served now, or left to wait for pages already on their way. */
+  #serveFault(f: Fault, t: number): void {
     const p = this.#procs.get(f.fd);
     if (!p || !p.alive) return;
-    this.stats.faults++;
     const page = f.address;
     p.hint = page;
     const r = p.space.find(page);
     const idx = r ? (page - r.dst) / this.#P : -1;
     if (!r || r.state[idx] === DONE) {
-      // Not a page of the source: never touched before the dump, or dropped since. Zero it;
-      // if a racing install got there first, just wake the thread.
+      // Not a page of the source (never touched before the dump, or dropped since): zero it.
+      // If an install got there first (a racing one, or the reply this fault waited for),
+      // just wake the thread.
       const o = p.uffd.zeropage(page, this.#P);
       if (o.status === 'exists') p.uffd.wake(page, this.#P);
       else if (o.status === 'gone') this.#gone(p);
@@ -328,7 +343,7 @@ export class LazyPagesEngine {
     const pageNo = page / this.#P;
     p.window = pageNo === p.lastFaultPage + 1 || pageNo === p.lastFaultPage + p.window ? Math.min(p.window * 2, this.#maxWindow) : 1;
     p.lastFaultPage = pageNo;
-    if (r.state[idx] === REQUESTED && (this.#serveFromStaged(p, r, idx, t) || this.#serveFromRemote(p, r, idx, t))) return;
+    if (r.state[idx] === REQUESTED && (this.#serveFromStaged(p, r, idx, t) || this.#serveFromRemote(p, r, idx, f, t))) return;
     const run = p.space.claim(r, idx, p.window, true);
     if (!run) return;
     const fetchInstalled = this.#sourceInstalls.fault;
@@ -390,15 +405,30 @@ export class LazyPagesEngine {
   }
 
   /**
-   * A fault on a page of a background run the source installs itself: if its reply has
-   * arrived and waits for the installer, the fault window is installed from it now.
+   * A fault on a page of a run the source installs itself: if its reply has been read, the
+   * fault window is installed from it now. If not, and the reply is near (a fault lane's, or
+   * a background one at most WAIT_BEHIND_REQUESTS behind), the fault waits for it: its
+   * install wakes the thread. Asking for the page again on the fault lane would have the
+   * source read and send it twice, which on two CPUs costs the whole transfer more than the
+   * wait costs the thread (docs/PERFORMANCE.md, "Faults on pages on their way").
    */
-  #serveFromRemote(p: Proc, range: LazyRange, idx: number, t: number): boolean {
-    for (const { p: rp, run, f } of this.#remote) {
-      if (rp !== p || run.range !== range || idx < run.first || idx >= run.first + run.count) continue;
+  #serveFromRemote(p: Proc, range: LazyRange, idx: number, fault: Fault, t: number): boolean {
+    // Background requests are answered in the order they were made, which is this set's.
+    let ahead = 0;
+    for (const remote of this.#remote) {
+      const { p: rp, run, f, lane } = remote;
+      if (rp !== p || run.range !== range || idx < run.first || idx >= run.first + run.count) {
+        if (lane === 'background') ahead++;
+        continue;
+      }
       const at = idx - run.first;
       const n = Math.min(p.window, run.count - at);
-      if (!f.installNow(at * this.#P, n * this.#P)) return false;
+      if (!f.installNow(at * this.#P, n * this.#P)) {
+        if (lane === 'background' && ahead > WAIT_BEHIND_REQUESTS) return false;
+        remote.waiting.push({ fault, t });
+        this.stats.faultsWaited++;
+        return true;
+      }
       const installed = p.space.finish(range, idx, n);
       this.stats.pagesByFault += Math.min(1, installed);
       this.stats.pagesByPrefetch += Math.max(0, installed - 1);
@@ -505,7 +535,7 @@ export class LazyPagesEngine {
     const src = run.range.src + run.first * this.#P;
     const background = lane === 'background';
     if (background) this.#inFlight++;
-    const r: Remote = { p, run, f: fetchInstalled(p.sourcePid, src, run.count, this.#loop.installTarget(p.uffd, dst), lane) };
+    const r: Remote = { p, run, f: fetchInstalled(p.sourcePid, src, run.count, this.#loop.installTarget(p.uffd, dst), lane), lane, waiting: [] };
     this.#remote.add(r);
     r.f.done.then(
       ({ bytes, end }) => {
@@ -518,6 +548,7 @@ export class LazyPagesEngine {
           this.#releaseBackground();
         }
         this.#installedElsewhere(p, run, 0, run.count, bytes, end, lane);
+        this.#endWaits(r);
         this.#pump();
       },
       (err: Error) => {
@@ -526,6 +557,16 @@ export class LazyPagesEngine {
         void this.#fail(new Error(`fetching pid ${p.sourcePid} 0x${src.toString(16)}+${run.count} pages: ${err.message}`));
       },
     );
+  }
+
+  /**
+   * A run's reply is dealt with: the faults that waited for it are served as their pages
+   * now are. A page it installed has woken its thread already (serving it again only wakes
+   * it, and counts its wait until now, a little more than it was); one it did not install
+   * has been released to be fetched again, or dropped by an event.
+   */
+  #endWaits(r: Remote): void {
+    for (const { fault, t } of r.waiting) this.#serveFault(fault, t);
   }
 
   /**
