@@ -3,11 +3,12 @@
 //
 //   node --import tsx tools/bench/migrate.ts [MiB...]          (default: 64 1024)
 //        [--modes armed,lazy,eager] [--repeat N] [--interval-ms 20] [--json] [--timeline]
-//        [--net veth|loopback] [--against OTHER/packages/cli/bin/lazymig]
+//        [--net veth|loopback] [--rate-mbit N] [--against OTHER/packages/cli/bin/lazymig]
 //
 // --net: the link between the two "hosts": a veth pair between two namespaces (default, as
 // the tests), or one namespace's loopback (as CRIU's published figures). On this VM a veth
-// of MTU 1500 moves TCP data at about half loopback's speed.
+// of MTU 1500 moves TCP data at about half loopback's speed. --rate-mbit (veth only) caps
+// each end's sending rate with a tbf qdisc, as a slower network would.
 //
 // Real `lazymig` commands, spawned the way a user types them (dump on the source host,
 // images copied, lazy-pages + restore on the destination host). Modes:
@@ -78,8 +79,11 @@ if (!Number.isInteger(REPEAT) || REPEAT < 1 || REPEAT > 100) throw new Error(`--
 const NET = (flag('net') ?? 'veth') as Link;
 if (NET !== 'veth' && NET !== 'loopback') throw new Error(`--net: veth or loopback, not ${String(NET)}`);
 const AGAINST = flag('against');
+const rateArg = flag('rate-mbit');
+const RATE_MBIT = rateArg === undefined ? undefined : Number(rateArg);
+if (RATE_MBIT !== undefined && (!(RATE_MBIT > 0) || NET !== 'veth')) throw new Error(`--rate-mbit: a positive number, with --net veth (not ${rateArg})`);
 const USAGE =
-  'usage: migrate.ts [MiB...] [--modes armed,lazy,eager] [--repeat N] [--interval-ms N] [--net veth|loopback] [--against BIN] [--json] [--timeline]';
+  'usage: migrate.ts [MiB...] [--modes armed,lazy,eager] [--repeat N] [--interval-ms N] [--net veth|loopback] [--rate-mbit N] [--against BIN] [--json] [--timeline]';
 if (argv.includes('--help') || argv.includes('-h')) {
   console.log(USAGE);
   process.exit(0);
@@ -261,7 +265,7 @@ interface Result {
 }
 
 async function migrate(mib: number, mode: Mode, build: Build): Promise<Result> {
-  const hosts = await createTwoHosts({ link: NET });
+  const hosts = await createTwoHosts({ link: NET, rateMbit: RATE_MBIT });
   const work = await mkdtemp(join(tmpdir(), 'lazymig-bench-migrate-'));
   const cmds: Cmd[] = [];
   const track = (c: Cmd): Cmd => (cmds.push(c), c);
@@ -390,7 +394,7 @@ async function migrate(mib: number, mode: Mode, build: Build): Promise<Result> {
 
 const f = (n: number, d = 0): string => n.toFixed(d);
 const results: Result[] = [];
-console.log(`migrate bench: memhog ${SIZES.join(', ')} MiB (--interval-ms ${INTERVAL}), modes ${MODES.join(', ')}, over ${NET}, node ${process.version}`);
+console.log(`migrate bench: memhog ${SIZES.join(', ')} MiB (--interval-ms ${INTERVAL}), modes ${MODES.join(', ')}, over ${NET}${RATE_MBIT !== undefined ? ` at ${RATE_MBIT} Mbit/s` : ''}, node ${process.version}`);
 if (AGAINST !== undefined) console.log(`against: ${BUILDS[1]!.bin}, interleaved round by round`);
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
@@ -437,7 +441,7 @@ for (const mib of SIZES) {
  */
 async function transferFloor(mib: number, verifying = false): Promise<{ ms: number; mibPerSec: number; cpuMs: { source: number; destination: number } }> {
   const bin = await buildWorkload('transfer-floor');
-  const hosts = await createTwoHosts({ link: NET });
+  const hosts = await createTwoHosts({ link: NET, rateMbit: RATE_MBIT });
   const args = [String(mib), '--source-netns', hosts.src.ns, '--dest-netns', hosts.dst.ns, '--address', hosts.src.address];
   if (verifying) args.push('--reader-interval-ms', String(INTERVAL));
   let out: string;

@@ -49,6 +49,15 @@ async function ip(...args: string[]): Promise<string> {
   }
 }
 
+async function tc(...args: string[]): Promise<void> {
+  try {
+    await run('tc', args, { timeout: 10_000 });
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    throw new Error(`tc ${args.join(' ')}: ${(e.stderr ?? e.message).trim()}`);
+  }
+}
+
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -74,11 +83,20 @@ export async function removeStaleHosts(): Promise<string[]> {
   return stale;
 }
 
-export async function createTwoHosts(opts: { link?: Link } = {}): Promise<TwoHosts> {
+export interface TwoHostsOptions {
+  link?: Link;
+  /** veth only: each end sends at most this many Mbit/s (a tbf qdisc), as a slower network would. */
+  rateMbit?: number;
+}
+
+export async function createTwoHosts(opts: TwoHostsOptions = {}): Promise<TwoHosts> {
   await removeStaleHosts();
   const id = counter++;
   const tag = `${process.pid}-${id}`;
-  if (opts.link === 'loopback') return loopbackHosts(`${PREFIX}${tag}-lo`);
+  if (opts.link === 'loopback') {
+    if (opts.rateMbit !== undefined) throw new Error('a loopback topology has no link to limit (rateMbit)');
+    return loopbackHosts(`${PREFIX}${tag}-lo`);
+  }
   // Addresses of our own namespaces only: nothing outside them is routed there.
   const subnet = `10.${200 + (process.pid % 50)}.${id % 250}`;
   const src: Host = { ns: `${PREFIX}${tag}-src`, address: `${subnet}.1` };
@@ -96,6 +114,7 @@ export async function createTwoHosts(opts: { link?: Link } = {}): Promise<TwoHos
       await ip('-n', h.ns, 'addr', 'add', `${h.address}/24`, 'dev', dev);
       await ip('-n', h.ns, 'link', 'set', dev, 'up');
       await ip('-n', h.ns, 'link', 'set', 'lo', 'up');
+      if (opts.rateMbit !== undefined) await tc('-n', h.ns, 'qdisc', 'add', 'dev', dev, 'root', 'tbf', 'rate', `${opts.rateMbit}mbit`, 'burst', '256kb', 'latency', '100ms');
     }
   } catch (err) {
     await destroy();

@@ -11,6 +11,11 @@ import type { InstalledPages, InstallingFetch, PageSource, Priority } from '../s
 
 const P = PAGE_SIZE;
 const PAGES = 16;
+/** Background requests of 4 pages, one at a time: the first two come at once, the third waits for the test. */
+const CHUNK = 4;
+const HELD = 2;
+/** A page of the held request. */
+const FAULTING = HELD * CHUNK + 1;
 
 /** A page as the source sends it: its first u64 is its address. */
 function stamped(address: number): Buffer {
@@ -29,14 +34,18 @@ interface Request {
 
 /**
  * Installs what it is asked for into `uffd`, as lazymig's page client does with its own
- * threads: fault requests at once, background ones too except the first, which waits for
- * the test to settle it. Nothing is installed ahead of time (installNow: never).
+ * threads: fault requests at once, background ones too unless `held` says (by their
+ * order) that they wait for the test to settle them. Nothing is installed ahead of time
+ * (installNow: never).
  */
 class InstallingSource implements PageSource {
   readonly requests: Request[] = [];
   readonly installedLanes = new Set<Priority>(['background', 'fault']);
 
-  constructor(private readonly uffd: Userfaultfd) {}
+  constructor(
+    private readonly uffd: Userfaultfd,
+    private readonly held: (nth: number) => boolean,
+  ) {}
 
   fetch(): Promise<Uint8Array> {
     return Promise.reject(new Error('this source only installs'));
@@ -55,7 +64,7 @@ class InstallingSource implements PageSource {
         resolve({ bytes: end === 'done' ? pages * P : 0, end });
       },
     };
-    const held = lane === 'background' && !this.requests.some((r) => r.lane === 'background');
+    const held = lane === 'background' && this.held(this.lane('background').length);
     this.requests.push(request);
     if (!held) setImmediate(() => request.settle('done'));
     return { done, present: () => undefined, installNow: () => false };
@@ -82,24 +91,40 @@ async function until(cond: () => boolean, what: string, ms = 5_000): Promise<voi
   }
 }
 
-/** An engine serving PAGES lazy pages of this process, one background request for all of them. */
-function setUp(t: ExecutionContext): { engine: LazyPagesEngine; source: InstallingSource; start: number } {
+/** An engine serving PAGES lazy pages of this process in background requests of CHUNK pages, `inFlight` at a time. */
+interface Setup {
+  engine: LazyPagesEngine;
+  source: InstallingSource;
+  start: number;
+  /** Reads the first u64 of `page` on a native thread (a fault blocks that thread). */
+  touch(page: number): Promise<bigint>;
+}
+
+function setUp(t: ExecutionContext, held: (nth: number) => boolean, inFlight = 1): Setup {
   const start = testing.mapAnonymous(PAGES * P);
   const uffd = Userfaultfd.open();
   uffd.handshake([]);
   uffd.register(start, PAGES * P, { missing: true });
-  const source = new InstallingSource(uffd);
-  const engine = new LazyPagesEngine(source, { pageSize: P, chunkPages: PAGES, inFlight: 1 });
+  const source = new InstallingSource(uffd, held);
+  const engine = new LazyPagesEngine(source, { pageSize: P, chunkPages: CHUNK, inFlight });
+  const touches: Promise<unknown>[] = [];
   t.teardown(async () => {
-    // Closing the uffd lets a thread still blocked in a fault go on (with a zero page).
     await engine.abort(new Error('test over')).catch(() => undefined);
+    // Closing the uffd lets a thread still blocked in a fault go on (with a zero page); the
+    // memory goes only once it has.
     if (!uffd.closed) uffd.close();
+    await Promise.allSettled(touches);
     testing.unmap(start, PAGES * P);
   });
   engine.add({ pid: 0, sourcePid: 1, uffd, ranges: [{ start, pages: PAGES }] });
   engine.start();
   engine.seal();
-  return { engine, source, start };
+  const touch = async (page: number): Promise<bigint> => {
+    const touched = testing.touch({ addresses: [start + page * P] });
+    touches.push(touched);
+    return (await within(touched, `the touch of page ${page}`)).values[0]!;
+  };
+  return { engine, source, start, touch };
 }
 
 /** `p`, or a hang named. */
@@ -113,14 +138,16 @@ async function within<T>(p: Promise<T>, what: string, ms = 5_000): Promise<T> {
 }
 
 test('a fault on a page already on its way waits for its reply: the source is not asked for it again', async (t) => {
-  const { engine, source, start } = setUp(t);
-  await until(() => source.lane('background').length === 1, 'the background request');
-  const touched = testing.touch({ addresses: [start + 5 * P] });
+  const { engine, source, start, touch } = setUp(t, (nth) => nth === HELD);
+  await until(() => source.lane('background').length === HELD + 1, 'the held background request');
+  const held = source.lane('background')[HELD]!;
+  t.is(held.address, start + HELD * CHUNK * P);
+  const touched = touch(FAULTING);
   await until(() => engine.stats.faultsWaited === 1, 'the fault waiting');
   t.is(source.lane('fault').length, 0, 'no fault request for a page already asked for');
 
-  source.requests[0]!.settle('done');
-  t.deepEqual([...(await within(touched, 'the touch')).values], [BigInt(start + 5 * P)], 'the reply woke the thread with its page');
+  held.settle('done');
+  t.is(await touched, BigInt(start + FAULTING * P), 'the reply woke the thread with its page');
   const summary = await within(engine.done, 'the transfer');
   t.is(source.lane('fault').length, 0);
   t.is(summary.faults, 1);
@@ -130,19 +157,37 @@ test('a fault on a page already on its way waits for its reply: the source is no
 });
 
 test('a fault that waited for a reply which ended short is served anew', async (t) => {
-  const { engine, source, start } = setUp(t);
-  await until(() => source.lane('background').length === 1, 'the background request');
-  const touched = testing.touch({ addresses: [start + 5 * P] });
+  const { engine, source, start, touch } = setUp(t, (nth) => nth === HELD);
+  await until(() => source.lane('background').length === HELD + 1, 'the held background request');
+  const held = source.lane('background')[HELD]!;
+  t.is(held.address, start + HELD * CHUNK * P);
+  const touched = touch(FAULTING);
   await until(() => engine.stats.faultsWaited === 1, 'the fault waiting');
 
   // As after an event read since the pages were asked for: nothing of them went in.
-  source.requests[0]!.settle('stale');
-  t.deepEqual([...(await within(touched, 'the touch')).values], [BigInt(start + 5 * P)], 'the thread got its page all the same');
+  held.settle('stale');
+  t.is(await touched, BigInt(start + FAULTING * P), 'the thread got its page all the same');
   const faultRequests = source.lane('fault');
   t.is(faultRequests.length, 1, 'asked for on the fault lane once its reply had failed it');
-  t.is(faultRequests[0]!.address, start + 5 * P);
+  t.is(faultRequests[0]!.address, start + FAULTING * P);
   const summary = await within(engine.done, 'the transfer');
   t.is(summary.faults, 1, 'served twice, counted once');
   t.is(summary.pagesByFault, 1);
   t.is(summary.pagesByFault + summary.pagesByPrefetch + summary.pagesByBackground, PAGES);
+});
+
+test('a fault several requests behind the one being read is asked for on the fault lane; one near it waits', async (t) => {
+  // Every background request in flight at once (all four) and none answered yet.
+  const { engine, source, start, touch } = setUp(t, () => true, 4);
+  await until(() => source.lane('background').length === 4, 'the four background requests');
+  const far = touch(3 * CHUNK + 1);
+  await until(() => source.lane('fault').length === 1, 'the fault request');
+  t.is(source.lane('fault')[0]!.address, start + (3 * CHUNK + 1) * P, 'three requests ahead of its own: asked for again');
+  t.is(await far, BigInt(start + (3 * CHUNK + 1) * P));
+  const near = touch(CHUNK + 1);
+  await until(() => engine.stats.faultsWaited === 1, 'the near fault waiting');
+  t.is(source.lane('fault').length, 1, 'one request ahead of its own: no second fault request');
+  for (const r of source.lane('background')) r.settle('done');
+  t.is(await near, BigInt(start + (CHUNK + 1) * P));
+  await within(engine.done, 'the transfer');
 });
