@@ -53,12 +53,14 @@ export interface SystemError extends Error {
  * - ok: everything was installed
  * - exists (EEXIST): a page of the range was already mapped; `bytes` were installed before it
  * - again (EAGAIN): the mapping is changing (a non-cooperative event must be read first): retry
- * - gone (ENOENT/ESRCH): the mapping or the whole process is gone
+ * - gone (ESRCH): the whole process is gone
+ * - unmapped (ENOENT): no range registered with this uffd is there any more (unmapped, or
+ *   moved by mremap), though the process lives on
  */
-export type OutcomeStatus = 'ok' | 'exists' | 'again' | 'gone'
+export type OutcomeStatus = 'ok' | 'exists' | 'again' | 'gone' | 'unmapped'
 
 /** Index = the codes in BatchResult.statuses. */
-export declare const OUTCOME_STATUSES: readonly ['ok', 'exists', 'again', 'gone']
+export declare const OUTCOME_STATUSES: readonly ['ok', 'exists', 'again', 'gone', 'unmapped']
 
 export interface Outcome {
   status: OutcomeStatus
@@ -97,8 +99,10 @@ export interface BatchResult {
   exists: number
   /** Ranges stopped by EAGAIN (retry them). */
   again: number
-  /** Ranges whose mapping/process is gone. */
+  /** Ranges whose process is gone. */
   gone: number
+  /** Ranges no longer mapped (or registered) there: unmapped or moved. */
+  unmapped: number
   /** Bytes installed over all ranges. */
   bytes: number
   /** Pages skipped because they were already present. */
@@ -331,9 +335,10 @@ export declare class PageReceiver {
  * How a background job ended:
  * - 'done': every page of it is in (installed by the job, or already present);
  * - 'stale': an event about the page at `bytes` was read since the job was submitted (or
- *   the uffd left the loop, or the installer stopped): pages past `bytes` were not installed;
+ *   the uffd left the loop, or the installer stopped), or the range was unmapped or moved
+ *   (an event about it is read or on its way): pages past `bytes` were not installed;
  * - 'again': the kernel refused (an event waits to be read): pages past `bytes` were not installed;
- * - 'gone': the mapping or the process is gone;
+ * - 'gone': the process is gone;
  * - 'failed': another error.
  * `bytes`: from the start of the job, how much is in. Called on the JS thread.
  */

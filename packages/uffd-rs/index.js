@@ -23,7 +23,7 @@ export const PAGE_SIZE = native.PAGE_SIZE
 /** kind values of installBatch ranges. */
 export const RangeKind = Object.freeze({ copy: 0, zero: 1 })
 
-const STATUS = ['ok', 'exists', 'again', 'gone']
+const STATUS = ['ok', 'exists', 'again', 'gone', 'unmapped']
 const INTERNAL = Symbol('internal')
 
 /** Loops each Userfaultfd was added to, so close() can detach it first. */

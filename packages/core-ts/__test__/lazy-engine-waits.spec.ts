@@ -5,7 +5,7 @@
  * process, and a native thread that touches the memory (a fault blocks it, not JS).
  */
 import test, { type ExecutionContext } from 'ava';
-import { PAGE_SIZE, Userfaultfd, testing } from '@lazymig/uffd-rs';
+import { PAGE_SIZE, Userfaultfd, testing, type UffdFeature } from '@lazymig/uffd-rs';
 import { LazyPagesEngine } from '../src/lazy/engine.js';
 import type { InstalledPages, InstallingFetch, PageSource, Priority } from '../src/lazy/page-source.js';
 
@@ -41,6 +41,8 @@ interface Request {
 class InstallingSource implements PageSource {
   readonly requests: Request[] = [];
   readonly installedLanes = new Set<Priority>(['background', 'fault']);
+  /** Where the page of source address `src` is in the process now (a test that moves memory says). */
+  where = (src: number): number => src;
 
   constructor(
     private readonly uffd: Userfaultfd,
@@ -60,7 +62,7 @@ class InstallingSource implements PageSource {
       pages,
       settle: (end) => {
         // After the test's teardown the uffd is closed: then there is nothing to install into.
-        if (end === 'done' && !this.uffd.closed) for (let i = 0; i < pages; i++) this.uffd.copy(address + i * P, stamped(address + i * P));
+        if (end === 'done' && !this.uffd.closed) for (let i = 0; i < pages; i++) this.uffd.copy(this.where(address + i * P), stamped(address + i * P));
         resolve({ bytes: end === 'done' ? pages * P : 0, end });
       },
     };
@@ -96,14 +98,15 @@ interface Setup {
   engine: LazyPagesEngine;
   source: InstallingSource;
   start: number;
-  /** Reads the first u64 of `page` on a native thread (a fault blocks that thread). */
+  /** Reads the first u64 of `page` (or of `address`) on a native thread (a fault blocks that thread). */
   touch(page: number): Promise<bigint>;
+  touchAt(address: number): Promise<bigint>;
 }
 
-function setUp(t: ExecutionContext, held: (nth: number) => boolean, inFlight = 1): Setup {
+function setUp(t: ExecutionContext, held: (nth: number) => boolean, inFlight = 1, features: UffdFeature[] = []): Setup {
   const start = testing.mapAnonymous(PAGES * P);
   const uffd = Userfaultfd.open();
-  uffd.handshake([]);
+  uffd.handshake(features);
   uffd.register(start, PAGES * P, { missing: true });
   const source = new InstallingSource(uffd, held);
   const engine = new LazyPagesEngine(source, { pageSize: P, chunkPages: CHUNK, inFlight });
@@ -119,12 +122,12 @@ function setUp(t: ExecutionContext, held: (nth: number) => boolean, inFlight = 1
   engine.add({ pid: 0, sourcePid: 1, uffd, ranges: [{ start, pages: PAGES }] });
   engine.start();
   engine.seal();
-  const touch = async (page: number): Promise<bigint> => {
-    const touched = testing.touch({ addresses: [start + page * P] });
+  const touchAt = async (address: number): Promise<bigint> => {
+    const touched = testing.touch({ addresses: [address] });
     touches.push(touched);
-    return (await within(touched, `the touch of page ${page}`)).values[0]!;
+    return (await within(touched, `the touch of 0x${address.toString(16)}`)).values[0]!;
   };
-  return { engine, source, start, touch };
+  return { engine, source, start, touch: (page) => touchAt(start + page * P), touchAt };
 }
 
 /** `p`, or a hang named. */
@@ -190,4 +193,27 @@ test('a fault several requests behind the one being read is asked for on the fau
   for (const r of source.lane('background')) r.settle('done');
   t.is(await near, BigInt(start + (CHUNK + 1) * P));
   await within(engine.done, 'the transfer');
+});
+
+test('a fault whose page was moved away while it waited is woken, and the process is still served', async (t) => {
+  const { engine, source, start, touch, touchAt } = setUp(t, (nth) => nth === HELD, 1, ['eventRemap']);
+  const moved = testing.mapAnonymous(8 * P);
+  const filler = testing.mapAnonymous(8 * P);
+  testing.fill(filler, 8 * P, 0xf111);
+  t.teardown(() => testing.unmap(moved, 8 * P));
+  await until(() => source.lane('background').length === HELD + 1, 'the held background request');
+  const waiting = touch(FAULTING);
+  await until(() => engine.stats.faultsWaited === 1, 'the fault waiting');
+
+  // The second half of the memory moves (the thread waiting in it stays where it was), and
+  // unregistered memory takes its place: installing there now fails with ENOENT.
+  await within(testing.mremapOnThread(start + 8 * P, 8 * P, 8 * P, moved), 'the mremap');
+  source.where = (src) => (src >= start + 8 * P ? moved + (src - start - 8 * P) : src);
+  testing.mremap(filler, 8 * P, 8 * P, start + 8 * P);
+  source.lane('background')[HELD]!.settle('stale');
+
+  t.is(await waiting, 0xf111n, 'woken, the thread reads what is at its address now');
+  t.is(await touchAt(moved + (FAULTING - 8) * P), BigInt(start + FAULTING * P), 'the moved page is still served, from where it was dumped');
+  const summary = await within(engine.done, 'the transfer');
+  t.is(summary.pagesByFault + summary.pagesByPrefetch + summary.pagesByBackground, PAGES);
 });

@@ -1,6 +1,6 @@
 import test from 'ava'
 import { FaultLoop, RangeKind, Userfaultfd, pagemapScan, testing, type SystemError } from '../index.js'
-import { PS, Region } from './helpers.js'
+import { PS, Region, settles } from './helpers.js'
 
 function sysError(t: import('ava').ExecutionContext, fn: () => unknown): SystemError {
   const err = t.throws(fn) as SystemError
@@ -40,7 +40,7 @@ test('unaligned ranges are EINVAL', (t) => {
   t.is(sysError(t, () => pagemapScan(r.start + 8, PS)).code, 'EINVAL')
 })
 
-test('unregistered ranges: register of unmapped memory is EINVAL, wp of a non-wp range ENOENT, copy reports gone', (t) => {
+test('unregistered ranges: register of unmapped memory is EINVAL, wp of a non-wp range ENOENT, copy reports unmapped', (t) => {
   const r = Region.create(t, { pages: 2 })
   const unmapped = testing.mapAnonymous(PS)
   testing.unmap(unmapped, PS)
@@ -48,7 +48,18 @@ test('unregistered ranges: register of unmapped memory is EINVAL, wp of a non-wp
   t.is(reg.code, 'EINVAL')
   t.is(reg.address, unmapped)
   t.is(sysError(t, () => r.uffd.writeProtect(r.start, PS, true)).code, 'ENOENT')
-  t.deepEqual(r.uffd.copy(unmapped, Buffer.alloc(PS)), { status: 'gone', bytes: 0 })
+  t.deepEqual(r.uffd.copy(unmapped, Buffer.alloc(PS)), { status: 'unmapped', bytes: 0 })
+})
+
+test('a copy into the memory of a process that has exited reports gone (ESRCH), not unmapped', async (t) => {
+  const target = testing.forkTarget({ pages: 2, timeoutMs: 20_000 })
+  const uffd = Userfaultfd.adopt(target.uffd)
+  t.teardown(() => uffd.close())
+  // While it lives, its registered pages take a copy.
+  t.is(uffd.copy(target.start, Buffer.alloc(PS)).status, 'ok')
+  process.kill(target.pid, 'SIGKILL')
+  await settles(target.done, 'the target exits')
+  t.deepEqual(uffd.copy(target.start + PS, Buffer.alloc(PS)), { status: 'gone', bytes: 0 })
 })
 
 test('a register before the handshake is EINVAL', (t) => {

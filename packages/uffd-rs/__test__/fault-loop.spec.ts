@@ -111,8 +111,8 @@ for (const mode of MODES) {
     r.serve(() => {}, opts)
     await settles(testing.unmapOnThread(r.page(6), 2 * PS), 'munmap')
     r.forgetPages(6, 2)
-    // Copying into the unmapped part is "gone", not an error.
-    t.is(r.uffd.copy(r.page(6), Buffer.alloc(PS)).status, 'gone')
+    // Copying into the unmapped part is "unmapped", not an error.
+    t.is(r.uffd.copy(r.page(6), Buffer.alloc(PS)).status, 'unmapped')
     await r.waitFor((b) => b.events.length > 0, 'unmap event')
     t.deepEqual(r.events, [{ kind: 'unmap', fd: r.uffd.fd, start: r.page(6), end: r.page(8) }])
   })

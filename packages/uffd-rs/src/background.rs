@@ -414,6 +414,9 @@ pub fn install_span(id: u64, target: &Target, src: SrcBytes, from: u64, to: u64,
                 Status::Exists => at += o.bytes + ps,
                 Status::Again => return Err((at + o.bytes, End::Again)),
                 Status::Gone => return Err((at + o.bytes, End::Gone)),
+                // The range was unmapped or moved and the event said so, or soon will: as
+                // for any event since the pages were asked for, they are decided again.
+                Status::Unmapped => return Err((at + o.bytes, End::Stale)),
             },
             Err(e) => return Err((at, End::Failed(e.errno))),
         }

@@ -259,6 +259,7 @@ fn uffd_install_batch(env: Env, a: &Args) -> JsResult<Value> {
         (c"exists", env.num(r.exists as u64)?),
         (c"again", env.num(r.again as u64)?),
         (c"gone", env.num(r.gone as u64)?),
+        (c"unmapped", env.num(r.unmapped as u64)?),
         (c"bytes", env.num(r.bytes)?),
         (c"pagesExisting", env.num(r.pages_existing)?),
         (c"statuses", env.uint8_array(&r.statuses)?),

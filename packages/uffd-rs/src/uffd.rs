@@ -107,8 +107,11 @@ pub enum Status {
     Exists,
     /// EAGAIN: the mapping is changing (a non-cooperative event must be read first); retry.
     Again,
-    /// ENOENT/ESRCH: the mapping or the whole mm is gone.
+    /// ESRCH: the whole mm is gone (the process has exited).
     Gone,
+    /// ENOENT: no mapping registered with this uffd is there any more (unmapped, or moved
+    /// by mremap); the process itself lives on.
+    Unmapped,
 }
 
 impl Status {
@@ -118,13 +121,15 @@ impl Status {
             Status::Exists => "exists",
             Status::Again => "again",
             Status::Gone => "gone",
+            Status::Unmapped => "unmapped",
         }
     }
     fn from_errno(e: i32) -> Option<Status> {
         match e {
             libc::EEXIST => Some(Status::Exists),
             libc::EAGAIN => Some(Status::Again),
-            libc::ENOENT | libc::ESRCH => Some(Status::Gone),
+            libc::ESRCH => Some(Status::Gone),
+            libc::ENOENT => Some(Status::Unmapped),
             _ => None,
         }
     }
@@ -227,8 +232,9 @@ pub struct BatchResult {
     pub exists: u32,
     pub again: u32,
     pub gone: u32,
+    pub unmapped: u32,
     pub bytes: u64,
-    /// Per range: 0 ok, 1 exists, 2 again, 3 gone (the range's final status).
+    /// Per range: 0 ok, 1 exists, 2 again, 3 gone, 4 unmapped (the range's final status).
     pub statuses: Vec<u8>,
     /// Pages skipped because they already existed.
     pub pages_existing: u64,
@@ -253,6 +259,7 @@ pub fn install_batch(fd: RawFd, data: &[u8], ranges: &[BatchRange], mode: FillMo
                     Status::Exists => res.exists += 1,
                     Status::Again => res.again += 1,
                     Status::Gone => res.gone += 1,
+                    Status::Unmapped => res.unmapped += 1,
                 }
                 res.statuses.push(status as u8);
             }

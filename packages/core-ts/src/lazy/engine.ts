@@ -333,8 +333,10 @@ export class LazyPagesEngine {
       // Not a page of the source (never touched before the dump, or dropped since): zero it.
       // If an install got there first (a racing one, or the reply this fault waited for),
       // just wake the thread.
+      // Unmapped: the page went away (munmap, mremap) while the thread waited; woken, it
+      // meets what is there now. The process lives on, and so must its other lazy pages.
       const o = p.uffd.zeropage(page, this.#P);
-      if (o.status === 'exists') p.uffd.wake(page, this.#P);
+      if (o.status === 'exists' || o.status === 'unmapped') p.uffd.wake(page, this.#P);
       else if (o.status === 'gone') this.#gone(p);
       if (o.status === 'ok') this.stats.zeroFaults++;
       this.#serviceUs.push((performance.now() - t) * 1000);
@@ -671,8 +673,9 @@ export class LazyPagesEngine {
       this.#gone(p);
       return -1;
     }
-    if (res.again > 0) {
-      // An event is on its way: fetch these pages again later.
+    if (res.again > 0 || res.unmapped > 0) {
+      // An event is on its way (or read, for a range unmapped or moved): these pages are
+      // decided again later.
       p.space.release(range, first + from, to - from);
       return -1;
     }
