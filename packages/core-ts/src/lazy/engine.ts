@@ -294,6 +294,21 @@ export class LazyPagesEngine {
     this.#pump();
   }
 
+  /**
+   * After an event took [start, start + len) away from where it was: a thread blocked in a
+   * fault there (its page's install now stopped, or never to come) is not woken by the
+   * kernel. Woken, it faults again and is served as its page now is (a zero page where it
+   * was dropped), or meets whatever is at that address now.
+   */
+  #wakeAfter(p: Proc, start: number, len: number): void {
+    if (len <= 0 || p.uffd.closed) return;
+    try {
+      p.uffd.wake(start, len);
+    } catch (err) {
+      this.#log.warn('wake after an event failed', { pid: p.pid, start, len, error: (err as Error).message });
+    }
+  }
+
   #onEvent(e: UffdEvent): void {
     const p = this.#procs.get(e.fd);
     if (!p) return;
@@ -302,10 +317,12 @@ export class LazyPagesEngine {
       case 'unmap': {
         const n = p.space.drop(e.start, e.end);
         if (n > 0) this.#log.debug(`${e.kind} drops lazy pages`, { pid: p.pid, start: e.start, end: e.end, pages: n });
+        this.#wakeAfter(p, e.start, e.end - e.start);
         return;
       }
       case 'remap':
         p.space.remap(e.from, e.to, e.len);
+        this.#wakeAfter(p, e.from, e.len);
         return;
       case 'fork': {
         const child = Userfaultfd.adopt(e.childFd);
