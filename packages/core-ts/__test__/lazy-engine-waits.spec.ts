@@ -229,3 +229,18 @@ test('a thread whose page is dropped (MADV_DONTNEED) while its fault request is 
   source.lane('fault')[0]!.settle('stale');
   t.is(await waiting, 0n, 'a dropped page reads as zeros, as it would have without lazymig');
 });
+
+test('a fault whose own request ends short (an event since it was asked for) is asked for again', async (t) => {
+  // The first fault request waits for the test; background requests never come.
+  const { source, start, touch } = setUp(t, (lane, nth) => lane === 'background' || nth === 0);
+  await until(() => source.lane('background').length === 1, 'the background request');
+  const faulting = 3 * CHUNK + 1;
+  const waiting = touch(faulting);
+  await until(() => source.lane('fault').length === 1, 'the fault request');
+  source.lane('fault')[0]!.settle('stale');
+  t.is(await waiting, BigInt(start + faulting * P), 'served by a second request');
+  t.deepEqual(
+    source.lane('fault').map((r) => r.address),
+    [start + faulting * P, start + faulting * P],
+  );
+});

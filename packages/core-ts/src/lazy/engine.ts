@@ -95,8 +95,14 @@ interface Remote {
   run: Run;
   f: InstallingFetch;
   lane: Priority;
-  /** Faults on its pages, waiting for its reply (read at `t`). */
-  waiting: { fault: Fault; t: number }[];
+  /** Faults on its pages, waiting for its reply. */
+  waiting: Waiting[];
+}
+
+/** A fault read at `t` whose thread waits for a reply. */
+interface Waiting {
+  fault: Fault;
+  t: number;
 }
 
 /** A contiguous part of a background reply handed to the installer threads. */
@@ -366,7 +372,7 @@ export class LazyPagesEngine {
     const run = p.space.claim(r, idx, p.window, true);
     if (!run) return;
     const fetchInstalled = this.#sourceInstalls.fault;
-    if (fetchInstalled) this.#fetchInstalled(p, run, fetchInstalled, 'fault', t);
+    if (fetchInstalled) this.#fetchInstalled(p, run, fetchInstalled, 'fault', { fault: f, t });
     else this.#fetch(p, run, 'fault', t);
   }
 
@@ -545,29 +551,24 @@ export class LazyPagesEngine {
 
   /**
    * Asks the source for a run it installs itself: a background run, or a fault window
-   * (`lane` 'fault', the fault read at `faultT`). The target is taken now, when every event
-   * read so far has been dealt with: an event read after this makes the install stop, and
-   * the pages it did not install are decided about again.
+   * (`lane` 'fault', for `fault`, which then waits for it). The target is taken now, when
+   * every event read so far has been dealt with: an event read after this makes the install
+   * stop, and the pages it did not install are decided about again.
    */
-  #fetchInstalled(p: Proc, run: Run, fetchInstalled: NonNullable<PageSource['fetchInstalled']>, lane: Priority, faultT?: number): void {
+  #fetchInstalled(p: Proc, run: Run, fetchInstalled: NonNullable<PageSource['fetchInstalled']>, lane: Priority, fault?: Waiting): void {
     const dst = run.range.dst + run.first * this.#P;
     const src = run.range.src + run.first * this.#P;
     const background = lane === 'background';
     if (background) this.#inFlight++;
-    const r: Remote = { p, run, f: fetchInstalled(p.sourcePid, src, run.count, this.#loop.installTarget(p.uffd, dst), lane), lane, waiting: [] };
+    const r: Remote = { p, run, f: fetchInstalled(p.sourcePid, src, run.count, this.#loop.installTarget(p.uffd, dst), lane), lane, waiting: fault ? [fault] : [] };
     this.#remote.add(r);
     r.f.done.then(
       ({ bytes, end }) => {
         this.#remote.delete(r);
         if (background) this.#inFlight--;
-        else {
-          // Off this thread, the window was installed before we hear of it: this counts a
-          // little more than the faulting thread waited.
-          if (faultT !== undefined) this.#serviceUs.push((performance.now() - faultT) * 1000);
-          this.#releaseBackground();
-        }
+        else this.#releaseBackground();
         this.#installedElsewhere(p, run, 0, run.count, bytes, end, lane);
-        this.#endWaits(r);
+        this.#endWaits(r, bytes);
         this.#pump();
       },
       (err: Error) => {
@@ -579,13 +580,22 @@ export class LazyPagesEngine {
   }
 
   /**
-   * A run's reply is dealt with: the faults that waited for it are served as their pages
-   * now are. A page it installed has woken its thread already (serving it again only wakes
-   * it, and counts its wait until now, a little more than it was); one it did not install
-   * has been released to be fetched again, or dropped by an event.
+   * A run's reply is dealt with, `bytes` of it in from its start: the faults that waited for
+   * it (and a fault window's own fault) are done if it installed their page, as that
+   * install woke their thread off this one (their wait counts until now, a little more than
+   * it was). The others are served again as their page now is: released to be fetched
+   * again, or dropped by an event (whose wake may have served them already).
    */
-  #endWaits(r: Remote): void {
-    for (const { fault, t } of r.waiting) this.#serveFault(fault, t);
+  #endWaits(r: Remote, bytes: number): void {
+    const now = performance.now();
+    const { p, run } = r;
+    const installedTo = run.first + bytes / this.#P;
+    for (const { fault, t } of r.waiting) {
+      const idx = (fault.address - run.range.dst) / this.#P;
+      const installed = p.space.find(fault.address) === run.range && idx >= run.first && idx < installedTo && run.range.state[idx] === DONE;
+      if (installed) this.#serviceUs.push((now - t) * 1000);
+      else this.#serveFault(fault, t);
+    }
   }
 
   /**
