@@ -141,13 +141,20 @@ async function within<T>(p: Promise<T>, what: string, ms = 5_000): Promise<T> {
   }
 }
 
-test('a fault on a page already on its way waits for its reply: the source is not asked for it again', async (t) => {
-  const { engine, source, start, touch } = setUp(t, (lane, nth) => lane === 'background' && nth === HELD);
+/** A thread faulting on a page of the HELD-th background request, its fault left waiting for that reply. */
+async function faultWaitingForHeldReply(t: ExecutionContext): Promise<Setup & { held: Request; touched: Promise<bigint> }> {
+  const setup = setUp(t, (lane, nth) => lane === 'background' && nth === HELD);
+  const { engine, source, start, touch } = setup;
   await until(() => source.lane('background').length === HELD + 1, 'the held background request');
   const held = source.lane('background')[HELD]!;
   t.is(held.address, start + HELD * CHUNK * P);
   const touched = touch(FAULTING);
   await until(() => engine.stats.faultsWaited === 1, 'the fault waiting');
+  return { ...setup, held, touched };
+}
+
+test('a fault on a page already on its way waits for its reply: the source is not asked for it again', async (t) => {
+  const { engine, source, start, held, touched } = await faultWaitingForHeldReply(t);
   t.is(source.lane('fault').length, 0, 'no fault request for a page already asked for');
 
   held.settle('done');
@@ -161,12 +168,7 @@ test('a fault on a page already on its way waits for its reply: the source is no
 });
 
 test('a fault that waited for a reply which ended short is served anew', async (t) => {
-  const { engine, source, start, touch } = setUp(t, (lane, nth) => lane === 'background' && nth === HELD);
-  await until(() => source.lane('background').length === HELD + 1, 'the held background request');
-  const held = source.lane('background')[HELD]!;
-  t.is(held.address, start + HELD * CHUNK * P);
-  const touched = touch(FAULTING);
-  await until(() => engine.stats.faultsWaited === 1, 'the fault waiting');
+  const { engine, source, start, held, touched } = await faultWaitingForHeldReply(t);
 
   // As after an event read since the pages were asked for: nothing of them went in.
   held.settle('stale');
