@@ -354,10 +354,10 @@ export class LazyPagesEngine {
     const idx = r ? (page - r.dst) / this.#P : -1;
     if (!r || r.state[idx] === DONE) {
       // Not a page of the source (never touched before the dump, or dropped since): zero it.
-      // If an install got there first (a racing one, or the reply this fault waited for),
-      // just wake the thread.
-      // Unmapped: the page went away (munmap, mremap) while the thread waited; woken, it
-      // meets what is there now. The process lives on, and so must its other lazy pages.
+      // Only wake the thread if an install got there first (a racing one, or the reply this
+      // fault waited for), or if the page is no longer mapped there at all (munmap, mremap
+      // while the fault waited): it then meets what is there now, and the process, alive,
+      // keeps its other lazy pages.
       const o = p.uffd.zeropage(page, this.#P);
       if (o.status === 'exists' || o.status === 'unmapped') p.uffd.wake(page, this.#P);
       else if (o.status === 'gone') this.#gone(p);
