@@ -268,6 +268,27 @@ export declare class FaultLoop {
    * when deciding what to ask for.
    */
   installTarget(uffd: Userfaultfd | number, dst: number): InstallTarget
+  /**
+   * Faults onBatch never saw: a PageReceiver with a request into the faulting uffd took
+   * them as the loop read them ('event-loop' mode; zeros otherwise). A missing-page fault on
+   * a page of a reply read whole gets up to 64 pages from it installed at once; one on a
+   * request whose reply is being read or comes soon (a fault lane's, or a background one
+   * with at most two replies before it) waits for it, and its thread is woken to fault again
+   * (for onBatch) if that reply ends without its page. Counts are totals; `serviceUs` (from
+   * the read of the fault until its page was in) are handed over once each.
+   */
+  nearFaults(): NearFaults
+}
+
+/** See FaultLoop.nearFaults. */
+export interface NearFaults {
+  /** Faults that waited for a reply on its way. */
+  waited: number
+  /** Faults whose window was installed at once from a reply read whole. */
+  installed: number
+  /** Pages those windows installed, the faulting pages included. */
+  pages: number
+  serviceUs: Float64Array
 }
 
 /** See FaultLoop.installTarget. Opaque. */

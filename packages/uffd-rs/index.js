@@ -175,6 +175,11 @@ export class FaultLoop {
     return new InstallTarget(native.installTargetCreate(this.#handle, uffd instanceof Userfaultfd ? uffd.fd : uffd, dst))
   }
 
+  /** Faults this loop's connections took without JS so far; see index.d.ts. */
+  nearFaults() {
+    return native.loopNearFaults(this.#handle)
+  }
+
   stop() {
     if (!this.#stopped) {
       for (const uffd of this.#uffds.values()) attachedLoops.get(uffd)?.delete(this)

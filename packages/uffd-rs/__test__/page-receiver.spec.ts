@@ -179,3 +179,89 @@ test('a frame longer than the largest reply ends the connection, naming it', asy
   t.is(e.type, 'closed')
   t.regex((e as { error?: string }).error ?? '', /frame of 2097152 bytes exceeds/)
 })
+
+/** Waits (bounded) until the loop's connections have taken `n` faults that wait. */
+async function waitersTaken(r: Region, n: number): Promise<void> {
+  for (let i = 0; i < 2500; i++) {
+    if (r.loop!.nearFaults().waited >= n) return
+    await new Promise((res) => setTimeout(res, 2))
+  }
+  throw new Error(`no ${n} fault(s) taken by the receiver within 5 s (hang)`)
+}
+
+/** A region whose faults JS serves with zero pages, unless a receiver takes them first. */
+function zeroServed(t: ExecutionContext, pages: number): Region {
+  const r = Region.create(t, { pages })
+  r.serve(({ faults }) => {
+    for (const f of faults) r.uffd.zeropage(f.address, PS)
+  }, { mode: 'event-loop' })
+  return r
+}
+
+test('a fault on a page of a reply on its way waits for it without JS: the install wakes it, and nearFaults counts it', async (t) => {
+  const r = zeroServed(t, 8)
+  const { receiver, peer, read, next } = await connected(t, 8 * PS)
+  receiver.request(1, 77, 0x50000, 8, r.loop!.installTarget(r.uffd, r.start), Buffer.from('r1'))
+  await read()
+  const touched = testing.touch({ addresses: [r.page(5)] })
+  await waitersTaken(r, 1)
+  t.deepEqual(r.faults, [], 'onBatch never heard of it')
+  const data = Buffer.concat(Array.from({ length: 8 }, (_, i) => stampedPage(r.page(i))))
+  peer.write(serverFrame(2, pagesMessage(1, 77, 0x50000, data)))
+  t.deepEqual(await next(), { type: 'installed', id: 1, bytes: 8 * PS, end: 'done' })
+  t.deepEqual([...(await settles(touched, 'touch')).values], [BigInt(r.page(5))], 'the reply, not a zero page')
+  const near = r.loop!.nearFaults()
+  t.like(near, { waited: 1, installed: 0, pages: 0 })
+  t.is(near.serviceUs.length, 1)
+  t.is(r.loop!.nearFaults().serviceUs.length, 0, 'service times are handed over once')
+})
+
+test('a fault taken for a request that is then given up faults again, for JS', async (t) => {
+  const r = zeroServed(t, 4)
+  const { receiver, read } = await connected(t, 4 * PS)
+  receiver.request(2, 77, 0x60000, 4, r.loop!.installTarget(r.uffd, r.start), Buffer.from('r2'))
+  await read()
+  const touched = testing.touch({ addresses: [r.page(1)] })
+  await waitersTaken(r, 1)
+  receiver.cancel(2)
+  t.deepEqual([...(await settles(touched, 'touch')).values], [0n], "JS's zero page")
+  t.deepEqual(r.faults.map((f) => f.address), [r.page(1)])
+})
+
+test('faults taken by a connection that ends fault again, for JS', async (t) => {
+  const r = zeroServed(t, 4)
+  const { receiver, peer, read, next } = await connected(t, 4 * PS)
+  receiver.request(3, 77, 0x70000, 4, r.loop!.installTarget(r.uffd, r.start), Buffer.from('r3'))
+  await read()
+  const touched = testing.touch({ addresses: [r.page(2)] })
+  await waitersTaken(r, 1)
+  peer.destroy()
+  t.is((await next()).type, 'closed')
+  t.deepEqual([...(await settles(touched, 'touch')).values], [0n])
+  t.deepEqual(r.faults.map((f) => f.address), [r.page(2)])
+})
+
+test('a fault on a background request with more than two replies before it is left to JS; a fault lane request is waited for whatever is before it', async (t) => {
+  const r = zeroServed(t, 8)
+  const bg = await connected(t, PS)
+  const target = (i: number) => r.loop!.installTarget(r.uffd, r.page(i))
+  for (let i = 0; i < 4; i++) bg.receiver.request(10 + i, 77, 0x80000 + i * PS, 1, target(i), Buffer.from(`b${i}`))
+  for (let i = 0; i < 4; i++) await bg.read()
+  // Three replies come before page 3's: JS serves it (a zero page here).
+  t.deepEqual([...(await settles(testing.touch({ addresses: [r.page(3)] }), 'touch 3')).values], [0n])
+  t.deepEqual(r.faults.map((f) => f.address), [r.page(3)])
+  // Two before page 2's: it waits for its reply.
+  const touched = testing.touch({ addresses: [r.page(2)] })
+  await waitersTaken(r, 1)
+  t.is(r.faults.length, 1)
+  for (let i = 0; i < 3; i++) bg.peer.write(serverFrame(2, pagesMessage(10 + i, 77, 0x80000 + i * PS, stampedPage(r.page(i)))))
+  t.deepEqual([...(await settles(touched, 'touch 2')).values], [BigInt(r.page(2))])
+  const fl = await connected(t, PS, 'fault')
+  for (let i = 0; i < 3; i++) fl.receiver.request(20 + i, 77, 0x90000 + i * PS, 1, target(5 + i), Buffer.from(`f${i}`))
+  for (let i = 0; i < 3; i++) await fl.read()
+  const last = testing.touch({ addresses: [r.page(7)] })
+  await waitersTaken(r, 2)
+  t.is(r.faults.length, 1, 'the fault lane took it')
+  for (let i = 0; i < 3; i++) fl.peer.write(serverFrame(2, pagesMessage(20 + i, 77, 0x90000 + i * PS, stampedPage(r.page(5 + i)))))
+  t.deepEqual([...(await settles(last, 'touch 7')).values], [BigInt(r.page(7))])
+})

@@ -29,8 +29,8 @@ use crate::sys::{SysResult, futex, page_size};
 use crate::uffd::{self, FillMode, Status};
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 /// Bytes installed per UFFDIO_COPY while holding a gate: 16 pages of 4 KiB. Small enough
@@ -68,6 +68,45 @@ impl GateState {
     }
 }
 
+/// A connection whose replies install through a gate (page_receiver.rs): the gate's reader
+/// asks it about each fault before JS hears of it.
+///
+/// Why: a workload that reads its memory faster than it arrives catches up with the
+/// transfer and faults, again and again, on pages whose replies are being read or installed.
+/// JS had nothing to decide for those (wait for the reply, or install the fault window from
+/// the reply read whole), yet each one went through onBatch and the engine on the JS thread.
+/// And a fault on a page installed without its wake (`Wake::Every`) must wait for that wake
+/// here, where the install's progress is known (docs/PERFORMANCE.md, "Fewer wake-ups, and
+/// faults taken without JS").
+pub trait Arrivals: Send + Sync {
+    /// True when this connection takes the missing-page fault at `addr` (page-aligned) on
+    /// `gate`'s uffd: its page is in now, or a reply on its way will install it, and whoever
+    /// ends that reply (installed or not) wakes the thread. `read_ns`: when it was read.
+    fn take_fault(&self, gate: &Arc<Gate>, addr: u64, read_ns: u64) -> bool;
+}
+
+/// Faults taken without JS (`Arrivals`), for the JS owner's counts: one set per FaultLoop,
+/// shared by its gates.
+#[derive(Default)]
+pub struct NearFaults {
+    /// Faults that waited for a reply on its way; its install woke them.
+    pub waited: AtomicU64,
+    /// Faults whose window was installed at once from a reply read whole.
+    pub installed: AtomicU64,
+    /// Pages those windows installed, faulting pages included.
+    pub pages: AtomicU64,
+    /// Service times (µs) of both kinds, until JS takes them.
+    pub service_us: Mutex<Vec<f64>>,
+}
+
+impl NearFaults {
+    /// A fault read at `read_ns` had its page in at `in_ns`.
+    pub fn served(&self, read_ns: u64, in_ns: u64) {
+        let us = in_ns.saturating_sub(read_ns) as f64 / 1e3;
+        self.service_us.lock().unwrap_or_else(|p| p.into_inner()).push(us);
+    }
+}
+
 /// The ordering point between the reader of one uffd and background installs into it.
 pub struct Gate {
     state: RwLock<GateState>,
@@ -75,16 +114,55 @@ pub struct Gate {
     waiting: AtomicU32,
     /// Workers asleep until `waiting` drops to 0: the reader only wakes them when there are.
     sleepers: AtomicU32,
+    /// Connections with replies for this uffd (weak: a connection ends on its own).
+    arrivals: Mutex<Vec<Weak<dyn Arrivals>>>,
+    near: Arc<NearFaults>,
 }
 
 impl Gate {
-    pub fn new(uffd: RawFd) -> SysResult<Arc<Gate>> {
+    pub fn new(uffd: RawFd, near: Arc<NearFaults>) -> SysResult<Arc<Gate>> {
         // SAFETY: F_DUPFD_CLOEXEC returns a new fd (or -1), which we then own.
         let dup = crate::sys::cvt(unsafe { libc::fcntl(uffd, libc::F_DUPFD_CLOEXEC, 0) } as libc::c_long, "fcntl(F_DUPFD_CLOEXEC)")?;
         // SAFETY: dup is a fresh fd owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(dup as RawFd) };
         let state = GateState { epoch: 0, fd: Some(fd), touched: VecDeque::new(), forgotten: 0 };
-        Ok(Arc::new(Gate { state: RwLock::new(state), waiting: AtomicU32::new(0), sleepers: AtomicU32::new(0) }))
+        Ok(Arc::new(Gate {
+            state: RwLock::new(state),
+            waiting: AtomicU32::new(0),
+            sleepers: AtomicU32::new(0),
+            arrivals: Mutex::new(Vec::new()),
+            near,
+        }))
+    }
+
+    /// `a` has replies on their way for this uffd: the reader asks it about faults.
+    pub fn attach(&self, a: Weak<dyn Arrivals>) {
+        let mut v = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+        if !v.iter().any(|w| w.ptr_eq(&a)) {
+            v.retain(|w| w.strong_count() > 0);
+            v.push(a);
+        }
+    }
+
+    /// For the reader, outside `exclusive` (a connection may install the fault's window
+    /// under this gate): true when a connection took the fault (see `Arrivals`).
+    pub fn take_fault(self: &Arc<Self>, addr: u64, read_ns: u64) -> bool {
+        let v = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+        v.iter().filter_map(Weak::upgrade).any(|a| a.take_fault(self, addr, read_ns))
+    }
+
+    /// Wakes threads waiting on [addr, addr + len) (they fault again, and the reader sees
+    /// it): for faults a connection took whose page its reply did not install.
+    pub fn wake(&self, addr: u64, len: u64) {
+        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(fd) = &st.fd {
+            // ENOENT (unmapped meanwhile) leaves nobody waiting there.
+            let _ = uffd::wake(fd.as_raw_fd(), addr, len);
+        }
+    }
+
+    pub fn near(&self) -> &NearFaults {
+        &self.near
     }
 
     /// Runs `read` (the reader's read of the uffd) with no install in progress through
@@ -244,7 +322,7 @@ impl Present {
 
     /// For the slice [at, at + n) of job `id`: `Err(to)` when the bytes at `at` are in up to
     /// `to` (skip them), else `Ok(m)`, the bytes from `at` to install before the next span.
-    fn next(&self, id: u64, at: u64, n: u64) -> Result<u64, u64> {
+    pub fn next(&self, id: u64, at: u64, n: u64) -> Result<u64, u64> {
         if self.count.load(Ordering::Acquire) == 0 {
             return Ok(n);
         }
@@ -374,22 +452,63 @@ fn worker<K: Send>(queue: &(Mutex<Queue<K>>, Condvar), stopping: &AtomicBool, pr
 /// Installs a job a slice at a time, each under the gate; returns the bytes dealt with
 /// from the start of the job, and how it ended.
 fn run_job<K: Send>(job: &Job<K>, stopping: &AtomicBool, present: &Present) -> (u64, End) {
-    match install_span(job.id, &job.target, job.src, 0, job.src.len, stopping, present) {
+    match install_span(job.id, &job.target, job.src, 0, job.src.len, stopping, present, &Wake::EachSlice) {
         Ok(()) => (job.src.len, End::Done),
         Err(stopped) => stopped,
     }
 }
 
+/// How an install wakes the threads waiting on its pages.
+pub enum Wake<'a> {
+    /// As each slice goes in (UFFDIO_COPY's own wake).
+    EachSlice,
+    /// With UFFDIO_WAKE once `every` bytes more are in, and at the end; `progress` follows
+    /// the bytes from the start that are in, and `woke(bytes)` runs after each wake.
+    ///
+    /// Why: a workload that reads its memory as fast as it arrives waits at the install's
+    /// front. Woken by every slice, it ran 16 pages, faulted and slept again, 16,000 times
+    /// a GiB, on the CPUs the transfer needs (docs/PERFORMANCE.md, "Fewer wake-ups, and faults
+    /// taken without JS").
+    Every { every: u64, progress: &'a AtomicU64, woke: &'a dyn Fn(u64) },
+}
+
 /// Installs bytes [from, to) of `src`, page data for `target.dst` onwards, a slice at a
 /// time, each under the target's gate, passing over what `present` names for `id`. Err:
 /// where it stopped (bytes from the start of `src` that are in) and why.
-pub fn install_span(id: u64, target: &Target, src: SrcBytes, from: u64, to: u64, stopping: &AtomicBool, present: &Present) -> Result<(), (u64, End)> {
+#[allow(clippy::too_many_arguments)]
+pub fn install_span(id: u64, target: &Target, src: SrcBytes, from: u64, to: u64, stopping: &AtomicBool, present: &Present, wake: &Wake) -> Result<(), (u64, End)> {
+    let mut woken = from;
+    let r = install_slices(id, target, src, from, to, stopping, present, wake, &mut woken);
+    if let Wake::Every { woke, progress, .. } = wake {
+        let reached = match r {
+            Ok(()) => to.min(src.len),
+            Err((at, _)) => at,
+        };
+        progress.store(reached, Ordering::Release);
+        if reached > woken {
+            target.gate.wake(target.dst + woken, reached - woken);
+        }
+        woke(reached);
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn install_slices(id: u64, target: &Target, src: SrcBytes, from: u64, to: u64, stopping: &AtomicBool, present: &Present, wake: &Wake, woken: &mut u64) -> Result<(), (u64, End)> {
     let ps = page_size() as u64;
     let to = to.min(src.len);
     let mut at = from;
     while at < to {
         if stopping.load(Ordering::Relaxed) {
             return Err((at, End::Stale));
+        }
+        if let Wake::Every { every, progress, woke } = wake {
+            progress.store(at, Ordering::Release);
+            if at - *woken >= *every {
+                target.gate.wake(target.dst + *woken, at - *woken);
+                *woken = at;
+                woke(at);
+            }
         }
         let n = match present.next(id, at, SLICE_BYTES.min(to - at)) {
             Ok(n) => n,
@@ -403,7 +522,8 @@ pub fn install_span(id: u64, target: &Target, src: SrcBytes, from: u64, to: u64,
         // asking the source for it; when that reply comes, the page is in and JS skips it.
         // SAFETY: at + n <= src.len, and the source bytes stay alive and unmodified while
         // they are installed (SrcBytes).
-        let copy = |fd| unsafe { uffd::copy_from_raw(fd, target.dst + at, src.ptr.add(at as usize), n, FillMode { dont_wake: false, wp: false }) };
+        let mode = FillMode { dont_wake: matches!(wake, Wake::Every { .. }), wp: false };
+        let copy = |fd| unsafe { uffd::copy_from_raw(fd, target.dst + at, src.ptr.add(at as usize), n, mode) };
         let Some(out) = target.gate.slice(target.epoch, target.dst + at, n, stopping, copy) else {
             return Err((at, End::Stale));
         };
@@ -430,7 +550,7 @@ pub fn install_span(id: u64, target: &Target, src: SrcBytes, from: u64, to: u64,
 /// the reader announced itself, if the reader goes first).
 pub fn gate_turns(rounds: u32) -> SysResult<u64> {
     let null = std::fs::File::open("/dev/null").map_err(|e| crate::sys::SysError::new("open", e.raw_os_error().unwrap_or(libc::EIO)))?;
-    let gate = Gate::new(null.as_raw_fd())?;
+    let gate = Gate::new(null.as_raw_fd(), Arc::default())?;
     let stop = Arc::new(AtomicBool::new(false));
     let overtaking = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (tx, rx) = std::sync::mpsc::channel::<()>();
@@ -472,7 +592,7 @@ mod tests {
 
     fn null_gate() -> Arc<Gate> {
         let null = std::fs::File::open("/dev/null").unwrap();
-        Gate::new(null.as_raw_fd()).unwrap()
+        Gate::new(null.as_raw_fd(), Arc::default()).unwrap()
     }
 
     fn untouched(g: &Gate, epoch: u64, start: u64, end: u64) -> bool {

@@ -30,6 +30,7 @@ pub const TABLE: &[Export] = &[
     export!("loopRemove\0" => loop_remove),
     export!("loopStop\0" => loop_stop),
     export!("loopRef\0" => loop_ref),
+    export!("loopNearFaults\0" => loop_near_faults),
     // write-protect tracking, kernel probe
     export!("pagemapScan\0" => pagemap_scan),
     // image checksums (CRC32C)
@@ -321,6 +322,21 @@ fn loop_ref(env: Env, a: &Args) -> JsResult<Value> {
     let l = loop_handle(env, a)?;
     l.set_ref(env, env.to_bool(a.get(1, "keepAlive")?, "keepAlive")?)?;
     env.undefined()
+}
+
+/// loopNearFaults(loop): { waited, installed, pages, serviceUs } taken without JS so far;
+/// the service times are handed over (each is reported once).
+fn loop_near_faults(env: Env, a: &Args) -> JsResult<Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let l = loop_handle(env, a)?;
+    let near = l.near().unwrap_or_default();
+    let service = std::mem::take(&mut *near.service_us.lock().unwrap_or_else(|p| p.into_inner()));
+    env.object_with(&[
+        (c"waited", env.num(near.waited.load(Relaxed))?),
+        (c"installed", env.num(near.installed.load(Relaxed))?),
+        (c"pages", env.num(near.pages.load(Relaxed))?),
+        (c"serviceUs", env.float64_array(&service)?),
+    ])
 }
 
 // ---------- write-protect tracking ----------

@@ -296,7 +296,6 @@ impl FaultLoop {
         }
     }
 
-    /// Whether a running loop keeps Node's event loop alive (default: yes).
     /// The gate that orders background installs into `fd` with this loop's reads:
     /// event-loop mode only (in thread mode the loop thread reads without JS knowing).
     pub fn gate(&self, fd: RawFd) -> Option<Arc<crate::background::Gate>> {
@@ -306,6 +305,16 @@ impl FaultLoop {
         }
     }
 
+    /// Faults the gates' connections took without JS (event-loop mode; None in thread mode,
+    /// whose loop has no gates).
+    pub fn near(&self) -> Option<Arc<crate::background::NearFaults>> {
+        match &self.kind {
+            Kind::EventLoop(l) => Some(l.near()),
+            Kind::Thread(_) => None,
+        }
+    }
+
+    /// Whether a running loop keeps Node's event loop alive (default: yes).
     pub fn set_ref(&self, env: Env, keep_alive: bool) -> JsResult<()> {
         match &self.kind {
             Kind::Thread(shared) => match &*shared.tsfn.lock().unwrap() {

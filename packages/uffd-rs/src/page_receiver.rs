@@ -28,13 +28,13 @@
 //! (`error`, `bye`, `reject`), passed on whole. Only the subset a page server speaks:
 //! unfragmented unmasked binary frames, ping, pong, close.
 
-use crate::background::{End, Present, SrcBytes, Target, defer_to_js_thread, install_span};
+use crate::background::{Arrivals, End, Gate, Present, SrcBytes, Target, Wake, defer_to_js_thread, install_span};
 use crate::sys::{SysError, SysResult, now_ns, page_size};
 use crate::ws_wire::{FrameBuf, TAG_PAGES, message_uints, send_all, take_socket, ws_header};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 /// Largest frame passed to JS whole (errors, bye, reject are a few hundred bytes).
 const MAX_OTHER_PAYLOAD: u64 = 1 << 20;
@@ -42,6 +42,18 @@ const MAX_OTHER_PAYLOAD: u64 = 1 << 20;
 const READ_AHEAD: usize = 64 << 10;
 /// A reply's `pages` message prefix is at most this long: array, tag, four uints, bin32.
 const PAGES_PREFIX_MAX: usize = 2 + 4 * 9 + 5;
+/// Pages a fault on a reply read whole gets installed at once: the engine's largest fault
+/// window (DEFAULT_MAX_WINDOW), which a workload reading in order reaches at once.
+const NEAR_WINDOW_PAGES: u64 = 64;
+/// A fault on a page of a background request waits for its reply only if at most this many
+/// replies come before it (read whole, or still to read); further back it is JS's, which
+/// asks for it on the fault lane. The engine's WAIT_BEHIND_REQUESTS, and why: a wait
+/// behind more replies costs the thread more than a second copy costs the transfer, on a
+/// slow link (docs/PERFORMANCE.md, "Faults on pages on their way").
+const WAIT_BEHIND_REQUESTS: usize = 2;
+/// A reply's pages are installed without waking the threads waiting on them, which are
+/// woken once this many bytes more are in (background.rs, `Wake`).
+const WAKE_EVERY: u64 = 256 << 10;
 /// How a connection's replies are taken in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lane {
@@ -87,6 +99,28 @@ struct Pending {
     address: u64,
     pages: u64,
     target: Target,
+    /// Faults taken (`Arrivals`) that wait for this reply.
+    waiters: Vec<Waiter>,
+}
+
+/// A fault a connection took: its page, and when the fault was read.
+#[derive(Clone, Copy)]
+struct Waiter {
+    addr: u64,
+    read_ns: u64,
+}
+
+impl Waiter {
+    /// The reply for `target` ended with `bytes` from its start in: the fault was served if
+    /// its page is among them (the install woke its thread), else its thread is woken to
+    /// fault again, for JS to serve.
+    fn settle(self, target: &Target, bytes: u64) {
+        if self.addr >= target.dst && self.addr - target.dst < bytes {
+            target.gate.near().served(self.read_ns, now_ns());
+        } else {
+            target.gate.wake(self.addr, page_size() as u64);
+        }
+    }
 }
 
 /// Masking keys for the frames a client sends (RFC 6455 wants them unpredictable), drawn
@@ -121,6 +155,9 @@ impl Masks {
 struct Received {
     src: SrcBytes,
     target: Target,
+    /// Bytes from the start that are in (Wake::Every): their threads are woken next.
+    progress: Arc<AtomicU64>,
+    waiters: Vec<Waiter>,
 }
 
 /// How install_now went.
@@ -143,6 +180,7 @@ struct ReadSide {
 
 struct Shared {
     sock: OwnedFd,
+    lane: Lane,
     /// Held while a frame is written: JS writes requests, the thread answers pings.
     writer: Mutex<Masks>,
     pending: Mutex<HashMap<u64, Pending>>,
@@ -152,6 +190,8 @@ struct Shared {
     read_side: Mutex<ReadSide>,
     /// Threads still running: the last one out reports the end.
     running: AtomicUsize,
+    /// Set (under `pending`) by the last thread out: no fault is taken any more.
+    closed: AtomicBool,
     stopping: AtomicBool,
     /// now_ns() of the last bytes read.
     heard_ns: AtomicU64,
@@ -174,6 +214,103 @@ impl Shared {
     /// An error that ends the thread: none to report if JS asked it to stop.
     fn ended(&self, why: String) -> Option<String> {
         if self.stopping.load(Ordering::SeqCst) { None } else { Some(why) }
+    }
+
+    /// Request `id` will install nothing (given up, or its reply does not match it): the
+    /// faults waiting for it fault again.
+    fn drop_request(&self, id: u64) -> Option<Pending> {
+        let p = self.pending.lock().unwrap().remove(&id)?;
+        for w in &p.waiters {
+            w.settle(&p.target, 0);
+        }
+        Some(p)
+    }
+
+    /// The connection is over (last thread out): nothing more is installed, every fault
+    /// still waiting faults again, for JS, and none is taken from now on.
+    fn release_waiters(&self) {
+        let mut left: Vec<(Target, Vec<Waiter>)> = Vec::new();
+        {
+            let mut received = self.received.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            self.closed.store(true, Ordering::SeqCst);
+            for (_, r) in received.drain() {
+                // Only a thread that panicked mid-install leaves a reply here: its pages
+                // may be in without their wake.
+                r.target.gate.wake(r.target.dst, r.src.len);
+                left.push((r.target, r.waiters));
+            }
+            left.extend(pending.drain().map(|(_, p)| (p.target, p.waiters)));
+        }
+        for (target, waiters) in left {
+            for w in waiters {
+                w.settle(&target, 0);
+            }
+        }
+    }
+}
+
+impl Arrivals for Shared {
+    /// A fault on a reply read whole gets its window installed now from that reply's
+    /// buffer; one on a request whose reply is being read or comes soon waits for it.
+    fn take_fault(&self, gate: &Arc<Gate>, addr: u64, read_ns: u64) -> bool {
+        let ps = page_size() as u64;
+        let covers = |t: &Target, len: u64| Arc::ptr_eq(&t.gate, gate) && addr >= t.dst && addr - t.dst < len;
+        // Lock order: received, then pending (a reply moves from one to the other under both).
+        let mut received = self.received.lock().unwrap();
+        if self.closed.load(Ordering::SeqCst) || self.stopping.load(Ordering::SeqCst) {
+            return false;
+        }
+        if let Some((&id, r)) = received.iter_mut().find(|(_, r)| covers(&r.target, r.src.len)) {
+            let from = addr - r.target.dst;
+            if from < r.progress.load(Ordering::Acquire) {
+                // In already, not woken yet: the install's next wake is near.
+                r.waiters.push(Waiter { addr, read_ns });
+                gate.near().waited.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            // Up to the window, or to pages installed here before.
+            let to = match self.present.next(id, from, (NEAR_WINDOW_PAGES * ps).min(r.src.len - from)) {
+                Ok(n) => from + n,
+                // A second message about a page a window here installed (and woke) already.
+                Err(_) => return true,
+            };
+            let install = |a: u64, b: u64| match install_span(id, &r.target, r.src, a, b, &self.stopping, &Present::default(), &Wake::EachSlice) {
+                Ok(()) => b,
+                Err((at, _)) => at,
+            };
+            // The faulting page first, so its thread goes on while the rest goes in.
+            let mut done = install(from, from + ps);
+            let in_ns = now_ns();
+            if done == from + ps && done < to {
+                done = install(done, to);
+            }
+            // The thread installing the reply passes over them rather than find each one present.
+            self.present.add(id, from, done);
+            if done < to {
+                // An event since the request, or the process is gone: JS decides, knowing it.
+                // (A page that did go in has woken its thread; JS finds it in.)
+                return false;
+            }
+            let near = gate.near();
+            near.installed.fetch_add(1, Ordering::Relaxed);
+            near.pages.fetch_add((to - from) / ps, Ordering::Relaxed);
+            near.served(read_ns, in_ns);
+            return true;
+        }
+        let mut pending = self.pending.lock().unwrap();
+        let Some(id) = pending.iter().find(|(_, p)| covers(&p.target, p.pages * ps)).map(|(&id, _)| id) else {
+            return false;
+        };
+        // Replies come in the order of the requests, whose ids grow.
+        if self.lane == Lane::Background && received.len() + pending.keys().filter(|&&k| k < id).count() > WAIT_BEHIND_REQUESTS {
+            return false;
+        }
+        if let Some(p) = pending.get_mut(&id) {
+            p.waiters.push(Waiter { addr, read_ns });
+        }
+        gate.near().waited.fetch_add(1, Ordering::Relaxed);
+        true
     }
 }
 
@@ -200,12 +337,14 @@ impl PageReceiver {
         let reader = Reader { fd: sock.as_raw_fd(), buf: inbuf, lo: 0, hi: head.len() };
         let shared = Arc::new(Shared {
             sock,
+            lane,
             writer: Mutex::new(Masks { pool: [0; 1024], at: 1024 }),
             pending: Mutex::new(HashMap::new()),
             received: Mutex::new(HashMap::new()),
             present: Present::default(),
             read_side: Mutex::new(ReadSide { r: reader, ended: None }),
             running: AtomicUsize::new(threads),
+            closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             heard_ns: AtomicU64::new(now_ns()),
             stats: Stats::default(),
@@ -228,6 +367,7 @@ impl PageReceiver {
                 if s.running.fetch_sub(1, Ordering::SeqCst) == 1 {
                     // SAFETY: shutdown on an fd we own: the server learns at once that nobody reads.
                     unsafe { libc::shutdown(s.sock.as_raw_fd(), libc::SHUT_RDWR) };
+                    s.release_waiters();
                     let end = s.read_side.lock().unwrap_or_else(|p| p.into_inner()).ended.take().flatten();
                     emit(Event::Closed(end));
                 }
@@ -244,15 +384,19 @@ impl PageReceiver {
 
     /// Registers request `id` (its reply's pages go to `target`) and sends `payload`, the
     /// request message, as a binary frame. Registered first: the reply may come at once.
+    /// The target's gate learns of this connection: its reader asks it about faults.
     pub fn request(&self, id: u64, pid: u64, address: u64, pages: u64, target: Target, payload: &[u8]) -> SysResult<()> {
-        self.shared.pending.lock().unwrap().insert(id, Pending { pid, address, pages, target });
+        let gate = target.gate.clone();
+        self.shared.pending.lock().unwrap().insert(id, Pending { pid, address, pages, target, waiters: Vec::new() });
+        let arrivals: Weak<dyn Arrivals> = Arc::downgrade(&self.shared) as Weak<Shared>;
+        gate.attach(arrivals);
         self.shared.write_frame(0x2, payload)
     }
 
     /// Request `id` is given up (the server answered it with an error): a late reply is
     /// read and dropped.
     pub fn cancel(&self, id: u64) {
-        self.shared.pending.lock().unwrap().remove(&id);
+        self.shared.drop_request(id);
         self.shared.present.forget(id);
     }
 
@@ -270,7 +414,12 @@ impl PageReceiver {
     pub fn install_now(&self, id: u64, from: u64, to: u64) -> Now {
         let received = self.shared.received.lock().unwrap();
         let Some(r) = received.get(&id) else { return Now::Absent };
-        match install_span(id, &r.target, r.src, from, to, &self.shared.stopping, &Present::default()) {
+        if from < r.progress.load(Ordering::Acquire) {
+            // The reply's own install put the first page in without a wake (Wake::Every):
+            // its thread may wait on it, and the copy below finds it present, waking nobody.
+            r.target.gate.wake(r.target.dst + from, page_size() as u64);
+        }
+        match install_span(id, &r.target, r.src, from, to, &self.shared.stopping, &Present::default(), &Wake::EachSlice) {
             Ok(()) => {
                 // The thread installing the reply passes over them rather than find each one present.
                 self.shared.present.add(id, from, to);
@@ -409,6 +558,7 @@ struct Reply {
     id: u64,
     target: Target,
     src: SrcBytes,
+    progress: Arc<AtomicU64>,
 }
 
 /// One of a connection's threads: reads a reply (holding the read side), installs it.
@@ -438,13 +588,31 @@ impl Worker<'_> {
         }
     }
 
-    fn install(&self, Reply { id, target, src }: Reply) {
-        let (bytes, end) = match install_span(id, &target, src, 0, src.len, &self.s.stopping, &self.s.present) {
+    fn install(&self, Reply { id, target, src, progress }: Reply) {
+        // Faults waiting on pages now in and woken are served.
+        let woke = |bytes: u64| {
+            if let Some(r) = self.s.received.lock().unwrap().get_mut(&id) {
+                r.waiters.retain(|w| {
+                    let served = w.addr >= target.dst && w.addr - target.dst < bytes;
+                    if served {
+                        target.gate.near().served(w.read_ns, now_ns());
+                    }
+                    !served
+                });
+            }
+        };
+        // A fault lane's reply is a thread's whole wait: woken slice by slice.
+        let every = if self.s.lane == Lane::Fault { 0 } else { WAKE_EVERY };
+        let wake = Wake::Every { every, progress: &progress, woke: &woke };
+        let (bytes, end) = match install_span(id, &target, src, 0, src.len, &self.s.stopping, &self.s.present, &wake) {
             Ok(()) => (src.len, End::Done),
             Err(stopped) => stopped,
         };
         // Unlisted before the buffer takes the next reply: install_now copies under this lock.
-        self.s.received.lock().unwrap().remove(&id);
+        let waiters = self.s.received.lock().unwrap().remove(&id).map(|r| r.waiters).unwrap_or_default();
+        for w in waiters {
+            w.settle(&target, bytes);
+        }
         self.s.present.forget(id);
         self.s.stats.pages.fetch_add(bytes / page_size() as u64, Ordering::Relaxed);
         (self.emit)(Event::Installed { id, bytes, end });
@@ -564,26 +732,28 @@ impl Conn<'_> {
             && k as u64 + data_len == len
         {
             self.r.consume(k);
-            let pending = self.s.pending.lock().unwrap().remove(&id);
-            let Some(p) = pending else {
+            // Listed until read whole: faults on its pages wait for it meanwhile.
+            let pending = self.s.pending.lock().unwrap().get(&id).map(|p| (p.pid, p.address, p.pages, p.target.clone()));
+            let Some((p_pid, p_address, p_pages, target)) = pending else {
                 // A request given up meanwhile: its reply is read and dropped.
                 self.discard(data_len)?;
                 return Ok(None);
             };
             let ps = page_size() as u64;
-            let mismatch = if p.pid != pid || p.address != address || p.pages != pages {
-                Some(format!("reply {id} is pid {pid} 0x{address:x}+{pages} pages, the request pid {} 0x{:x}+{} pages", p.pid, p.address, p.pages))
+            let mismatch = if p_pid != pid || p_address != address || p_pages != pages {
+                Some(format!("reply {id} is pid {pid} 0x{address:x}+{pages} pages, the request pid {p_pid} 0x{p_address:x}+{p_pages} pages"))
             } else if data_len != pages * ps {
                 Some(format!("reply {id} carries {data_len} bytes for {pages} pages"))
             } else {
                 None
             };
             if let Some(why) = mismatch {
+                self.s.drop_request(id);
                 self.discard(data_len)?;
                 (self.emit)(Event::BadReply { id, why });
                 return Ok(None);
             }
-            return self.read_reply(id, p.target, data_len, buf).map(Some);
+            return self.read_reply(id, target, data_len, buf).map(Some);
         }
         if len > MAX_OTHER_PAYLOAD {
             return Err(self.violation(1009, format!("a {len}-byte frame that is not a reply to a request")));
@@ -605,8 +775,15 @@ impl Conn<'_> {
         // The bytes stay as read until the reply is installed and unlisted: the thread that
         // owns buf reads nothing else into it before (SrcBytes).
         let src = SrcBytes { ptr: data, len };
-        self.s.received.lock().unwrap().insert(id, Received { src, target: target.clone() });
-        Ok(Reply { id, target, src })
+        let progress = Arc::new(AtomicU64::new(0));
+        {
+            // Under both locks: a fault finds the reply in one of the two (take_fault).
+            let mut received = self.s.received.lock().unwrap();
+            // Given up while it was read (cancel): installed all the same, as before.
+            let waiters = self.s.pending.lock().unwrap().remove(&id).map(|p| p.waiters).unwrap_or_default();
+            received.insert(id, Received { src, target: target.clone(), progress: progress.clone(), waiters });
+        }
+        Ok(Reply { id, target, src, progress })
     }
 
     /// Reads and drops `len` bytes.

@@ -195,6 +195,8 @@ export class LazyPagesEngine {
   #t0 = performance.now();
   #cpu0 = process.cpuUsage();
   #serviceUs: number[] = [];
+  /** The loop's nearFaults counts already in `stats`. */
+  #near = { waited: 0, installed: 0, pages: 0 };
   #rangeList = new Float64Array(4 * 64);
   #finished = false;
   #sealed = false;
@@ -748,7 +750,10 @@ export class LazyPagesEngine {
       else this.#fetch(p, run, 'background');
     }
     this.stats.remaining = this.#remaining();
-    this.#onProgress?.(this.stats);
+    if (this.#onProgress) {
+      this.#foldNearFaults();
+      this.#onProgress(this.stats);
+    }
     if (this.#sealed && this.stats.remaining === 0 && this.#inFlight === 0) void this.#complete();
   }
 
@@ -795,6 +800,7 @@ export class LazyPagesEngine {
     this.#dropStaged();
     try {
       await this.#source.complete();
+      this.#foldNearFaults();
       // Every page is in: closing the uffds now cannot turn a missing page into a zero page.
       await this.#loop.stop();
       for (const p of this.#procs.values()) if (!p.uffd.closed) p.uffd.close();
@@ -808,6 +814,26 @@ export class LazyPagesEngine {
     } catch (err) {
       this.#reject(err as Error);
     }
+  }
+
+  /**
+   * Counts the faults the receiving connections took as the loop read them (FaultLoop.
+   * nearFaults), which this thread never saw. Their pages are in the background count of
+   * the reply they came from (this thread marks a reply's pages in when it hears of it),
+   * so a window installed for a fault moves from there to the fault and prefetch counts.
+   */
+  #foldNearFaults(): void {
+    const n = this.#loop.nearFaults();
+    const waited = n.waited - this.#near.waited;
+    const installed = n.installed - this.#near.installed;
+    const pages = n.pages - this.#near.pages;
+    this.#near = { waited: n.waited, installed: n.installed, pages: n.pages };
+    this.stats.faults += waited + installed;
+    this.stats.faultsWaited += waited;
+    this.stats.pagesByFault += installed;
+    this.stats.pagesByPrefetch += pages - installed;
+    this.stats.pagesByBackground -= pages;
+    for (const us of n.serviceUs) this.#serviceUs.push(us);
   }
 
   async #fail(err: Error): Promise<void> {

@@ -20,7 +20,7 @@
 //! environment goes away first (worker termination, process exit).
 
 use super::{Fault, LoopEvent, Pending, READ_MSGS, batch_to_js, error_condition, read_pending};
-use crate::background::Gate;
+use crate::background::{Gate, NearFaults};
 use crate::napi::error::{JsResult, check, panic_message};
 use crate::napi::ffi::{self, napi_env, napi_value};
 use crate::napi::uv::{self, uv_handle_t, uv_loop_t};
@@ -45,6 +45,8 @@ struct State {
     polls: HashMap<RawFd, *mut uv_handle_t>,
     /// Per watched uffd: orders background installs with this loop's reads (background.rs).
     gates: HashMap<RawFd, Arc<Gate>>,
+    /// Faults the gates' connections took (background.rs, `Arrivals`).
+    near: Arc<NearFaults>,
     /// The never-sent async handle that keeps Node alive while ref'd; null once closed.
     keepalive: *mut uv_handle_t,
     stopped: bool,
@@ -127,6 +129,7 @@ impl EvLoop {
                 on_batch: on_batch_ref,
                 polls: HashMap::new(),
                 gates: HashMap::new(),
+                near: Arc::default(),
                 keepalive,
                 stopped: false,
                 hook_registered: false,
@@ -155,7 +158,7 @@ impl EvLoop {
         if st.polls.contains_key(&fd) {
             return Err(SysError::new("uv_poll_init", libc::EEXIST).because(format!("fd {fd} is already watched by this loop")));
         }
-        let gate = Gate::new(fd)?;
+        let gate = Gate::new(fd, st.near.clone())?;
         let h = uv::alloc_handle(uv::UV_POLL, "poll")?;
         // SAFETY: JS thread; h is fresh handle memory of libuv's size for UV_POLL.
         let rc = unsafe { uv::uv_poll_init(st.uv_loop, h, fd) };
@@ -201,6 +204,11 @@ impl EvLoop {
                 Err(SysError::new("uv_poll_stop", errno).because(format!("fd {fd} is not watched by this loop")))
             }
         }
+    }
+
+    /// What the gates' connections took.
+    pub fn near(&self) -> Arc<NearFaults> {
+        self.st.lock().unwrap().near.clone()
     }
 
     /// The gate of a watched uffd (JS thread).
@@ -254,7 +262,7 @@ impl EvLoop {
         let page_mask = !(page_size() as u64 - 1);
         let mut faults: Vec<Fault> = Vec::new();
         let mut events: Vec<LoopEvent> = Vec::new();
-        let (env, on_batch) = {
+        let (env, on_batch, gate) = {
             let mut st = self.st.lock().unwrap();
             // Stopped, or removed (maybe by an earlier callback of this same iteration).
             if st.stopped || st.polls.get(&fd) != Some(&h) {
@@ -297,8 +305,17 @@ impl EvLoop {
                 close_poll_handle(h);
                 events.push(LoopEvent::Error { fd, error });
             }
-            (st.env, st.on_batch)
+            (st.env, st.on_batch, if failed_fd(&events, fd) { None } else { gate })
         };
+        if let Some(g) = gate
+            && !faults.is_empty()
+        {
+            // Faults on pages a connection is bringing or has read are its to serve; JS
+            // never hears of them (background.rs, `Arrivals`). Not under the gate: the
+            // connection may install a window through it.
+            let read_ns = crate::sys::now_ns();
+            faults.retain(|f| f.flags & (UFFD_FLAG_WP | UFFD_FLAG_MINOR) != 0 || !g.take_fault(f.address, read_ns));
+        }
         if faults.is_empty() && events.is_empty() {
             return;
         }
@@ -310,6 +327,16 @@ impl EvLoop {
         // The lock is released: onBatch may call add/remove/stop/ref on this loop.
         call_on_batch(env, on_batch, &batch);
     }
+}
+
+/// Fault flags of a uffd_msg (linux/userfaultfd.h): write-protect and minor faults are
+/// never a connection's to take.
+const UFFD_FLAG_WP: u64 = 2;
+const UFFD_FLAG_MINOR: u64 = 4;
+
+/// True when the loop dropped `fd` after an error in this very read.
+fn failed_fd(events: &[LoopEvent], fd: RawFd) -> bool {
+    events.iter().any(|e| matches!(e, LoopEvent::Error { fd: f, .. } if *f == fd))
 }
 
 fn close_poll_handle(h: *mut uv_handle_t) {
