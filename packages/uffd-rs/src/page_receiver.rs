@@ -40,6 +40,11 @@ use std::sync::{Arc, Mutex, Weak};
 const MAX_OTHER_PAYLOAD: u64 = 1 << 20;
 /// Bytes read ahead for frame headers and the start of a message.
 const READ_AHEAD: usize = 64 << 10;
+/// Most bytes one recv copies. The kernel holds the socket's lock for the whole copy, and
+/// JS's request on the same socket waits for it: with whole 2 MiB recvs a request took the
+/// JS thread, which also reads the faults, ~100 µs on average (docs/PERFORMANCE.md, "A
+/// request waits for the socket").
+const RECV_MAX: usize = 256 << 10;
 /// A reply's `pages` message prefix is at most this long: array, tag, four uints, bin32.
 const PAGES_PREFIX_MAX: usize = 2 + 4 * 9 + 5;
 /// Pages a fault on a reply read whole gets installed at once: the engine's largest fault
@@ -535,7 +540,7 @@ impl Reader {
         let mut filled = first;
         while filled < len {
             // SAFETY: [ptr + filled, ptr + len) is inside the caller's region.
-            filled += self.recv(s, unsafe { ptr.add(filled) }, len - filled)?;
+            filled += self.recv(s, unsafe { ptr.add(filled) }, (len - filled).min(RECV_MAX))?;
         }
         Ok(())
     }

@@ -132,6 +132,8 @@ export const DEFAULT_MAX_WINDOW = 64;
  * after the one being read. Further back, the page is asked for on the fault lane.
  */
 const WAIT_BEHIND_REQUESTS = 2;
+/** How often progress takes in the faults the receiving connections took (ms). */
+const NEAR_FOLD_MS = 50;
 
 /** Pages installed per installBatch call while draining staged replies. */
 const SLICE_PAGES = 16;
@@ -197,6 +199,7 @@ export class LazyPagesEngine {
   #serviceUs: number[] = [];
   /** The loop's nearFaults counts already in `stats`. */
   #near = { waited: 0, installed: 0, pages: 0 };
+  #nearFoldedAt = 0;
   #rangeList = new Float64Array(4 * 64);
   #finished = false;
   #sealed = false;
@@ -751,7 +754,8 @@ export class LazyPagesEngine {
     }
     this.stats.remaining = this.#remaining();
     if (this.#onProgress) {
-      this.#foldNearFaults();
+      // A native call each: not on every reply.
+      if (performance.now() - this.#nearFoldedAt >= NEAR_FOLD_MS) this.#foldNearFaults();
       this.#onProgress(this.stats);
     }
     if (this.#sealed && this.stats.remaining === 0 && this.#inFlight === 0) void this.#complete();
@@ -823,6 +827,7 @@ export class LazyPagesEngine {
    * so a window installed for a fault moves from there to the fault and prefetch counts.
    */
   #foldNearFaults(): void {
+    this.#nearFoldedAt = performance.now();
     const n = this.#loop.nearFaults();
     const waited = n.waited - this.#near.waited;
     const installed = n.installed - this.#near.installed;
