@@ -198,13 +198,22 @@ function zeroServed(t: ExecutionContext, pages: number): Region {
   return r
 }
 
-test('a fault on a page of a reply on its way waits for it without JS: the install wakes it, and nearFaults counts it', async (t) => {
-  const r = zeroServed(t, 8)
-  const { receiver, peer, read, next } = await connected(t, 8 * PS)
-  receiver.request(1, 77, 0x50000, 8, r.loop!.installTarget(r.uffd, r.start), Buffer.from('r1'))
-  await read()
-  const touched = testing.touch({ addresses: [r.page(5)] })
+/**
+ * A zero-served region of `pages`, request `id` for all of them on a background connection,
+ * and a thread touching page `page` whose fault the connection has taken.
+ */
+async function faultTakenFor(t: ExecutionContext, pages: number, id: number, address: number, page: number) {
+  const r = zeroServed(t, pages)
+  const conn = await connected(t, pages * PS)
+  conn.receiver.request(id, 77, address, pages, r.loop!.installTarget(r.uffd, r.start), Buffer.from(`r${id}`))
+  await conn.read()
+  const touched = testing.touch({ addresses: [r.page(page)] })
   await waitersTaken(r, 1)
+  return { r, ...conn, touched }
+}
+
+test('a fault on a page of a reply on its way waits for it without JS: the install wakes it, and nearFaults counts it', async (t) => {
+  const { r, peer, next, touched } = await faultTakenFor(t, 8, 1, 0x50000, 5)
   t.deepEqual(r.faults, [], 'onBatch never heard of it')
   const data = Buffer.concat(Array.from({ length: 8 }, (_, i) => stampedPage(r.page(i))))
   peer.write(serverFrame(2, pagesMessage(1, 77, 0x50000, data)))
@@ -217,24 +226,14 @@ test('a fault on a page of a reply on its way waits for it without JS: the insta
 })
 
 test('a fault taken for a request that is then given up faults again, for JS', async (t) => {
-  const r = zeroServed(t, 4)
-  const { receiver, read } = await connected(t, 4 * PS)
-  receiver.request(2, 77, 0x60000, 4, r.loop!.installTarget(r.uffd, r.start), Buffer.from('r2'))
-  await read()
-  const touched = testing.touch({ addresses: [r.page(1)] })
-  await waitersTaken(r, 1)
+  const { r, receiver, touched } = await faultTakenFor(t, 4, 2, 0x60000, 1)
   receiver.cancel(2)
   t.deepEqual([...(await settles(touched, 'touch')).values], [0n], "JS's zero page")
   t.deepEqual(r.faults.map((f) => f.address), [r.page(1)])
 })
 
 test('faults taken by a connection that ends fault again, for JS', async (t) => {
-  const r = zeroServed(t, 4)
-  const { receiver, peer, read, next } = await connected(t, 4 * PS)
-  receiver.request(3, 77, 0x70000, 4, r.loop!.installTarget(r.uffd, r.start), Buffer.from('r3'))
-  await read()
-  const touched = testing.touch({ addresses: [r.page(2)] })
-  await waitersTaken(r, 1)
+  const { r, peer, next, touched } = await faultTakenFor(t, 4, 3, 0x70000, 2)
   peer.destroy()
   t.is((await next()).type, 'closed')
   t.deepEqual([...(await settles(touched, 'touch')).values], [0n])
