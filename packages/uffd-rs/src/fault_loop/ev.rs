@@ -25,7 +25,7 @@ use crate::napi::error::{JsResult, check, panic_message};
 use crate::napi::ffi::{self, napi_env, napi_value};
 use crate::napi::uv::{self, uv_handle_t, uv_loop_t};
 use crate::napi::{Env, Value};
-use crate::sys::uffd::UFFD_MSG_SIZE;
+use crate::sys::uffd::{UFFD_MSG_SIZE, UFFD_PAGEFAULT_FLAG_MINOR, UFFD_PAGEFAULT_FLAG_WP};
 use crate::sys::{SysError, SysResult, page_size};
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
@@ -297,6 +297,8 @@ impl EvLoop {
                 Ok(_) => {}
                 Err(e) => failed = Some(e),
             }
+            // A dropped fd's gate is closed: no connection installs through it any more.
+            let gate = if failed.is_some() { None } else { gate };
             if let Some(error) = failed {
                 if let Some(g) = st.gates.remove(&fd) {
                     g.close();
@@ -305,7 +307,7 @@ impl EvLoop {
                 close_poll_handle(h);
                 events.push(LoopEvent::Error { fd, error });
             }
-            (st.env, st.on_batch, if failed_fd(&events, fd) { None } else { gate })
+            (st.env, st.on_batch, gate)
         };
         if let Some(g) = gate
             && !faults.is_empty()
@@ -314,7 +316,8 @@ impl EvLoop {
             // never hears of them (background.rs, `Arrivals`). Not under the gate: the
             // connection may install a window through it.
             let read_ns = crate::sys::now_ns();
-            faults.retain(|f| f.flags & (UFFD_FLAG_WP | UFFD_FLAG_MINOR) != 0 || !g.take_fault(f.address, read_ns));
+            // Write-protect and minor faults are never a connection's to take.
+            faults.retain(|f| f.flags & (UFFD_PAGEFAULT_FLAG_WP | UFFD_PAGEFAULT_FLAG_MINOR) != 0 || !g.take_fault(f.address, read_ns));
         }
         if faults.is_empty() && events.is_empty() {
             return;
@@ -327,16 +330,6 @@ impl EvLoop {
         // The lock is released: onBatch may call add/remove/stop/ref on this loop.
         call_on_batch(env, on_batch, &batch);
     }
-}
-
-/// Fault flags of a uffd_msg (linux/userfaultfd.h): write-protect and minor faults are
-/// never a connection's to take.
-const UFFD_FLAG_WP: u64 = 2;
-const UFFD_FLAG_MINOR: u64 = 4;
-
-/// True when the loop dropped `fd` after an error in this very read.
-fn failed_fd(events: &[LoopEvent], fd: RawFd) -> bool {
-    events.iter().any(|e| matches!(e, LoopEvent::Error { fd: f, .. } if *f == fd))
 }
 
 fn close_poll_handle(h: *mut uv_handle_t) {
