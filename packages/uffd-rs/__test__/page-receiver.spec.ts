@@ -1,6 +1,6 @@
 import net from 'node:net'
 import test, { type ExecutionContext } from 'ava'
-import { PageReceiver, pagemapScan, testing, type PageReceiverEvent } from '../index.js'
+import { PageReceiver, pagemapScan, testing, type PageReceiverEvent, type UffdFeature } from '../index.js'
 import { PS, Region, settles, stampedPage } from './helpers.js'
 
 /** A server frame (unmasked, final) with `opcode` and `payload`. */
@@ -190,8 +190,8 @@ async function waitersTaken(r: Region, n: number): Promise<void> {
 }
 
 /** A region whose faults JS serves with zero pages, unless a receiver takes them first. */
-function zeroServed(t: ExecutionContext, pages: number): Region {
-  const r = Region.create(t, { pages })
+function zeroServed(t: ExecutionContext, pages: number, features: UffdFeature[] = []): Region {
+  const r = Region.create(t, { pages, features })
   r.serve(({ faults }) => {
     for (const f of faults) r.uffd.zeropage(f.address, PS)
   }, { mode: 'event-loop' })
@@ -263,4 +263,17 @@ test('a fault on a background request with more than two replies before it is le
   t.is(r.faults.length, 1, 'the fault lane took it')
   for (let i = 0; i < 3; i++) fl.peer.write(serverFrame(2, pagesMessage(20 + i, 77, 0x90000 + i * PS, stampedPage(r.page(5 + i)))))
   t.deepEqual([...(await settles(last, 'touch 7')).values], [BigInt(r.page(7))])
+})
+
+test('a fault on a page an event dropped after its request is left to JS, which knows of the event', async (t) => {
+  const r = zeroServed(t, 4, ['eventRemove'])
+  const { receiver, read } = await connected(t, 4 * PS)
+  receiver.request(4, 77, 0xa0000, 4, r.loop!.installTarget(r.uffd, r.start), Buffer.from('r4'))
+  await read()
+  await settles(testing.madviseOnThread(r.page(1), PS, 'dontneed'), 'madvise')
+  await r.waitFor((b) => b.events.some((e) => e.kind === 'remove'), 'the remove event')
+  // Its reply would stop there (stale): waiting for it would only delay the zero page.
+  t.deepEqual([...(await settles(testing.touch({ addresses: [r.page(1)] }), 'touch')).values], [0n])
+  t.deepEqual(r.faults.map((f) => f.address), [r.page(1)])
+  t.is(r.loop!.nearFaults().waited, 0)
 })

@@ -165,6 +165,12 @@ impl Gate {
         &self.near
     }
 
+    /// True when no event read since `epoch` touched [start, end) (and the uffd is still in
+    /// its loop): an install asked for at `epoch` would still go in there.
+    pub fn untouched_since(&self, epoch: u64, start: u64, end: u64) -> bool {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).untouched_since(epoch, start, end)
+    }
+
     /// Runs `read` (the reader's read of the uffd) with no install in progress through
     /// this gate. `read` returns the [start, end) ranges the events it read touched; jobs
     /// submitted before that install into them are stale from now on.

@@ -261,12 +261,18 @@ impl Arrivals for Shared {
     fn take_fault(&self, gate: &Arc<Gate>, addr: u64, read_ns: u64) -> bool {
         let ps = page_size() as u64;
         let covers = |t: &Target, len: u64| Arc::ptr_eq(&t.gate, gate) && addr >= t.dst && addr - t.dst < len;
+        // An event about the page since the request: its reply will not install it there
+        // (stale), and JS, which has seen the event, decides.
+        let current = |t: &Target| gate.untouched_since(t.epoch, addr, addr + ps);
         // Lock order: received, then pending (a reply moves from one to the other under both).
         let mut received = self.received.lock().unwrap();
         if self.closed.load(Ordering::SeqCst) || self.stopping.load(Ordering::SeqCst) {
             return false;
         }
         if let Some((&id, r)) = received.iter_mut().find(|(_, r)| covers(&r.target, r.src.len)) {
+            if !current(&r.target) {
+                return false;
+            }
             let from = addr - r.target.dst;
             if from < r.progress.load(Ordering::Acquire) {
                 // In already, not woken yet: the install's next wake is near.
@@ -304,7 +310,7 @@ impl Arrivals for Shared {
             return true;
         }
         let mut pending = self.pending.lock().unwrap();
-        let Some(id) = pending.iter().find(|(_, p)| covers(&p.target, p.pages * ps)).map(|(&id, _)| id) else {
+        let Some(id) = pending.iter().find(|(_, p)| covers(&p.target, p.pages * ps) && current(&p.target)).map(|(&id, _)| id) else {
             return false;
         };
         // Replies come in the order of the requests, whose ids grow.
