@@ -271,11 +271,14 @@ export declare class FaultLoop {
   /**
    * Faults onBatch never saw: a PageReceiver with a request into the faulting uffd took
    * them as the loop read them ('event-loop' mode; zeros otherwise). A missing-page fault on
-   * a page of a reply read whole gets up to 64 pages from it installed at once; one on a
-   * request whose reply is being read or comes soon (a fault lane's, or a background one
-   * with at most two replies before it) waits for it, and its thread is woken to fault again
-   * (for onBatch) if that reply ends without its page. Counts are totals; `serviceUs` (from
-   * the read of the fault until its page was in) are handed over once each.
+   * a page of a reply read whole gets up to 64 pages from it installed at once, or, if the
+   * reply's own install has put that page in already, waits for that install's next wake
+   * (a background reply's pages are woken every 128 KiB); one on a request whose reply is
+   * being read or comes soon (a fault lane's, or a background one with at most two replies
+   * before it) waits for it, and its thread is woken to fault again (for onBatch) if that
+   * reply ends without its page. A page an event touched since its request is onBatch's.
+   * Counts are totals; `serviceUs` (from the read of the fault until its page was in and
+   * woken) are handed over once each.
    */
   nearFaults(): NearFaults
 }
