@@ -362,9 +362,11 @@ export class LazyPagesEngine {
       // Only wake the thread if an install got there first (a racing one, or the reply this
       // fault waited for), or if the page is no longer mapped there at all (munmap, mremap
       // while the fault waited): it then meets what is there now, and the process, alive,
-      // keeps its other lazy pages.
+      // keeps its other lazy pages. 'again' (an event queued since the read, not read yet)
+      // wakes it too: it faults again, and is served once the event has been read; left
+      // alone it would wait forever, since no reply ever brings a page outside the source's.
       const o = p.uffd.zeropage(page, this.#P);
-      if (o.status === 'exists' || o.status === 'unmapped') p.uffd.wake(page, this.#P);
+      if (o.status === 'exists' || o.status === 'unmapped' || o.status === 'again') p.uffd.wake(page, this.#P);
       else if (o.status === 'gone') this.#gone(p);
       if (o.status === 'ok') this.stats.zeroFaults++;
       this.#serviceUs.push((performance.now() - t) * 1000);
