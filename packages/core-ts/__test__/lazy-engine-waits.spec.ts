@@ -246,3 +246,15 @@ test('a fault whose own request ends short (an event since it was asked for) is 
     [start + faulting * P, start + faulting * P],
   );
 });
+
+test('a fault right after a page that is in or on its way asks for a window: the faults before it may never have reached the engine', async (t) => {
+  // Every background request in flight, none answered: the page before the fault is on its way.
+  const { source, start, touch } = setUp(t, (lane) => lane === 'background', 4);
+  await until(() => source.lane('background').length === 4, 'the four background requests');
+  const far = touch(3 * CHUNK + 1);
+  await until(() => source.lane('fault').length === 1, 'the fault request');
+  const request = source.lane('fault')[0]!;
+  t.is(request.address, start + (3 * CHUNK + 1) * P);
+  t.true(request.pages > 1, `a window of ${request.pages} page(s), as for a thread reading in order`);
+  t.is(await far, BigInt(start + (3 * CHUNK + 1) * P));
+});

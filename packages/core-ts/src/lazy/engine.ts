@@ -17,7 +17,7 @@ import {
 } from '@lazymig/uffd-rs';
 import { silentLogger, type Logger } from '../log.js';
 import type { InstallingFetch, PageSource, Priority } from './page-source.js';
-import { DONE, PageSpace, REQUESTED, type LazyRange, type Run } from './page-space.js';
+import { DONE, MISSING, PageSpace, REQUESTED, type LazyRange, type Run } from './page-space.js';
 
 export interface LazyTarget {
   /** pid of the restored process (for logs and kills). */
@@ -373,7 +373,11 @@ export class LazyPagesEngine {
       return;
     }
     const pageNo = page / this.#P;
-    p.window = pageNo === p.lastFaultPage + 1 || pageNo === p.lastFaultPage + p.window ? Math.min(p.window * 2, this.#maxWindow) : 1;
+    // Sequential: after the last fault or its window, or (the receiving connections take
+    // most faults of a thread reading in order, and this thread never sees them) right
+    // after a page that is in or on its way.
+    const sequential = pageNo === p.lastFaultPage + 1 || pageNo === p.lastFaultPage + p.window || (idx > 0 && r.state[idx - 1] !== MISSING);
+    p.window = sequential ? Math.min(p.window * 2, this.#maxWindow) : 1;
     p.lastFaultPage = pageNo;
     if (r.state[idx] === REQUESTED && (this.#serveFromStaged(p, r, idx, t) || this.#serveFromRemote(p, r, idx, f, t))) return;
     const run = p.space.claim(r, idx, p.window, true);
