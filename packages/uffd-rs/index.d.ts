@@ -281,6 +281,13 @@ export declare class FaultLoop {
    * woken) are handed over once each.
    */
   nearFaults(): NearFaults
+  /**
+   * The page of the latest missing-page fault this loop read from `uffd`, onBatch's or one
+   * a PageReceiver took (0: none yet; always 0 in 'thread' mode). What a fault handler that
+   * follows the faulting threads (a background transfer going on from their latest fault)
+   * needs, now that it does not see every fault.
+   */
+  lastFault(uffd: Userfaultfd | number): number
 }
 
 /** See FaultLoop.nearFaults. */

@@ -175,6 +175,11 @@ export class FaultLoop {
     return new InstallTarget(native.installTargetCreate(this.#handle, uffd instanceof Userfaultfd ? uffd.fd : uffd, dst))
   }
 
+  /** The page of the latest missing-page fault read from uffd, whoever served it; see index.d.ts. */
+  lastFault(uffd) {
+    return native.loopLastFault(this.#handle, uffd instanceof Userfaultfd ? uffd.fd : uffd)
+  }
+
   /** Faults this loop's connections took without JS so far; see index.d.ts. */
   nearFaults() {
     return native.loopNearFaults(this.#handle)

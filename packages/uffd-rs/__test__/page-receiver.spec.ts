@@ -215,6 +215,7 @@ async function faultTakenFor(t: ExecutionContext, pages: number, id: number, add
 test('a fault on a page of a reply on its way waits for it without JS: the install wakes it, and nearFaults counts it', async (t) => {
   const { r, peer, next, touched } = await faultTakenFor(t, 8, 1, 0x50000, 5)
   t.deepEqual(r.faults, [], 'onBatch never heard of it')
+  t.is(r.loop!.lastFault(r.uffd), r.page(5), 'the latest fault read, for whoever follows the faulting threads')
   const data = Buffer.concat(Array.from({ length: 8 }, (_, i) => stampedPage(r.page(i))))
   peer.write(serverFrame(2, pagesMessage(1, 77, 0x50000, data)))
   t.deepEqual(await next(), { type: 'installed', id: 1, bytes: 8 * PS, end: 'done' })

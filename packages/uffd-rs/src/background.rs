@@ -117,6 +117,9 @@ pub struct Gate {
     /// Connections with replies for this uffd (weak: a connection ends on its own).
     arrivals: Mutex<Vec<Weak<dyn Arrivals>>>,
     near: Arc<NearFaults>,
+    /// The page of the latest missing-page fault read, taken by a connection or not (0:
+    /// none yet): where JS's background goes on from, as it did when it saw every fault.
+    last_fault: AtomicU64,
 }
 
 impl Gate {
@@ -132,6 +135,7 @@ impl Gate {
             sleepers: AtomicU32::new(0),
             arrivals: Mutex::new(Vec::new()),
             near,
+            last_fault: AtomicU64::new(0),
         }))
     }
 
@@ -163,6 +167,16 @@ impl Gate {
 
     pub fn near(&self) -> &NearFaults {
         &self.near
+    }
+
+    /// For the reader: a missing-page fault at `addr` was read.
+    pub fn note_fault(&self, addr: u64) {
+        self.last_fault.store(addr, Ordering::Relaxed);
+    }
+
+    /// The page of the latest missing-page fault read (0: none yet).
+    pub fn last_fault(&self) -> u64 {
+        self.last_fault.load(Ordering::Relaxed)
     }
 
     /// True when no event read since `epoch` touched [start, end) (and the uffd is still in

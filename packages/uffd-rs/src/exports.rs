@@ -31,6 +31,7 @@ pub const TABLE: &[Export] = &[
     export!("loopStop\0" => loop_stop),
     export!("loopRef\0" => loop_ref),
     export!("loopNearFaults\0" => loop_near_faults),
+    export!("loopLastFault\0" => loop_last_fault),
     // write-protect tracking, kernel probe
     export!("pagemapScan\0" => pagemap_scan),
     // image checksums (CRC32C)
@@ -337,6 +338,14 @@ fn loop_near_faults(env: Env, a: &Args) -> JsResult<Value> {
         (c"pages", env.num(near.pages.load(Relaxed))?),
         (c"serviceUs", env.float64_array(&service)?),
     ])
+}
+
+/// loopLastFault(loop, fd): the page of the latest missing-page fault the loop read from
+/// fd, whoever served it (0: none yet, or not an event-loop loop's).
+fn loop_last_fault(env: Env, a: &Args) -> JsResult<Value> {
+    let l = loop_handle(env, a)?;
+    let fd = env.to_fd(a.get(1, "fd")?)?;
+    env.f64(l.gate(fd).map_or(0, |g| g.last_fault()) as f64)
 }
 
 // ---------- write-protect tracking ----------

@@ -748,6 +748,9 @@ export class LazyPagesEngine {
     while (this.#inFlight < this.#inFlightMax && procs.length > 0) {
       if (this.#holdTimer || this.#overRate()) break;
       const p = procs[this.#rr++ % procs.length]!;
+      // Background goes on from the latest fault, also one a receiving connection took.
+      const last = p.uffd.closed ? 0 : this.#loop.lastFault(p.uffd);
+      if (last > 0) p.hint = last;
       const run = p.space.nextMissing(p.hint, this.#chunk);
       if (!run) {
         procs.splice(procs.indexOf(p), 1);

@@ -317,7 +317,13 @@ impl EvLoop {
             // connection may install a window through it.
             let read_ns = crate::sys::now_ns();
             // Write-protect and minor faults are never a connection's to take.
-            faults.retain(|f| f.flags & (UFFD_PAGEFAULT_FLAG_WP | UFFD_PAGEFAULT_FLAG_MINOR) != 0 || !g.take_fault(f.address, read_ns));
+            faults.retain(|f| {
+                if f.flags & (UFFD_PAGEFAULT_FLAG_WP | UFFD_PAGEFAULT_FLAG_MINOR) != 0 {
+                    return true;
+                }
+                g.note_fault(f.address);
+                !g.take_fault(f.address, read_ns)
+            });
         }
         if faults.is_empty() && events.is_empty() {
             return;
