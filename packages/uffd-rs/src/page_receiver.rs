@@ -223,12 +223,11 @@ impl Shared {
 
     /// Request `id` will install nothing (given up, or its reply does not match it): the
     /// faults waiting for it fault again.
-    fn drop_request(&self, id: u64) -> Option<Pending> {
-        let p = self.pending.lock().unwrap().remove(&id)?;
-        for w in &p.waiters {
+    fn drop_request(&self, id: u64) {
+        let Some(p) = self.pending.lock().unwrap().remove(&id) else { return };
+        for w in p.waiters {
             w.settle(&p.target, 0);
         }
-        Some(p)
     }
 
     /// The connection is over (last thread out): nothing more is installed, every fault

@@ -145,8 +145,6 @@ interface Proc {
   space: PageSpace;
   lastFaultPage: number;
   window: number;
-  /** Address of the latest fault: background work starts near it. */
-  hint: number;
   alive: boolean;
 }
 
@@ -244,7 +242,7 @@ export class LazyPagesEngine {
   }
 
   #adopt(pid: number, sourcePid: number, uffd: Userfaultfd, space: PageSpace): void {
-    const p: Proc = { pid, sourcePid, uffd, space, lastFaultPage: -2, window: 1, hint: 0, alive: true };
+    const p: Proc = { pid, sourcePid, uffd, space, lastFaultPage: -2, window: 1, alive: true };
     this.#procs.set(uffd.fd, p);
     this.#loop.add(uffd);
     this.#log.info('serving process', { pid, sourcePid, lazyPages: space.remaining, uffd: uffd.fd });
@@ -354,7 +352,6 @@ export class LazyPagesEngine {
     const p = this.#procs.get(f.fd);
     if (!p || !p.alive) return;
     const page = f.address;
-    p.hint = page;
     const r = p.space.find(page);
     const idx = r ? (page - r.dst) / this.#P : -1;
     if (!r || r.state[idx] === DONE) {
@@ -748,10 +745,10 @@ export class LazyPagesEngine {
     while (this.#inFlight < this.#inFlightMax && procs.length > 0) {
       if (this.#holdTimer || this.#overRate()) break;
       const p = procs[this.#rr++ % procs.length]!;
-      // Background goes on from the latest fault, also one a receiving connection took.
-      const last = p.uffd.closed ? 0 : this.#loop.lastFault(p.uffd);
-      if (last > 0) p.hint = last;
-      const run = p.space.nextMissing(p.hint, this.#chunk);
+      // Background goes on from the latest fault the loop read, also one a receiving
+      // connection took (this thread no longer sees every fault).
+      const hint = p.uffd.closed ? 0 : this.#loop.lastFault(p.uffd);
+      const run = p.space.nextMissing(hint, this.#chunk);
       if (!run) {
         procs.splice(procs.indexOf(p), 1);
         continue;
