@@ -232,6 +232,61 @@ test('a process with a socket is refused before anything changes, naming pid and
   t.is(readStatus(py.pid!).tracerPid, 0, 'never traced');
 });
 
+/** A python3 running `code`, which prints one line when ready; that line is returned. */
+async function python(t: { teardown(fn: () => unknown): void }, code: string): Promise<{ pid: number; line: string; alive: () => boolean }> {
+  const py = spawn('python3', ['-c', code], { stdio: ['ignore', 'pipe', 'ignore'] });
+  t.teardown(() => py.kill('SIGKILL'));
+  const line = await new Promise<string>((resolve) => py.stdout.once('data', (d: Buffer) => resolve(d.toString().trim())));
+  return { pid: py.pid!, line, alive: () => py.exitCode === null && py.signalCode === null };
+}
+
+test('a tree with an unreaped child is refused, naming the zombie and its parent; a zombie itself too', async (t) => {
+  const dir = await tempDir(t);
+  const py = await python(t, 'import os,time\nc=os.fork()\nif c==0: os._exit(3)\ntime.sleep(0.2)\nprint(c, flush=True)\ntime.sleep(60)');
+  const child = Number(py.line);
+  const err = await t.throwsAsync(dump({ pid: py.pid, imagesDir: join(dir, 'img'), mode: 'leave-running' }), { instanceOf: DumpRefusedError });
+  // The parent's own pipe to this test is refused too; the zombie comes first.
+  t.is(err.refusals[0]?.message, `pid ${child} (python3): it has exited, and its parent (pid ${py.pid}) has not reaped it yet: a restored tree could not give the parent its exit status`);
+  const self = await t.throwsAsync(dump({ pid: child, imagesDir: join(dir, 'img') }), { instanceOf: DumpRefusedError });
+  t.regex(self.message, new RegExp(`^pid ${child} \\(python3\\): it has exited, .*: there is nothing to dump$`));
+  t.false(existsSync(join(dir, 'img')), 'no images dir');
+  t.true(py.alive(), 'the parent runs on');
+  t.is(readStatus(py.pid).tracerPid, 0, 'never traced');
+});
+
+test('a process whose main thread called pthread_exit is refused, not met with EPERM', async (t) => {
+  const dir = await tempDir(t);
+  const py = await python(t, 'import threading,ctypes,time\nthreading.Thread(target=lambda: time.sleep(60)).start()\nprint("ready", flush=True)\nctypes.CDLL(None).pthread_exit(None)');
+  // The leader turns zombie once its pthread_exit is through.
+  for (let i = 0; i < 200 && !/\) Z /.test(readFileSync(`/proc/${py.pid}/stat`, 'utf8')); i++) await new Promise((r) => setTimeout(r, 10));
+  const err = await t.throwsAsync(dump({ pid: py.pid, imagesDir: join(dir, 'img') }), { instanceOf: DumpRefusedError });
+  t.is(err.refusals[0]?.message, `pid ${py.pid} (python3): its main thread has exited (pthread_exit) while 1 other thread(s) run: not supported`);
+  t.false(existsSync(join(dir, 'img')), 'no images dir');
+  t.true(py.alive(), 'its other thread runs on');
+});
+
+test('a process another tracer holds is refused, naming the tracer', async (t) => {
+  const dir = await tempDir(t);
+  const target = await python(t, 'import time\nprint("ready", flush=True)\ntime.sleep(60)');
+  // PTRACE_SEIZE (0x4206) from a second python3: a debugger, as far as dump can tell.
+  const tracer = await python(t, `import ctypes,time\nprint(ctypes.CDLL(None).ptrace(0x4206, ${target.pid}, 0, 0), flush=True)\ntime.sleep(60)`);
+  t.is(tracer.line, '0', 'the tracer seized it');
+  const err = await t.throwsAsync(dump({ pid: target.pid, imagesDir: join(dir, 'img'), mode: 'leave-running' }), { instanceOf: DumpRefusedError });
+  t.is(err.refusals[0]?.message, `pid ${target.pid} (python3): it is traced by pid ${tracer.pid} (python3): only one tracer at a time, detach that one first`);
+  t.false(existsSync(join(dir, 'img')), 'no images dir');
+  t.is(readStatus(target.pid).tracerPid, tracer.pid, 'still its tracer\'s');
+});
+
+test('a kernel thread is refused as one', async (t) => {
+  const dir = await tempDir(t);
+  // kthreadd, the parent of every kernel thread, where this test sees the kernel's pids.
+  const stat = existsSync('/proc/2/stat') ? readFileSync('/proc/2/stat', 'utf8') : '';
+  if (!/^2 \(kthreadd\) /.test(stat)) return t.pass('no kthreadd at pid 2 in this pid namespace');
+  const err = await t.throwsAsync(dump({ pid: 2, imagesDir: join(dir, 'img') }), { instanceOf: DumpRefusedError });
+  t.regex(err.message, /^pid 2 \(kthreadd\): it is a kernel thread: only user processes can be dumped/);
+  t.false(existsSync(join(dir, 'img')), 'no images dir');
+});
+
 test('an unknown mode is refused before the process is touched', async (t) => {
   const dir = await tempDir(t);
   const w = await startWorkload('memhog', ['4', '--interval-ms', '10']);

@@ -30,6 +30,7 @@ import { FlagSyscallWatch } from './flag-syscalls.js';
 import { StaleFlagsError, frozenLayout, staleFlags, type FrozenLayout } from './layout.js';
 import { dumpMemory, wholePopulatedAnon } from './memory.js';
 import { rehearseLazyDump } from './rehearsal.js';
+import { untraceableRefusals } from './untraceable.js';
 import { arch, release } from 'node:os';
 
 /** The page server's auth token, written into the images dir: whoever has the images may fetch the pages. */
@@ -93,9 +94,13 @@ export interface DumpResult {
   token: string | null;
 }
 
-function refuseIfAny(tree: readonly TreeProcess[], read: (pid: number) => { smaps: readonly FlaggedVma[]; fds: ReturnType<typeof readFds> }): void {
-  const all: Refusal[] = [];
+/** Throws every refusal of the tree at once: `already`, and what `read` shows of the other processes. */
+function refuseIfAny(tree: readonly TreeProcess[], read: (pid: number) => { smaps: readonly FlaggedVma[]; fds: ReturnType<typeof readFds> }, already: Refusal[] = []): void {
+  const all = [...already];
+  // A process refused already (one that has exited has no memory or fds left) is not read.
+  const refused = new Set(all.map((r) => r.pid));
   for (const p of tree) {
+    if (refused.has(p.pid)) continue;
     const { smaps, fds } = read(p.pid);
     all.push(...dumpRefusals(p.pid, smaps, fds));
   }
@@ -152,11 +157,12 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   // A lazy dump's wholly populated anonymous VMAs: not scanned again while frozen (memory.ts).
   const preWhole = new Map<number, Map<number, number>>();
   try {
-    refuseIfAny(before.processes, (pid) => {
+    const read = (pid: number): { smaps: SmapsVma[]; fds: ReturnType<typeof readFds> } => {
       const smaps = readSmaps(pid);
       preSmaps.set(pid, smaps);
       return { smaps, fds: readFds(pid) };
-    });
+    };
+    refuseIfAny(before.processes, read, untraceableRefusals(before.processes, opts.pid));
     if (mode === 'lazy') {
       for (const p of before.processes) {
         const anon = preSmaps.get(p.pid)!.filter((v) => ['anon', 'heap', 'stack'].includes(v.kind) && !v.vmFlags.mayShare);

@@ -8,6 +8,7 @@
 import { reapTracees } from '../tracees.js';
 import { ptrace, type StopState } from '@lazymig/uffd-rs';
 import { readTree, type TreeProcess } from '../proc/index.js';
+import { isExitingThread, whyUntraceable } from './untraceable.js';
 
 const STOP_TIMEOUT_MS = 2_000;
 const MAX_PASSES = 50;
@@ -98,11 +99,17 @@ export function freezeTree(root: number): FrozenTree {
   // Thread-group leaders, filled as processes are found.
   const tids = new Set<number>();
 
-  const stopOne = (tid: number): boolean => {
+  const stopOne = (p: TreeProcess, tid: number): boolean => {
     try {
       ptrace.seize(tid);
     } catch (err) {
       if (errno(err) === 'ESRCH') return false; // exited while we looked
+      if (errno(err) === 'EPERM') {
+        if (isExitingThread(p.pid, tid)) return false;
+        // dump refuses these before the freeze; this is one that became so since.
+        const why = whyUntraceable(p.pid, tid, p.tids.length, root);
+        if (why) throw new FreezeError(`pid ${p.pid} (${p.comm}): ${why}`);
+      }
       throw err;
     }
     seized.add(tid);
@@ -136,7 +143,7 @@ export function freezeTree(root: number): FrozenTree {
         tids.add(p.pid);
         for (const tid of p.tids) {
           if (seized.has(tid)) continue;
-          if (stopOne(tid)) found = true;
+          if (stopOne(p, tid)) found = true;
         }
       }
       if (!found) break;

@@ -7,8 +7,8 @@ import type { FlaggedVma } from './smaps.js';
 /** Something in a process that a dump cannot carry; `message` names the pid and the object. */
 export interface Refusal {
   pid: number;
-  what: 'vma' | 'fd';
-  /** The VMA range + path, or the fd number + target. */
+  what: 'vma' | 'fd' | 'process';
+  /** The VMA range + path, the fd number + target, or the pid + comm. */
   object: string;
   reason: string;
   message: string;
