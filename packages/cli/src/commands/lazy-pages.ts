@@ -12,10 +12,14 @@ import { EXIT, UsageError } from '../usage-error.js';
 import { parsePort, parseSeconds } from './parse.js';
 
 export function lazySummaryLine(s: LazySummary): string {
+  // With no fault served there is no service time: a "p50 0 µs" would read as a measurement.
+  const service = s.faultServiceUs.count > 0
+    ? `fault service p50 ${s.faultServiceUs.p50.toFixed(0)} µs, p99 ${s.faultServiceUs.p99.toFixed(0)} µs`
+    : 'no fault served';
   return (
     `all ${s.pagesTotal} lazy pages in (${mib(s.bytes)}) in ${s.totalMs.toFixed(0)} ms: ` +
     `${s.pagesByFault} by fault, ${s.pagesByPrefetch} by prefetch, ${s.pagesByBackground} by background, ` +
-    `${s.zeroFaults} zero-page faults; ${s.faults} faults (${s.faultsWaited} waited for pages already on their way); fault service p50 ${s.faultServiceUs.p50.toFixed(0)} µs, p99 ${s.faultServiceUs.p99.toFixed(0)} µs; cpu ${s.cpuMs.toFixed(0)} ms`
+    `${s.zeroFaults} zero-page faults; ${s.faults} faults (${s.faultsWaited} waited for pages already on their way); ${service}; cpu ${s.cpuMs.toFixed(0)} ms`
   );
 }
 
