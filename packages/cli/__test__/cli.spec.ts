@@ -43,6 +43,12 @@ test('restore --wait-images on images that never arrive gives up after that long
   t.regex(r.stderr, /lazymig restore: \/tmp\/lazymig-never-there: missing/);
 });
 
+test('restore --lazy-pages without its images says so, in one line, before looking for the daemon', async (t) => {
+  const r = await lazymig(['restore', '--images-dir', '/tmp/lazymig-never-there', '--lazy-pages']);
+  t.is(r.code, 1);
+  t.is(r.stderr.trim(), "lazymig restore: /tmp/lazymig-never-there: missing (ENOENT: no such file or directory, scandir '/tmp/lazymig-never-there')");
+});
+
 test('restore --wait-images killed with SIGKILL while it waits leaves no process behind', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'lazymig-cli-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));

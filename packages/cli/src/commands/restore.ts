@@ -1,6 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { attachUserfaultfd, ControlClient, createLogger, restore, startGuard, type LazyHook, type RestoreResult } from '@lazymig/core-ts';
+import { attachUserfaultfd, ControlClient, createLogger, imagesDirNames, restore, startGuard, type LazyHook, type RestoreResult } from '@lazymig/core-ts';
 import { closeFd, pidfdOpen } from '@lazymig/uffd-rs';
 import { PAGE_SIZE } from '@lazymig/uffd-rs';
 import type { Command } from '../command.js';
@@ -50,6 +50,9 @@ export const restoreCommand: Command = {
     if (values['work-dir'] !== undefined && !values['lazy-pages']) throw new UsageError('--work-dir goes with --lazy-pages');
     const detached = values['restore-detached'] === true;
     const waitImages = values['wait-images'] === undefined ? undefined : parseSeconds('--wait-images', values['wait-images']);
+    // Without --wait-images, images that are not there are the error, not a daemon that
+    // may be waiting on them too (the handover waits up to 5 s for its socket).
+    if (waitImages === undefined) imagesDirNames(values['images-dir']);
     const lazy = values['lazy-pages'] === true ? new LazyHandover(resolve(typeof values['work-dir'] === 'string' ? values['work-dir'] : values['images-dir'])) : null;
 
     const progress = new Progress();

@@ -126,11 +126,10 @@ function checkSet(dir: string, set: ImageSet, pages: ReadonlyMap<number, PagesFi
 }
 
 /**
- * Read and validate a whole images dir. Pages files are checked through their header and
- * footer ('footer', default; each page is then checked when read) or completely ('full').
+ * The names in images dir `dir`, which must exist and hold an inventory: the first thing
+ * readImages checks, for a caller that has to know before it starts anything else.
  */
-export async function readImages(dir: string, opts: { verifyPages?: PagesVerify } = {}): Promise<LoadedImages> {
-  const invFile = join(dir, FILE_NAMES.inventory);
+export function imagesDirNames(dir: string): string[] {
   let names: string[];
   try {
     names = readdirSync(dir);
@@ -138,7 +137,17 @@ export async function readImages(dir: string, opts: { verifyPages?: PagesVerify 
     throw asImageError(dir, err);
   }
   if (!names.includes(FILE_NAMES.inventory))
-    throw new ImageError(invFile, `missing: ${dir} is not a complete images dir (no ${FILE_NAMES.inventory})`, 'missing');
+    throw new ImageError(join(dir, FILE_NAMES.inventory), `missing: ${dir} is not a complete images dir (no ${FILE_NAMES.inventory})`, 'missing');
+  return names;
+}
+
+/**
+ * Read and validate a whole images dir. Pages files are checked through their header and
+ * footer ('footer', default; each page is then checked when read) or completely ('full').
+ */
+export async function readImages(dir: string, opts: { verifyPages?: PagesVerify } = {}): Promise<LoadedImages> {
+  const invFile = join(dir, FILE_NAMES.inventory);
+  const names = imagesDirNames(dir);
   const inventory = decodeInventoryFile(invFile, readSmallFile(invFile));
   const pids = new Set(inventory.tree.map((t) => t.pid));
   for (const name of names) {

@@ -8,7 +8,7 @@ export {
 export { LIMITS as IMAGE_LIMITS } from './validate.js';
 export { PagesWriter, PagesReader, readPagesInfo, type PagesReaderOptions, type PagesVerify } from './pages.js';
 export {
-  ImagesDirWriter, writeImages, readImages, readImageFile, openPagesReader, type ImageFile, type LoadedImages,
+  ImagesDirWriter, writeImages, readImages, imagesDirNames, readImageFile, openPagesReader, type ImageFile, type LoadedImages,
   type ImagesDirWriterOptions, type WriteImagesOptions, type PagesData,
 } from './dir.js';
 export {
