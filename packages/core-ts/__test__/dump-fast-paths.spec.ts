@@ -8,7 +8,7 @@ import { getThreadAffinity, setThreadAffinity } from '@lazymig/uffd-rs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startWorkload } from '../../../tools/workloads/index.js';
-import { PM_FILE, PM_PRESENT, PM_SWAPPED, PM_ZERO, readMaps, readPagemap, readSmaps, readSmapsOffThread, readTree, scanPopulated } from '../src/proc/index.js';
+import { PM_FILE, PM_PRESENT, PM_SWAPPED, PM_ZERO, readMaps, readFlaggedVmas, readFlaggedVmasOffThread, readPagemap, readSmaps, readTree, scanPopulated } from '../src/proc/index.js';
 import { sigactionsToAsk } from '../src/dump/ask-process.js';
 import { frozenLayout, staleFlags } from '../src/dump/layout.js';
 import { FlagSyscallWatch } from '../src/dump/flag-syscalls.js';
@@ -58,8 +58,9 @@ test('the pre-freeze VmFlags are reused only on an identical layout, and staleFl
   const same = frozenLayout(w.pid, pre);
   t.is(same.flags, 'reused');
   t.deepEqual(same.vmas.map((v) => [v.start, v.end, v.vmFlagCodes]), pre.map((v) => [v.start, v.end, v.vmFlagCodes]));
-  const after = await readSmapsOffThread(w.pid);
+  const after = await readFlaggedVmasOffThread(w.pid);
   t.deepEqual(after.map((v) => v.vmFlagCodes), readSmaps(w.pid).map((v) => v.vmFlagCodes), 'smaps read off the thread reads the same');
+  t.deepEqual(readFlaggedVmas(w.pid), after, 'and so does the flags-only read');
   t.is(staleFlags(w.pid, same.vmas, after), undefined);
 
   // One VMA longer than it is now: a changed layout, read from smaps again.

@@ -11,6 +11,7 @@ import {
   describePageFlags,
   findVma,
   parseMaps,
+  parseFlaggedVmas,
   parseSmaps,
   readMaps,
   readPagemap,
@@ -194,4 +195,24 @@ test('smaps VmFlags decoding', (t) => {
   t.is(v.extra['THPeligible'], '0');
   t.like(v.vmFlags, { dontDump: true, wipeOnFork: true, dontCopy: true, mergeable: true, hugetlb: true, softDirty: true, uffdMissing: true, uffdWp: true, shared: false });
   t.deepEqual(v.madvise, ['MADV_DONTDUMP', 'MADV_WIPEONFORK', 'MADV_DONTFORK', 'MADV_MERGEABLE']);
+});
+
+test('the flags-only smaps read gives every VMA its own VmFlags, as the full parse does', (t) => {
+  const vma = (start: string, flags: string): string[] => [
+    `${start}-${(parseInt(start, 16) + 0x1000).toString(16)} rw-p 00000000 00:00 0 `,
+    'Size:                  4 kB',
+    'Rss:                   4 kB',
+    'ProtectionKey:         0',
+    `VmFlags: ${flags}`,
+  ];
+  const text = [...vma('7f0000000000', 'rd wr mr mw me ac '), ...vma('7f0000002000', 'rd wr mr mw me dc ac '), ...vma('7f0000004000', 'rd wr mr mw me ac ')].join('\n') + '\n';
+  const full = parseSmaps(1, text);
+  const flagged = parseFlaggedVmas(1, text);
+  t.deepEqual(
+    flagged,
+    full.map(({ stats: _s, extra: _e, ...v }) => v),
+  );
+  t.deepEqual(flagged.map((v) => v.madvise), [[], ['MADV_DONTFORK'], []]);
+  t.is(flagged[0]!.vmFlags, flagged[2]!.vmFlags, 'the same flags are decoded once');
+  t.throws(() => parseFlaggedVmas(1, 'VmFlags: rd\n'), { message: /VmFlags before any mapping/ });
 });

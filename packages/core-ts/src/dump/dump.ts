@@ -18,8 +18,8 @@ import {
   type CoreImage, type DumpMode, type LoadedImages, type PagemapEntry, type ProcessImage, type Rlimit, type ThreadState,
 } from '../image/index.js';
 import {
-  RLIM_INFINITY, readAuxv, readComm, readCwd, readExe, readFds, readLimits, readPersonality, readRoot, readSmaps, readSmapsOffThread,
-  readStat, readStatus, readTree, type FlaggedVma, type ProcessTree, type Refusal, type SmapsVma, type TreeProcess,
+  RLIM_INFINITY, readAuxv, readComm, readCwd, readExe, readFds, readLimits, readPersonality, readRoot, readFlaggedVmas, readFlaggedVmasOffThread,
+  readStat, readStatus, readTree, type FlaggedVma, type ProcessTree, type Refusal, type TreeProcess,
 } from '../proc/index.js';
 import { askProcess } from './ask-process.js';
 import { dumpRefusals, toImageFd } from './fds.js';
@@ -153,12 +153,12 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   // Opened before the read: with no flag-changing syscall until the freeze, a lazy dump can
   // trust the VmFlags read here without reading smaps again (flag-syscalls.ts).
   const flagWatch = mode === 'lazy' ? FlagSyscallWatch.open(before) : null;
-  const preSmaps = new Map<number, SmapsVma[]>();
+  const preSmaps = new Map<number, FlaggedVma[]>();
   // A lazy dump's wholly populated anonymous VMAs: not scanned again while frozen (memory.ts).
   const preWhole = new Map<number, Map<number, number>>();
   try {
-    const read = (pid: number): { smaps: SmapsVma[]; fds: ReturnType<typeof readFds> } => {
-      const smaps = readSmaps(pid);
+    const read = (pid: number): { smaps: FlaggedVma[]; fds: ReturnType<typeof readFds> } => {
+      const smaps = readFlaggedVmas(pid);
       preSmaps.set(pid, smaps);
       return { smaps, fds: readFds(pid) };
     };
@@ -221,10 +221,10 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     // The check of reused VmFlags needs smaps from after the freeze, unless the process was
     // quiet: read it now, off this thread, so its page-table walk overlaps the work below
     // instead of following the commit.
-    const smapsAfterFreeze = new Map<number, Promise<SmapsVma[]>>();
+    const smapsAfterFreeze = new Map<number, Promise<FlaggedVma[]>>();
     for (const [pid, st] of states) {
       if (st.layout.flags !== 'reused' || quiet.has(pid)) continue;
-      const read = readSmapsOffThread(pid);
+      const read = readFlaggedVmasOffThread(pid);
       read.catch(() => undefined); // awaited after the commit, or dropped with the dump
       smapsAfterFreeze.set(pid, read);
     }

@@ -26,7 +26,7 @@
  * acknowledgement, and this page server never starts. Eager dumps read smaps after the
  * freeze, as before (they take far longer than that read anyway).
  */
-import { readMaps, readSmaps, vmaRefusalReason, type FlaggedVma, type ProcVma, type SmapsVma } from '../proc/index.js';
+import { readFlaggedVmas, readMaps, vmaRefusalReason, type FlaggedVma, type ProcVma } from '../proc/index.js';
 import { vmaFlagBits } from './memory.js';
 
 /** A lazy dump's images took VmFlags from before the freeze that had changed by the freeze. */
@@ -55,7 +55,7 @@ function sameLayout(a: readonly ProcVma[], b: readonly ProcVma[]): boolean {
  * The layout of frozen `pid`: with `preFreeze` (its smaps read before the freeze) and an
  * unchanged maps, the pre-freeze VmFlags; otherwise smaps, read now.
  */
-export function frozenLayout(pid: number, preFreeze: readonly SmapsVma[] | undefined): FrozenLayout {
+export function frozenLayout(pid: number, preFreeze: readonly FlaggedVma[] | undefined): FrozenLayout {
   if (preFreeze) {
     const maps = readMaps(pid);
     if (sameLayout(maps, preFreeze)) {
@@ -66,7 +66,7 @@ export function frozenLayout(pid: number, preFreeze: readonly SmapsVma[] | undef
       return { vmas, flags: 'reused' };
     }
   }
-  return { vmas: readSmaps(pid), flags: 'smaps' };
+  return { vmas: readFlaggedVmas(pid), flags: 'smaps' };
 }
 
 /** What the images and the refusals take from a VMA's VmFlags. */
@@ -79,7 +79,7 @@ function dumpedFlags(v: FlaggedVma): string {
  * Says how the reused flags in `used` were wrong, given `now`, smaps of `pid` read after the
  * freeze; undefined when the images hold what smaps says.
  */
-export function staleFlags(pid: number, used: readonly FlaggedVma[], now: readonly SmapsVma[]): string | undefined {
+export function staleFlags(pid: number, used: readonly FlaggedVma[], now: readonly FlaggedVma[]): string | undefined {
   if (!sameLayout(now, used)) return `pid ${pid}: the memory layout changed while the process was frozen`;
   for (let i = 0; i < now.length; i++) {
     const a = used[i]!;
