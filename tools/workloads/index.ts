@@ -9,8 +9,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-export type WorkloadName = 'memhog' | 'appender' | 'threads' | 'forker' | 'sleeper';
-export const WORKLOAD_NAMES: readonly WorkloadName[] = ['memhog', 'appender', 'threads', 'forker', 'sleeper'];
+export type WorkloadName = 'memhog' | 'appender' | 'threads' | 'forker' | 'sleeper' | 'mappings';
+export const WORKLOAD_NAMES: readonly WorkloadName[] = ['memhog', 'appender', 'threads', 'forker', 'sleeper', 'mappings'];
 // transfer-floor is no workload: a benchmark's baseline (tools/bench/migrate.ts).
 type ProgramName = WorkloadName | 'supervise' | 'transfer-floor';
 

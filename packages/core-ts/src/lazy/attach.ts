@@ -13,16 +13,18 @@ export interface RemoteProcess {
   pid: number;
   /** Runs a syscall in the target; the raw return value (negative errno on failure). */
   syscall(nr: number, args: Array<number | bigint>): bigint;
-  /** Scratch memory in the target for syscall arguments (at least 64 bytes). */
+  /** Scratch memory in the target for syscall arguments: `scratchBytes` (at least 64) at `scratch`. */
   scratch: number;
+  scratchBytes: number;
   write(address: number, data: Uint8Array): void;
   read(address: number, length: number): Buffer;
   /**
-   * Runs syscalls in one trip, if the target can (restore's runner): the raw return values
-   * of those that ran, which stop after the first failure. Pointers in their arguments
-   * point into `scratch`, which this must leave alone.
+   * Runs up to `maxCalls` syscalls in one trip, if the target can (restore's runner): the raw
+   * return values of those that ran, which stop after the first failure. Pointers in their
+   * arguments point into `scratch`, which this must leave alone.
    */
   syscalls?(calls: ReadonlyArray<{ nr: number; args: Array<number | bigint> }>): bigint[];
+  maxCalls?: number;
 }
 
 const SYS_close = 3;
@@ -63,43 +65,55 @@ function oneByOne(remote: RemoteProcess, calls: ReadonlyArray<{ nr: number; args
   return out;
 }
 
+/** uffdio_api and uffdio_register are both 32 bytes. */
+const STRUCT = 32;
+
 /**
  * Creates and registers the target's userfaultfd; returns an fd to it in this process
- * (the caller hands it to the daemon and closes it).
+ * (the caller hands it to the daemon and closes it). The registrations go in trips of as
+ * many as the target's scratch and runner take: a process may have thousands of lazy VMAs.
  */
 export function attachUserfaultfd(remote: RemoteProcess, vmas: ReadonlyArray<{ start: number; end: number }>): number {
   const { pid } = remote;
+  const perTrip = Math.min(Math.floor((remote.scratchBytes - STRUCT) / STRUCT), (remote.maxCalls ?? Infinity) - 2);
+  if (!(perTrip >= 1)) throw new AttachError(`pid ${pid}: no room to register a userfaultfd (${remote.scratchBytes} bytes of scratch, ${remote.maxCalls} calls a trip)`);
   const tfd = Number(ok(pid, 'userfaultfd', remote.syscall(SYS_userfaultfd, [O_CLOEXEC | O_NONBLOCK])));
   let ours = -1;
   let closed = false;
   try {
     // Ours first: the handshake and registrations below act on the same uffd through the
-    // target's fd, so they can go in one trip with the target's close at the end.
+    // target's fd, so they can go in trips with the target's close at the end of the last.
     const pidfd = pidfdOpen(pid);
     try {
       ours = pidfdGetfd(pidfd, tfd);
     } finally {
       closeFd(pidfd);
     }
-    // The structs, back to back in the scratch: the API one, then one per registration.
-    const structs = Buffer.alloc(32 + vmas.length * 32);
-    structs.writeBigUInt64LE(UFFD_API, 0);
-    structs.writeBigUInt64LE(UFFD_EVENTS.fork | UFFD_EVENTS.remap | UFFD_EVENTS.remove | UFFD_EVENTS.unmap | UFFD_EVENTS.threadId, 8);
-    vmas.forEach((v, i) => {
-      structs.writeBigUInt64LE(BigInt(v.start), 32 + i * 32);
-      structs.writeBigUInt64LE(BigInt(v.end - v.start), 32 + i * 32 + 8);
-      structs.writeBigUInt64LE(UFFDIO_REGISTER_MODE_MISSING, 32 + i * 32 + 16);
-    });
-    remote.write(remote.scratch, structs);
-    const calls = [
-      { nr: SYS_ioctl, args: [tfd, UFFDIO_API, remote.scratch], what: 'UFFDIO_API' },
-      ...vmas.map((v, i) => ({ nr: SYS_ioctl, args: [tfd, UFFDIO_REGISTER, remote.scratch + 32 + i * 32], what: `UFFDIO_REGISTER 0x${v.start.toString(16)}-0x${v.end.toString(16)}` })),
-      { nr: SYS_close, args: [tfd], what: 'close' },
-    ];
-    const results = remote.syscalls ? remote.syscalls(calls) : oneByOne(remote, calls);
-    results.forEach((r, i) => ok(pid, calls[i]!.what, r));
-    closed = results.length === calls.length;
-    if (!closed) throw new AttachError(`pid ${pid}: ${calls[results.length]!.what} did not run`);
+    // The structs, back to back in the scratch: the API one, then one per registration of the trip.
+    const api = Buffer.alloc(STRUCT);
+    api.writeBigUInt64LE(UFFD_API, 0);
+    api.writeBigUInt64LE(UFFD_EVENTS.fork | UFFD_EVENTS.remap | UFFD_EVENTS.remove | UFFD_EVENTS.unmap | UFFD_EVENTS.threadId, 8);
+    remote.write(remote.scratch, api);
+    for (let from = 0; from === 0 || from < vmas.length; from += perTrip) {
+      const trip = vmas.slice(from, from + perTrip);
+      const last = from + perTrip >= vmas.length;
+      const structs = Buffer.alloc(trip.length * STRUCT);
+      trip.forEach((v, i) => {
+        structs.writeBigUInt64LE(BigInt(v.start), i * STRUCT);
+        structs.writeBigUInt64LE(BigInt(v.end - v.start), i * STRUCT + 8);
+        structs.writeBigUInt64LE(UFFDIO_REGISTER_MODE_MISSING, i * STRUCT + 16);
+      });
+      remote.write(remote.scratch + STRUCT, structs);
+      const calls = [
+        ...(from === 0 ? [{ nr: SYS_ioctl, args: [tfd, UFFDIO_API, remote.scratch], what: 'UFFDIO_API' }] : []),
+        ...trip.map((v, i) => ({ nr: SYS_ioctl, args: [tfd, UFFDIO_REGISTER, remote.scratch + STRUCT + i * STRUCT], what: `UFFDIO_REGISTER 0x${v.start.toString(16)}-0x${v.end.toString(16)}` })),
+        ...(last ? [{ nr: SYS_close, args: [tfd], what: 'close' }] : []),
+      ];
+      const results = remote.syscalls ? remote.syscalls(calls) : oneByOne(remote, calls);
+      results.forEach((r, i) => ok(pid, calls[i]!.what, r));
+      if (results.length !== calls.length) throw new AttachError(`pid ${pid}: ${calls[results.length]!.what} did not run`);
+      closed = last;
+    }
     const fd = ours;
     ours = -1;
     return fd;

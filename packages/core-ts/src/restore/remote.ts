@@ -91,7 +91,9 @@ export class Scratch {
   }
 }
 
-/** Entries a CallList runs in one trip: 64 bytes each in the scratch area, plus the end mark. */
+/** Bytes of one entry of the syscall runner's list (8 words), and of its end mark. */
+export const LIST_ENTRY = 64;
+/** Entries a CallList runs in one trip, in the scratch area with the end mark. */
 const LIST_TRIP = 64;
 
 interface Listed {
@@ -138,7 +140,7 @@ export class CallList {
     const out: bigint[] = [];
     const calls = this.#calls.splice(0);
     const remote = this.#remote;
-    const list = remote.runner !== null && remote.scratch ? remote.scratch.reserve(Math.min(calls.length, LIST_TRIP) * 64 + 64) : null;
+    const list = remote.runner !== null && remote.scratch ? remote.scratch.reserve((Math.min(calls.length, LIST_TRIP) + 1) * LIST_ENTRY) : null;
     for (let at = 0; at < calls.length; ) {
       const trip = list === null ? calls.slice(at, at + 1) : calls.slice(at, at + LIST_TRIP);
       const results = list === null ? [remote.raw(trip[0]!.nr, trip[0]!.args)] : remote.rawList(list, trip);

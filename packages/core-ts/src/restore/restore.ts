@@ -11,7 +11,7 @@
  * Any failure before step 4 kills whatever was created.
  */
 import { reapTracees } from '../tracees.js';
-import { entriesForLazyRestore } from '../lazy/plan.js';
+import { entriesForLazyRestore, vmasOverlapping } from '../lazy/plan.js';
 import { processVmWrite, ptrace, setThreadAffinity } from '@lazymig/uffd-rs';
 import { awaitImages, openPagesReader, readImages, type LoadedImages, type PagemapEntry, type Vma } from '../image/index.js';
 import { pinToOneCpu, type Pin } from '../host/affinity.js';
@@ -22,7 +22,7 @@ import { fillPages, finishVmas, mapVmas, unmapStub } from './memory.js';
 import { setMm } from './mm.js';
 import { checkImages, findHole, hostFacts, RestoreRefusedError, type Range } from './plan.js';
 import { rehearseRestore } from './rehearsal.js';
-import { injectionStats, type Remote } from './remote.js';
+import { injectionStats, LIST_ENTRY, type Remote } from './remote.js';
 import { startStub, type StartedStub, type StubExit } from './stub.js';
 import { checkXstate, cloneThreads, restoreSigactions, restoreThreadState, setFinalState } from './threads.js';
 import { forkTree, prepareRoot, seizeStub, type SeizedStub, type StubProcess } from './tree.js';
@@ -45,8 +45,11 @@ export interface LazyRestoreTarget {
     pid: number;
     syscall(nr: number, args: Array<number | bigint>): bigint;
     scratch: number;
+    scratchBytes: number;
     write(address: number, data: Uint8Array): void;
     read(address: number, length: number): Buffer;
+    syscalls?(calls: ReadonlyArray<{ nr: number; args: Array<number | bigint> }>): bigint[];
+    maxCalls?: number;
   };
 }
 
@@ -206,14 +209,20 @@ class Rebuilder {
     if (this.opts.lazy) {
       const ranges = lazyRanges(entries, P);
       if (ranges.length > 0) {
-        const vmas = core.vmas.filter((v) => ranges.some((r) => r.start < v.end && v.start < r.end));
+        const vmas = vmasOverlapping(core.vmas, ranges);
         const sc = leader.scratch!;
         sc.reset();
+        // The scratch shared between registration structs (32 bytes each) and the runner's
+        // entries (64 each, plus the API call, the close and the end mark): the handover
+        // registers this many VMAs a trip.
+        const perTrip = Math.floor((sc.size - 32 - 3 * LIST_ENTRY) / (32 + LIST_ENTRY));
+        const scratchBytes = 32 + perTrip * 32;
         const proc = {
           pid: p.pid,
           syscall: (nr: number, args: Array<number | bigint>) => leader.raw(nr, args),
-          scratch: sc.reserve(4096),
-          ...(leader.runner !== null ? { syscalls: runListAt(leader, sc.reserve((vmas.length + 4) * 64)) } : {}),
+          scratch: sc.reserve(scratchBytes),
+          scratchBytes,
+          ...(leader.runner !== null ? { syscalls: runListAt(leader, sc.reserve((perTrip + 3) * LIST_ENTRY)), maxCalls: perTrip + 2 } : {}),
           write: (address: number, data: Uint8Array) => void processVmWrite(p.pid, new Float64Array([address, data.length]), data),
           read: (address: number, length: number) => sc.read(address, length),
         };
