@@ -150,3 +150,25 @@ test('the background finds every page that is missing, whatever was claimed, rel
     t.deepEqual(s.ranges.filter((r) => r.state.includes(MISSING)).map((r) => r.dst), [], `round ${round}: pages left MISSING`);
   }
 });
+
+test('many small ranges: found by address, and the background from one hint walks them in order once', (t) => {
+  const s = new PageSpace(P);
+  // 5,000 ranges of 2 pages with a page between: added out of order, each its own range.
+  const n = 5000;
+  const at = (i: number): number => A + i * 3 * P;
+  for (let i = 0; i < n; i++) s.add(at((i * 7919) % n), at((i * 7919) % n), 2);
+  t.is(s.ranges.length, n);
+  t.true(s.ranges.every((r, i) => i === 0 || s.ranges[i - 1]!.dst < r.dst), 'kept in address order');
+  t.is(s.find(at(1234) + P)?.dst, at(1234));
+  t.is(s.find(at(1234) + 2 * P), undefined, 'the page between two ranges is in none');
+  // From a hint in range 10: 10..n-1 in order, then 0..9, each once.
+  const hint = at(10);
+  const seen: number[] = [];
+  for (let run = s.nextMissing(hint, 512); run; run = s.nextMissing(hint, 512)) seen.push((run.range.dst - A) / (3 * P));
+  t.deepEqual(seen, [...Array.from({ length: n - 10 }, (_, i) => i + 10), ...Array.from({ length: 10 }, (_, i) => i)]);
+  // A request given back behind where the search stands is found again, when it wraps.
+  const back = s.find(at(20))!;
+  s.release(back, 0, 2);
+  t.is(s.nextMissing(hint, 512)?.range, back);
+  t.is(s.nextMissing(hint, 512), null);
+});

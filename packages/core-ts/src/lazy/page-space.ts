@@ -29,6 +29,8 @@ export class PageSpace {
   readonly ranges: LazyRange[] = [];
   /** Pages not yet DONE. */
   remaining = 0;
+  /** Where nextMissing last found pages, and from which hint (see there). */
+  #resume: { hint: number; range: LazyRange } | null = null;
 
   constructor(readonly pageSize: number) {}
 
@@ -41,19 +43,40 @@ export class PageSpace {
     // daemon's first (unoptimized) run, between a hand-over and its acknowledgement.
     if (!state) this.remaining += pages;
     else for (let i = 0; i < pages; i++) if (r.state[i] !== DONE) this.remaining++;
-    let i = this.ranges.length;
-    while (i > 0 && this.ranges[i - 1]!.dst > dst) i--;
-    this.ranges.splice(i, 0, r);
+    this.ranges.splice(this.#firstEndingAfter(dst), 0, r);
     return r;
+  }
+
+  #end(r: LazyRange): number {
+    return r.dst + r.pages * this.pageSize;
+  }
+
+  /**
+   * Index of the first range that ends after `address` (ranges.length if none). The ranges
+   * are sorted and never overlap, so their ends are sorted too: every lookup by address is
+   * a binary search. A process may have tens of thousands of lazy VMAs, and linear walks
+   * made adding them (before the hand-over's acknowledgement) and each background request
+   * cost time in proportion.
+   */
+  #firstEndingAfter(address: number): number {
+    let lo = 0;
+    let hi = this.ranges.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.#end(this.ranges[mid]!) <= address) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
   }
 
   /** Removes [start, end) from every range, splitting those that straddle it. */
   #carve(start: number, end: number): void {
     const P = this.pageSize;
-    for (let k = this.ranges.length - 1; k >= 0; k--) {
+    const from = this.#firstEndingAfter(start);
+    let to = from;
+    while (to < this.ranges.length && this.ranges[to]!.dst < end) to++;
+    for (let k = to - 1; k >= from; k--) {
       const r = this.ranges[k]!;
-      const rEnd = r.dst + r.pages * P;
-      if (rEnd <= start || r.dst >= end) continue;
       const a = Math.max(0, Math.floor((start - r.dst) / P));
       const b = Math.min(r.pages, Math.ceil((end - r.dst) / P));
       for (let i = a; i < b; i++) if (r.state[i] !== DONE) this.remaining--;
@@ -65,18 +88,17 @@ export class PageSpace {
     }
   }
 
+  /** The ranges that overlap [start, end), in address order. */
+  #overlapping(start: number, end: number): LazyRange[] {
+    const out: LazyRange[] = [];
+    for (let k = this.#firstEndingAfter(start); k < this.ranges.length && this.ranges[k]!.dst < end; k++) out.push(this.ranges[k]!);
+    return out;
+  }
+
   /** The range holding address, or undefined. */
   find(address: number): LazyRange | undefined {
-    let lo = 0;
-    let hi = this.ranges.length - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      const r = this.ranges[mid]!;
-      if (address < r.dst) hi = mid - 1;
-      else if (address >= r.dst + r.pages * this.pageSize) lo = mid + 1;
-      else return r;
-    }
-    return undefined;
+    const r = this.ranges[this.#firstEndingAfter(address)];
+    return r !== undefined && r.dst <= address ? r : undefined;
   }
 
   /**
@@ -110,8 +132,17 @@ export class PageSpace {
   nextMissing(hint: number, max: number): Run | null {
     const n = this.ranges.length;
     if (n === 0 || this.remaining === 0) return null;
-    let start = this.ranges.findIndex((r) => hint < r.dst + r.pages * this.pageSize);
-    if (start < 0) start = 0;
+    let start = this.#firstEndingAfter(hint);
+    if (start >= n) start = 0;
+    // Asked again from the same hint: go on from the range the last search ended in. The
+    // ranges between hint and there had nothing MISSING then; one that has again (a request
+    // given back) is found when the search wraps around. Without this, background requests
+    // from one hint each crossed every range already done: quadratic in the ranges.
+    const resume = this.#resume;
+    if (resume && resume.hint === hint) {
+      const i = this.#firstEndingAfter(resume.range.dst);
+      if (this.ranges[i] === resume.range) start = i;
+    }
     for (let k = 0; k < n; k++) {
       const r = this.ranges[(start + k) % n]!;
       const first = r.state.indexOf(MISSING, r.scan);
@@ -120,9 +151,10 @@ export class PageSpace {
         continue;
       }
       r.scan = first;
-      // In the hinted range, the first missing page at or after the hint; else (and in the
-      // ranges after it) the first one.
-      const at = k === 0 && hint > r.dst ? Math.floor((hint - r.dst) / this.pageSize) : 0;
+      this.#resume = { hint, range: r };
+      // In the range that holds the hint, the first missing page at or after the hint; else
+      // (and in the ranges after it) the first one.
+      const at = hint > r.dst && hint < this.#end(r) ? Math.floor((hint - r.dst) / this.pageSize) : 0;
       const ahead = at > first ? r.state.indexOf(MISSING, at) : first;
       return this.claim(r, ahead >= 0 ? ahead : first, max, false);
     }
@@ -159,9 +191,7 @@ export class PageSpace {
   /** Everything in [start, end) is gone from the process: nothing may be installed there. */
   drop(start: number, end: number): number {
     let n = 0;
-    for (const r of this.ranges) {
-      const rEnd = r.dst + r.pages * this.pageSize;
-      if (rEnd <= start || r.dst >= end) continue;
+    for (const r of this.#overlapping(start, end)) {
       const a = Math.max(0, Math.floor((start - r.dst) / this.pageSize));
       const b = Math.min(r.pages, Math.ceil((end - r.dst) / this.pageSize));
       n += this.finish(r, a, b - a);
@@ -173,9 +203,7 @@ export class PageSpace {
   remap(from: number, to: number, len: number): void {
     const end = from + len;
     const moved: Array<{ dst: number; src: number; state: Uint8Array }> = [];
-    for (const r of this.ranges) {
-      const rEnd = r.dst + r.pages * this.pageSize;
-      if (rEnd <= from || r.dst >= end) continue;
+    for (const r of this.#overlapping(from, end)) {
       const a = Math.max(0, Math.floor((from - r.dst) / this.pageSize));
       const b = Math.min(r.pages, Math.ceil((end - r.dst) / this.pageSize));
       const state = r.state.slice(a, b);
