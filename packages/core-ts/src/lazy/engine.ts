@@ -124,6 +124,8 @@ const BACKGROUND_HOLD_MS = 15;
 /** Background request size, in pages, and how many are in flight (LazyEngineOptions). */
 export const DEFAULT_CHUNK_PAGES = 512;
 export const DEFAULT_IN_FLIGHT = 8;
+/** Small requests (runs shorter than a chunk) in flight in the room of one chunk, at most. */
+const MAX_REQUESTS_PER_CHUNK = 8;
 /** Largest fault window, in pages (LazyEngineOptions.maxWindow). */
 export const DEFAULT_MAX_WINDOW = 64;
 /**
@@ -177,6 +179,8 @@ export class LazyPagesEngine {
   readonly #procs = new Map<number, Proc>(); // by uffd fd
   readonly #loop: FaultLoop;
   #inFlight = 0;
+  /** Pages of the background requests in flight. */
+  #inFlightPages = 0;
   readonly #installer: BackgroundInstaller;
   /** Background jobs on the installer threads, by id. */
   readonly #jobs = new Map<number, Job>();
@@ -386,11 +390,11 @@ export class LazyPagesEngine {
 
   #fetch(p: Proc, run: Run, lane: 'fault' | 'background', faultT?: number): void {
     const src = run.range.src + run.first * this.#P;
-    if (lane === 'background') this.#inFlight++;
+    if (lane === 'background') this.#sent(run);
     this.#source.fetch(p.sourcePid, src, run.count, lane).then(
       (data) => {
         if (this.#finished || !p.alive) {
-          if (lane === 'background') this.#inFlight--;
+          if (lane === 'background') this.#done(run);
           this.#source.release?.(data);
           this.#pump();
           return;
@@ -407,7 +411,7 @@ export class LazyPagesEngine {
         } else this.#submit(s);
       },
       (err: Error) => {
-        if (lane === 'background') this.#inFlight--;
+        if (lane === 'background') this.#done(run);
         void this.#fail(new Error(`fetching pid ${p.sourcePid} 0x${src.toString(16)}+${run.count} pages: ${err.message}`));
       },
     );
@@ -567,13 +571,13 @@ export class LazyPagesEngine {
     const dst = run.range.dst + run.first * this.#P;
     const src = run.range.src + run.first * this.#P;
     const background = lane === 'background';
-    if (background) this.#inFlight++;
+    if (background) this.#sent(run);
     const r: Remote = { p, run, f: fetchInstalled(p.sourcePid, src, run.count, this.#loop.installTarget(p.uffd, dst), lane), lane, waiting: fault ? [fault] : [] };
     this.#remote.add(r);
     r.f.done.then(
       ({ bytes, end }) => {
         this.#remote.delete(r);
-        if (background) this.#inFlight--;
+        if (background) this.#done(run);
         else this.#releaseBackground();
         this.#installedElsewhere(p, run, 0, run.count, bytes, end, lane);
         this.#endWaits(r, bytes);
@@ -581,7 +585,7 @@ export class LazyPagesEngine {
       },
       (err: Error) => {
         this.#remote.delete(r);
-        if (background) this.#inFlight--;
+        if (background) this.#done(run);
         void this.#fail(new Error(`fetching pid ${p.sourcePid} 0x${src.toString(16)}+${run.count} pages: ${err.message}`));
       },
     );
@@ -622,7 +626,7 @@ export class LazyPagesEngine {
   /** A background reply is wholly dealt with: its buffer goes back, another request may go. */
   #retire(s: Staged): void {
     this.#source.release?.(s.data);
-    this.#inFlight--;
+    this.#done(s.run);
     this.#pump();
   }
 
@@ -647,7 +651,7 @@ export class LazyPagesEngine {
       if (!s.p.alive || s.next >= s.run.count) {
         this.#staged.shift();
         this.#source.release?.(s.data);
-        if (s.lane === 'background') this.#inFlight--;
+        if (s.lane === 'background') this.#done(s.run);
         this.#pump();
       }
       if (performance.now() >= end) break;
@@ -738,11 +742,30 @@ export class LazyPagesEngine {
     p.uffd.close();
   }
 
+  #sent(run: Run): void {
+    this.#inFlight++;
+    this.#inFlightPages += run.count;
+  }
+
+  #done(run: Run): void {
+    this.#inFlight--;
+    this.#inFlightPages -= run.count;
+  }
+
+  /**
+   * Room for another background request: as many pages in flight as inFlight whole chunks.
+   * Runs end at a VMA's end, so in a process of many small mappings each request is small,
+   * and counting requests would leave the link idle between round trips.
+   */
+  #roomInFlight(): boolean {
+    return this.#inFlightPages < this.#inFlightMax * this.#chunk && this.#inFlight < this.#inFlightMax * MAX_REQUESTS_PER_CHUNK;
+  }
+
   /** Keeps background requests in flight; finishes when nothing is left. */
   #pump(): void {
     if (this.#finished) return;
     const procs = [...this.#procs.values()].filter((p) => p.alive && p.space.remaining > 0);
-    while (this.#inFlight < this.#inFlightMax && procs.length > 0) {
+    while (this.#roomInFlight() && procs.length > 0) {
       if (this.#holdTimer || this.#overRate()) break;
       const p = procs[this.#rr++ % procs.length]!;
       // Background goes on from the latest fault the loop read, also one a receiving
