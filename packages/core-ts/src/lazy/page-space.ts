@@ -59,11 +59,15 @@ export class PageSpace {
    * cost time in proportion.
    */
   #firstEndingAfter(address: number): number {
+    const ranges = this.ranges;
+    const P = this.pageSize;
     let lo = 0;
-    let hi = this.ranges.length;
+    let hi = ranges.length;
     while (lo < hi) {
       const mid = (lo + hi) >> 1;
-      if (this.#end(this.ranges[mid]!) <= address) lo = mid + 1;
+      const r = ranges[mid]!;
+      // Inline, not #end(): this runs for every fault, in a daemon without TurboFan.
+      if (r.dst + r.pages * P <= address) lo = mid + 1;
       else hi = mid;
     }
     return lo;
