@@ -354,6 +354,12 @@ export declare class PageReceiver {
   /** Sends a binary frame. */
   send(payload: Uint8Array): void
   ping(): void
+  /**
+   * true: frames written from now on stay in the socket (TCP_CORK); false: they leave,
+   * together. For a burst of requests: over loopback each send costs the sender the
+   * receiving side's processing.
+   */
+  hold(on: boolean): void
   /** Sends a close frame; the connection ends when the server answers, or after 1 s. */
   close(code?: number): void
   /** Ends the connection now. */

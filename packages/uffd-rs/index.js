@@ -274,6 +274,10 @@ export class PageReceiver {
     native.pageReceiverPing(this.#handle)
   }
 
+  hold(on) {
+    native.pageReceiverHold(this.#handle, on)
+  }
+
   close(code = 1000) {
     if (this.#closed || this.#closeTimer) return
     native.pageReceiverClose(this.#handle, code)

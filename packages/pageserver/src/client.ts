@@ -272,6 +272,11 @@ class Lane {
     if (this.ws instanceof ReceiverSocket && this.pending.has(id)) this.ws.present(id, offset, len);
   }
 
+  /** Holds this lane's requests from now on in its socket (true), or sends them together (false). */
+  hold(on: boolean): void {
+    if (this.ws instanceof ReceiverSocket) this.ws.hold(on);
+  }
+
   /** Installs bytes [offset, offset + len) of request id's pages now, if they have arrived. */
   installNow(id: number, offset: number, len: number): boolean {
     return this.ws instanceof ReceiverSocket && this.pending.has(id) && this.ws.installNow(id, offset, len) === 'installed';
@@ -379,6 +384,17 @@ export class PageClient implements PageSource {
   /** Present with installBackground (PageSource.fetchInstalled): pages of the installedLanes installed as they arrive. */
   readonly fetchInstalled?: (pid: number, address: number, pages: number, into: InstallTarget, priority: Priority) => InstallingFetch;
   readonly installedLanes?: ReadonlySet<Priority>;
+
+  /** PageSource.hold: requests on either lane leave together at the matching flush. */
+  hold(): void {
+    this.#lanes.fault.hold(true);
+    this.#lanes.background.hold(true);
+  }
+
+  flush(): void {
+    this.#lanes.fault.hold(false);
+    this.#lanes.background.hold(false);
+  }
 
   fetch(pid: number, address: number, pages: number, priority: Priority): Promise<Uint8Array> {
     if (this.#failure) return Promise.reject(this.#failure);

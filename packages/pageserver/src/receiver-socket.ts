@@ -86,6 +86,11 @@ export class ReceiverSocket {
     this.#write(() => this.#r.ping());
   }
 
+  /** See PageReceiver.hold: true holds the frames written from now on, false sends them. */
+  hold(on: boolean): void {
+    this.#write(() => this.#r.hold(on));
+  }
+
   close(): void {
     this.#r.close(1000);
   }

@@ -119,6 +119,24 @@ const installsAReply = test.macro({
 test(installsAReply, 'background')
 test(installsAReply, 'fault')
 
+test('requests written while held leave when released, in order, and their replies install', async (t) => {
+  const r = Region.create(t, { pages: 8 })
+  r.serve(() => undefined, { mode: 'event-loop' })
+  const { receiver, peer, read, next } = await connected(t, 8 * PS, 'fault')
+  receiver.hold(true)
+  receiver.request(1, 77, 0x7f0000001000, 4, r.loop!.installTarget(r.uffd, r.start), Buffer.from('request 1'))
+  receiver.request(2, 77, 0x7f0000005000, 4, r.loop!.installTarget(r.uffd, r.page(4)), Buffer.from('request 2'))
+  receiver.hold(false)
+  t.deepEqual([(await read()).payload.toString(), (await read()).payload.toString()], ['request 1', 'request 2'])
+  for (const [id, first] of [[1, 0], [2, 4]] as const) {
+    const data = Buffer.concat(Array.from({ length: 4 }, (_, i) => stampedPage(r.page(first + i))))
+    peer.write(serverFrame(2, pagesMessage(id, 77, 0x7f0000001000 + first * PS, data)))
+    t.deepEqual(await next(), { type: 'installed', id, bytes: 4 * PS, end: 'done' })
+  }
+  const { values } = await settles(testing.touch({ start: r.start, count: 8 }), 'touch all')
+  t.deepEqual([...values], Array.from({ length: 8 }, (_, i) => BigInt(r.page(i))))
+})
+
 test('a reply that does not match its request installs nothing; other frames pass to JS; pings are answered; a close ends it', async (t) => {
   const r = Region.create(t, { pages: 8 })
   r.serve(() => undefined, { mode: 'event-loop' })

@@ -20,6 +20,7 @@ pub const TABLE: &[Export] = &[
     export!("pageReceiverInstallNow\0" => receiver_install_now),
     export!("pageReceiverSend\0" => receiver_send),
     export!("pageReceiverPing\0" => receiver_ping),
+    export!("pageReceiverHold\0" => receiver_hold),
     export!("pageReceiverClose\0" => receiver_close),
     export!("pageReceiverTerminate\0" => receiver_terminate),
     export!("pageReceiverState\0" => receiver_state),
@@ -155,6 +156,12 @@ fn receiver_send(env: Env, a: &Args) -> JsResult<Value> {
 
 fn receiver_ping(env: Env, a: &Args) -> JsResult<Value> {
     env.get_external::<JsReceiver>(a.get(0, "receiver")?, "receiver")?.inner.ping()?;
+    env.undefined()
+}
+
+fn receiver_hold(env: Env, a: &Args) -> JsResult<Value> {
+    let r = env.get_external::<JsReceiver>(a.get(0, "receiver")?, "receiver")?;
+    r.inner.hold(env.to_bool(a.get(1, "on")?, "on")?)?;
     env.undefined()
 }
 

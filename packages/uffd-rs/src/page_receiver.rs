@@ -29,7 +29,7 @@
 //! unfragmented unmasked binary frames, ping, pong, close.
 
 use crate::background::{Arrivals, End, Gate, Present, SrcBytes, Target, Wake, defer_to_js_thread, install_span};
-use crate::sys::{SysError, SysResult, now_ns, page_size};
+use crate::sys::{SysError, SysResult, cvt, now_ns, page_size};
 use crate::ws_wire::{FrameBuf, TAG_PAGES, message_uints, send_all, take_socket, ws_header};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -445,6 +445,19 @@ impl PageReceiver {
 
     pub fn ping(&self) -> SysResult<()> {
         self.shared.write_frame(0x9, &[])
+    }
+
+    /// Holds the frames written from now on in the socket (TCP_CORK) until `hold(false)`,
+    /// which sends them together. Over loopback each send runs the receiving side's
+    /// processing and its thread's wake-up on the sender's CPU: a burst of requests held and
+    /// sent as one costs that once.
+    pub fn hold(&self, on: bool) -> SysResult<()> {
+        let v: libc::c_int = on.into();
+        // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int and its size.
+        let r = unsafe {
+            libc::setsockopt(self.shared.sock.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_CORK, (&v as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+        };
+        cvt(r as libc::c_long, "setsockopt(TCP_CORK)").map(|_| ())
     }
 
     /// Sends a close frame; the thread ends when the server answers it (or on terminate).

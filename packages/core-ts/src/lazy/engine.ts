@@ -300,11 +300,18 @@ export class LazyPagesEngine {
     // Events first: a fault in the batch may be about a range an event just changed.
     for (const e of b.events) this.#onEvent(e);
     const t = performance.now();
-    for (const f of b.faults) {
-      this.stats.faults++;
-      this.#serveFault(f, t);
+    // Several faults at once (threads resuming together): their requests leave together.
+    const burst = b.faults.length > 1 && this.#source.hold !== undefined;
+    if (burst) this.#source.hold!();
+    try {
+      for (const f of b.faults) {
+        this.stats.faults++;
+        this.#serveFault(f, t);
+      }
+      this.#pump();
+    } finally {
+      if (burst) this.#source.flush?.();
     }
-    this.#pump();
   }
 
   /**

@@ -29,6 +29,13 @@ export interface PageSource {
   readonly fetchInstalled?: (pid: number, address: number, pages: number, into: InstallTarget, priority: Priority) => InstallingFetch;
   /** The lanes fetchInstalled serves. */
   readonly installedLanes?: ReadonlySet<Priority>;
+  /**
+   * Optional: requests made from `hold` until `flush` may leave together, one send per
+   * connection rather than one per request (a burst of faults: over loopback each send
+   * costs the sender the receiving side's processing).
+   */
+  hold?(): void;
+  flush?(): void;
   /** Every page is in: the source may drop the frozen tree. */
   complete(): Promise<void>;
   close(): Promise<void>;
