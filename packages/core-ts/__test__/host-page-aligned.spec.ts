@@ -8,8 +8,10 @@ test('a page-aligned buffer starts a page at the byte asked for', (t) => {
     t.is(b.length, len);
     if (len > 0) t.is(pageOffset(b.subarray(lead)), 0, `len ${len}, lead ${lead}`);
   }
-  // malloc's own placement (16 bytes into a page) is what this avoids.
-  t.not(pageOffset(Buffer.allocUnsafeSlow(8 * PAGE_SIZE)), 0);
+  // malloc's own placement (16 bytes into a page) is what this avoids. One buffer of its
+  // may start a page by chance (it did, once in a CI run): of eight, not all do.
+  const plain = Array.from({ length: 8 }, () => Buffer.allocUnsafeSlow(8 * PAGE_SIZE));
+  t.true(plain.some((b) => pageOffset(b) !== 0), 'malloc does not place buffers at a page start');
 });
 
 test('a page-aligned buffer refuses a lead past its end', (t) => {
