@@ -143,31 +143,15 @@ function flagsOf(printed: string): DecodedFlags {
   return d;
 }
 
-/** Calls `line(start, end)` for each non-empty line of `text`, without splitting it into strings. */
-function eachLine(text: string, line: (start: number, end: number) => void): void {
-  for (let pos = 0; pos < text.length; ) {
-    let end = text.indexOf('\n', pos);
-    if (end < 0) end = text.length;
-    if (end > pos) line(pos, end);
-    pos = end + 1;
-  }
-}
-
-/** A header line starts with the VMA's start address; every other line with a key (upper case). */
-function startsHeader(text: string, pos: number): boolean {
-  const c = text.charCodeAt(pos);
-  return ((c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x66)) && HEADER.test(text.slice(pos, pos + 34));
-}
-
 export function parseSmaps(pid: number, text: string, file = `/proc/${pid}/smaps`): SmapsVma[] {
   const out: SmapsVma[] = [];
   let cur: SmapsVma | undefined;
-  eachLine(text, (start, end) => {
-    const line = text.slice(start, end);
-    if (startsHeader(text, start)) {
+  for (const line of text.split('\n')) {
+    if (line === '') continue;
+    if (HEADER.test(line)) {
       cur = { ...parseMapsLine(pid, file, line), stats: {}, extra: {}, ...NO_FLAGS };
       out.push(cur);
-      return;
+      continue;
     }
     const m = KV.exec(line);
     if (!m || !cur) throw parseError(pid, file, `cannot parse line ${JSON.stringify(line)}`);
@@ -175,12 +159,12 @@ export function parseSmaps(pid: number, text: string, file = `/proc/${pid}/smaps
     const value = (m[2] ?? '').trim();
     if (key === 'VmFlags') {
       Object.assign(cur, flagsOf(value));
-      return;
+      continue;
     }
     const kb = KB.exec(value);
     if (kb) cur.stats[key] = Number(kb[1]) * 1024;
     else cur.extra[key] = value;
-  });
+  }
   return out;
 }
 
