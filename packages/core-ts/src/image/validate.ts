@@ -198,15 +198,16 @@ function hex(n: number): string {
 export function checkVmas(vmas: Vma[], align: number, pathPrefix = 'vmas'): void {
   let prevEnd = 0;
   vmas.forEach((v, i) => {
-    const p = `${pathPrefix}[${i}]`;
-    const L = (problem: string): FieldError => new FieldError(p, problem, 'layout');
-    const range = `${hex(v.start)}-${hex(v.end)}`;
-    if (v.start % align !== 0 || v.end % align !== 0) throw L(`${range} is not aligned to the page size ${align}`);
-    if (v.start >= v.end) throw L(`${range} is empty or inverted`);
+    // The path and the range are only spelled out for an error: a dump validates every VMA
+    // of its images while the tree is frozen, thousands of them in some processes.
+    const L = (problem: string): FieldError => new FieldError(`${pathPrefix}[${i}]`, problem, 'layout');
+    const range = (): string => `${hex(v.start)}-${hex(v.end)}`;
+    if (v.start % align !== 0 || v.end % align !== 0) throw L(`${range()} is not aligned to the page size ${align}`);
+    if (v.start >= v.end) throw L(`${range()} is empty or inverted`);
     if (v.kind === 'vsyscall') {
-      if (v.start !== VSYSCALL_START || v.end !== VSYSCALL_END) throw L(`vsyscall VMA at ${range}, expected ${hex(VSYSCALL_START)}-${hex(VSYSCALL_END)}`);
-    } else if (v.end > TASK_SIZE) throw L(`${range} ends above the user address limit ${hex(TASK_SIZE)}`);
-    if (i > 0 && v.start < prevEnd) throw L(`${range} overlaps the previous VMA (ending at ${hex(prevEnd)}) or is out of order`);
+      if (v.start !== VSYSCALL_START || v.end !== VSYSCALL_END) throw L(`vsyscall VMA at ${range()}, expected ${hex(VSYSCALL_START)}-${hex(VSYSCALL_END)}`);
+    } else if (v.end > TASK_SIZE) throw L(`${range()} ends above the user address limit ${hex(TASK_SIZE)}`);
+    if (i > 0 && v.start < prevEnd) throw L(`${range()} overlaps the previous VMA (ending at ${hex(prevEnd)}) or is out of order`);
     prevEnd = v.end;
     if ((v.flags & ~VMA_FLAGS_MASK) !== 0) throw L(`unknown mmap flags ${hex(v.flags & ~VMA_FLAGS_MASK)}`);
     const shared = (v.flags & MAP_SHARED) !== 0;
@@ -292,8 +293,7 @@ export function decodePagemap(v: unknown): Pagemap {
   let prevDataEnd = ps;
   for (let i = 0; i < w.entries.length; i++) {
     const [start, pages, flags, offset] = w.entries[i]!;
-    const p = `entries[${i}]`;
-    const L = (problem: string): FieldError => new FieldError(p, problem, 'layout');
+    const L = (problem: string): FieldError => new FieldError(`entries[${i}]`, problem, 'layout');
     if (start % ps !== 0) throw L(`start ${hex(start)} is not aligned to the page size ${ps}`);
     if (pages === 0) throw L('an empty range');
     const end = start + pages * ps;
