@@ -183,7 +183,7 @@ export function parseFlaggedVmas(pid: number, text: string, file = `/proc/${pid}
   const re = new RegExp(HEADER_OR_FLAGS);
   for (let m = re.exec(text); m !== null; m = re.exec(text)) {
     if (m[1] !== undefined) {
-      cur = { ...parseMapsLine(pid, file, m[1]), ...NO_FLAGS };
+      cur = Object.assign(parseMapsLine(pid, file, m[1]), NO_FLAGS);
       out.push(cur);
     } else {
       if (!cur) throw parseError(pid, file, 'VmFlags before any mapping');
