@@ -262,7 +262,15 @@ class Lane {
   #write(ws: FrameSocket | ReceiverSocket, id: number, p: Pending): void {
     const payload = encodeClient({ type: 'request', id, pid: p.pid, address: p.address, pages: p.pages, priority: this.name });
     if (p.kind === 'data') return ws.send(payload);
-    if (ws instanceof ReceiverSocket) return ws.request(id, p.pid, p.address, p.pages, p.target, payload);
+    if (ws instanceof ReceiverSocket) {
+      // Corked at the first request of a hold, not at the hold: a burst of faults that sends
+      // nothing costs no syscall.
+      if (this.#holding && this.#corked !== ws) {
+        ws.hold(true);
+        this.#corked = ws;
+      }
+      return ws.request(id, p.pid, p.address, p.pages, p.target, payload);
+    }
     this.#settle(id);
     p.reject(new PageServerError('this lane does not install pages'));
   }
@@ -272,9 +280,17 @@ class Lane {
     if (this.ws instanceof ReceiverSocket && this.pending.has(id)) this.ws.present(id, offset, len);
   }
 
-  /** Holds this lane's requests from now on in its socket (true), or sends them together (false). */
+  /** While true, requests stay in the socket until hold(false) sends them together (PageClient.hold). */
+  #holding = false;
+  /** The socket corked during this hold, once a request was written to it. */
+  #corked: ReceiverSocket | null = null;
+
   hold(on: boolean): void {
-    if (this.ws instanceof ReceiverSocket) this.ws.hold(on);
+    this.#holding = on;
+    if (!on && this.#corked) {
+      this.#corked.hold(false);
+      this.#corked = null;
+    }
   }
 
   /** Installs bytes [offset, offset + len) of request id's pages now, if they have arrived. */

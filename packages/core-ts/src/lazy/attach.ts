@@ -66,7 +66,8 @@ function oneByOne(remote: RemoteProcess, calls: ReadonlyArray<{ nr: number; args
 }
 
 /** uffdio_api and uffdio_register are both 32 bytes. */
-const STRUCT = 32;
+export const UFFDIO_STRUCT_BYTES = 32;
+const STRUCT = UFFDIO_STRUCT_BYTES;
 
 /**
  * Creates and registers the target's userfaultfd; returns an fd to it in this process

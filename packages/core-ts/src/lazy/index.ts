@@ -4,7 +4,7 @@ export { PageStream, PageReceiver, type PageStreamEvent, type PageReceiverEvent,
 export { LazyPagesEngine, DEFAULT_CHUNK_PAGES, DEFAULT_IN_FLIGHT, DEFAULT_MAX_WINDOW, type LazyTarget, type LazyEngineOptions, type LazyStats, type LazySummary } from './engine.js';
 export { PageSpace } from './page-space.js';
 export { lazyRanges, vmasToRegister, vmasOverlapping, lazyCapable, entriesForLazyRestore, type LazyPlanRange } from './plan.js';
-export { attachUserfaultfd, AttachError, UFFD_EVENTS, type RemoteProcess } from './attach.js';
+export { attachUserfaultfd, AttachError, UFFD_EVENTS, UFFDIO_STRUCT_BYTES, type RemoteProcess } from './attach.js';
 export { ImagesPageSource } from './local-source.js';
 export { ControlClient, serveControl, writeCompletion, clearCompletion, COMPLETE_FILE, controlSocketPath, CONTROL_SOCKET, type ControlMessage, type ControlHandlers } from './control.js';
 export { startGuard, guardBinary, GUARD_LOG } from './guard.js';

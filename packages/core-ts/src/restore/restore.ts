@@ -12,6 +12,7 @@
  */
 import { reapTracees } from '../tracees.js';
 import { entriesForLazyRestore, vmasOverlapping } from '../lazy/plan.js';
+import { UFFDIO_STRUCT_BYTES, type RemoteProcess } from '../lazy/attach.js';
 import { processVmWrite, ptrace, setThreadAffinity } from '@lazymig/uffd-rs';
 import { awaitImages, openPagesReader, readImages, type LoadedImages, type PagemapEntry, type Vma } from '../image/index.js';
 import { pinToOneCpu, type Pin } from '../host/affinity.js';
@@ -40,17 +41,8 @@ export interface LazyRestoreTarget {
   vmas: Vma[];
   /** injected syscalls in its main thread, with scratch memory for arguments */
   remote: Remote;
-  /** the same, in the shape lazy/attach.ts's attachUserfaultfd takes (RemoteProcess) */
-  process: {
-    pid: number;
-    syscall(nr: number, args: Array<number | bigint>): bigint;
-    scratch: number;
-    scratchBytes: number;
-    write(address: number, data: Uint8Array): void;
-    read(address: number, length: number): Buffer;
-    syscalls?(calls: ReadonlyArray<{ nr: number; args: Array<number | bigint> }>): bigint[];
-    maxCalls?: number;
-  };
+  /** the same, in the shape lazy/attach.ts's attachUserfaultfd takes */
+  process: RemoteProcess;
 }
 
 /**
@@ -212,12 +204,13 @@ class Rebuilder {
         const vmas = vmasOverlapping(core.vmas, ranges);
         const sc = leader.scratch!;
         sc.reset();
-        // The scratch shared between registration structs (32 bytes each) and the runner's
-        // entries (64 each, plus the API call, the close and the end mark): the handover
-        // registers this many VMAs a trip.
-        const perTrip = Math.floor((sc.size - 32 - 3 * LIST_ENTRY) / (32 + LIST_ENTRY));
-        const scratchBytes = 32 + perTrip * 32;
-        const proc = {
+        // The scratch shared between the uffdio structs (the API one, then one per VMA) and
+        // the runner's entries (one per VMA, plus the API call, the close and the end mark):
+        // the hand-over registers this many VMAs a trip.
+        const S = UFFDIO_STRUCT_BYTES;
+        const perTrip = Math.floor((sc.size - S - 3 * LIST_ENTRY) / (S + LIST_ENTRY));
+        const scratchBytes = S + perTrip * S;
+        const proc: RemoteProcess = {
           pid: p.pid,
           syscall: (nr: number, args: Array<number | bigint>) => leader.raw(nr, args),
           scratch: sc.reserve(scratchBytes),
