@@ -530,6 +530,16 @@ export declare function setThreadAffinity(cpus: number[], tid?: number): void
 /** The CPUs the calling thread (or thread `tid`) may run on (sched_getaffinity), ascending. */
 export declare function getThreadAffinity(tid?: number): number[]
 
+/**
+ * setsockopt(fd, TCP_CONGESTION, name): the congestion control a TCP socket sends with
+ * from now on. Throws a SysError: ENOENT for an algorithm the kernel does not have,
+ * EPERM for one this process may not choose (net.ipv4.tcp_allowed_congestion_control).
+ */
+export declare function setTcpCongestion(fd: number, name: string): void
+
+/** getsockopt(fd, TCP_CONGESTION): the congestion control a TCP socket sends with. */
+export declare function tcpCongestion(fd: number): string
+
 /** Helpers for tests and benchmarks, not for production use. */
 export declare const testing: {
   /** mmap of private anonymous memory (MAP_NORESERVE); len: whole pages. */

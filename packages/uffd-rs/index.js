@@ -330,6 +330,16 @@ export function getThreadAffinity(tid) {
   return tid === undefined ? native.getThreadAffinity() : native.getThreadAffinity(tid)
 }
 
+/** setsockopt(fd, TCP_CONGESTION, name): the algorithm a TCP socket sends with from now on. */
+export function setTcpCongestion(fd, name) {
+  native.setTcpCongestion(fd, name)
+}
+
+/** getsockopt(fd, TCP_CONGESTION): the algorithm a TCP socket sends with. */
+export function tcpCongestion(fd) {
+  return native.tcpCongestion(fd)
+}
+
 export const testing = Object.freeze({
   mapAnonymous: (len) => native.testMapAnonymous(len),
   unmap: (addr, len) => native.testUnmap(addr, len),

@@ -52,6 +52,7 @@ import { fileURLToPath } from 'node:url';
 import { createTwoHosts, type Host, type Link, type TwoHosts } from '../topology/index.js';
 import { execFile } from 'node:child_process';
 import { buildWorkload, startWorkload, waitForLogLine } from '../workloads/index.js';
+import { DEFAULT_CONGESTION } from '../../packages/pageserver/src/index.js';
 
 const LAZYMIG = fileURLToPath(new URL('../../packages/cli/bin/lazymig', import.meta.url));
 const argv = process.argv.slice(2);
@@ -442,7 +443,8 @@ for (const mib of SIZES) {
 async function transferFloor(mib: number, verifying = false): Promise<{ ms: number; mibPerSec: number; cpuMs: { source: number; destination: number } }> {
   const bin = await buildWorkload('transfer-floor');
   const hosts = await createTwoHosts({ link: NET, rateMbit: RATE_MBIT });
-  const args = [String(mib), '--source-netns', hosts.src.ns, '--dest-netns', hosts.dst.ns, '--address', hosts.src.address];
+  // The same congestion control as the page server's: a floor that paced would be no floor.
+  const args = [String(mib), '--source-netns', hosts.src.ns, '--dest-netns', hosts.dst.ns, '--address', hosts.src.address, '--congestion', DEFAULT_CONGESTION];
   if (verifying) args.push('--reader-interval-ms', String(INTERVAL));
   let out: string;
   try {

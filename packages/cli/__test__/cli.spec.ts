@@ -34,6 +34,12 @@ test('bad invocations exit 2 with a one-line reason', async (t) => {
   const badWait = await lazymig(['restore', '--images-dir', '/tmp/x', '--wait-images', 'soon']);
   t.is(badWait.code, 2);
   t.regex(badWait.stderr.split('\n')[0]!, /^lazymig restore: --wait-images must be a number of seconds, got soon$/);
+  const congestionAlone = await lazymig(['dump', '--tree', '1', '--images-dir', '/tmp/x', '--tcp-congestion', 'reno']);
+  t.is(congestionAlone.code, 2);
+  t.regex(congestionAlone.stderr.split('\n')[0]!, /^lazymig dump: --address, --port and --tcp-congestion go with --lazy-pages$/);
+  const badCongestion = await lazymig(['page-server', '--images-dir', '/tmp/x', '--address', '127.0.0.1', '--port', '1', '--tcp-congestion', 'Reno!']);
+  t.is(badCongestion.code, 2);
+  t.regex(badCongestion.stderr.split('\n')[0]!, /^lazymig page-server: --tcp-congestion: not an algorithm name: Reno!$/);
 });
 
 test('restore --wait-images on images that never arrive gives up after that long, naming the dir', async (t) => {

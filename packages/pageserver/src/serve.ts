@@ -11,7 +11,7 @@ import {
   type FrozenTree, type LoadedImages, type Logger, type PagesReader,
 } from '@lazymig/core-ts';
 import { LazyRanges } from './protocol/lazy-ranges.js';
-import { PageServer, type PageServerContent } from './server.js';
+import { PageServer, type CongestionChoice, type PageServerContent } from './server.js';
 
 /**
  * The token of an images dir. Read synchronously (it is a few bytes): an armed destination
@@ -41,6 +41,7 @@ export interface ServeFrozenOptions {
   token: string;
   address: string;
   port: number;
+  congestion?: CongestionChoice;
   log?: Logger;
 }
 
@@ -69,6 +70,7 @@ export async function serveFrozenTree(o: ServeFrozenOptions): Promise<PageServer
     pageSize: o.images.inventory.pageSize,
     content: frozenTreeContent(o.images, o.frozen, log),
     streamBackground: true,
+    ...(o.congestion ? { congestion: o.congestion } : {}),
     log,
   });
 }
@@ -77,6 +79,7 @@ export interface ServeImagesOptions {
   images: LoadedImages;
   address: string;
   port: number;
+  congestion?: CongestionChoice;
   log?: Logger;
 }
 
@@ -100,6 +103,7 @@ export async function serveImages(o: ServeImagesOptions): Promise<{ server: Page
     token,
     pageSize: o.images.inventory.pageSize,
     content: { ranges: rangesOf(o.images), reader: new ImagesReader(readers), onComplete: () => undefined },
+    ...(o.congestion ? { congestion: o.congestion } : {}),
     log: o.log ?? silentLogger,
   });
   return {

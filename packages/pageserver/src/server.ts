@@ -13,7 +13,7 @@ import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
-import { FrozenProcessReader, silentLogger, type Logger, type PageReader, type PageStream } from '@lazymig/core-ts';
+import { FrozenProcessReader, setTcpCongestion, silentLogger, type Logger, type PageReader, type PageStream } from '@lazymig/core-ts';
 import {
   BACKGROUND_PATH, decodeClient, encodeServer, PAGES_HEADER_SIZE, pagesFrameBytes, ProtocolError, PROTOCOL_VERSION, writePagesHeader, type ClientMessage,
 } from './protocol/messages.js';
@@ -21,6 +21,7 @@ import type { LazyRanges } from './protocol/lazy-ranges.js';
 import { BufferPool } from './buffer-pool.js';
 import { FrameSocket } from './ws-client.js';
 import { streamPeer, upgradeResponse, wsPeer, type Peer } from './peer.js';
+import { listenerFd } from './tcp-handle.js';
 
 type Request = Extract<ClientMessage, { type: 'request' }>;
 
@@ -41,6 +42,19 @@ const HELLO_TIMEOUT_MS = 5_000;
  * holds memory and the JS thread, and a fault request must find the thread free.
  */
 const BACKGROUND_AHEAD_BYTES = 8 << 20;
+
+/** Sets the listening socket's congestion control (CongestionChoice). */
+function chooseCongestion(http: Server, choice: CongestionChoice, log: Logger): void {
+  const fd = listenerFd(http);
+  try {
+    if (fd === null) throw new Error('not listening on a TCP socket');
+    setTcpCongestion(fd, choice.algorithm);
+  } catch (err) {
+    const why = (err as Error).message;
+    if (!choice.ifAvailable) throw new Error(`page server: cannot send with congestion control ${choice.algorithm}: ${why}`);
+    log.warn('sending with the system\'s congestion control', { wanted: choice.algorithm, error: why });
+  }
+}
 
 /** What a page server serves, and what it does once the destination holds all of it. */
 export interface PageServerContent {
@@ -74,7 +88,28 @@ export interface PageServerOptions {
    * content then.
    */
   streamBackground?: boolean;
+  /**
+   * The congestion control the server's connections send with (set on the listening
+   * socket, whose connections inherit it). Without it: the system's default.
+   */
+  congestion?: CongestionChoice;
   log?: Logger;
+}
+
+/**
+ * What a page server sends with unless told otherwise: an algorithm that does not pace.
+ * A machine's default may be BBR, which paces with a timer inside TCP when the interface
+ * has no fq qdisc. On a link faster than the two ends' CPUs (a LAN, loopback, a veth)
+ * that timer costs the sender's CPU and holds the transfer back (docs/PERFORMANCE.md,
+ * "The sender's congestion control").
+ */
+export const DEFAULT_CONGESTION = 'cubic';
+
+export interface CongestionChoice {
+  /** A TCP congestion control algorithm, as in net.ipv4.tcp_available_congestion_control. */
+  algorithm: string;
+  /** One the kernel does not have (or lets us not choose) leaves the system's default, with a warning, instead of failing listen(). */
+  ifAvailable?: boolean;
 }
 
 export interface PageServerStats {
@@ -131,6 +166,14 @@ export class PageServer {
       http.once('error', (err) => reject(new Error(`page server: cannot listen on ${opts.address}:${opts.port}: ${err.message}`)));
       http.listen(opts.port, opts.address);
     });
+    if (opts.congestion) {
+      try {
+        chooseCongestion(http, opts.congestion, opts.log ?? silentLogger);
+      } catch (err) {
+        await new Promise<void>((r) => http.close(() => r()));
+        throw err;
+      }
+    }
     return new PageServer(opts, http);
   }
 

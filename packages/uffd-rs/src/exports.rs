@@ -41,6 +41,9 @@ pub const TABLE: &[Export] = &[
     // CPU affinity of the calling thread
     export!("setThreadAffinity\0" => set_thread_affinity),
     export!("getThreadAffinity\0" => get_thread_affinity),
+    // a TCP socket's congestion control
+    export!("setTcpCongestion\0" => set_tcp_congestion),
+    export!("tcpCongestion\0" => tcp_congestion),
     // testing
     export!("testMapAnonymous\0" => test_map_anonymous),
     export!("testUnmap\0" => test_unmap),
@@ -460,6 +463,22 @@ fn get_thread_affinity(env: Env, a: &Args) -> JsResult<Value> {
     let tid = tid_opt(env, a, 0)?;
     let cpus = sys(crate::sys::thread_affinity(tid))?;
     env.array_of(cpus.iter().map(|&c| env.num(c as u64)))
+}
+
+// ---------- TCP congestion control ----------
+
+/// setsockopt(fd, TCP_CONGESTION, name).
+fn set_tcp_congestion(env: Env, a: &Args) -> JsResult<Value> {
+    let fd = env.to_fd(a.get(0, "fd")?)?;
+    let name = env.to_string(a.get(1, "name")?, "name")?;
+    sys(crate::sys::tcp::set_congestion(fd, &name))?;
+    env.undefined()
+}
+
+/// getsockopt(fd, TCP_CONGESTION): the algorithm the socket sends with.
+fn tcp_congestion(env: Env, a: &Args) -> JsResult<Value> {
+    let fd = env.to_fd(a.get(0, "fd")?)?;
+    env.str(&sys(crate::sys::tcp::congestion(fd))?)
 }
 
 // ---------- testing ----------

@@ -1,4 +1,4 @@
-/* transfer-floor <MiB> [--source-netns NS --dest-netns NS --address A] [--reader-interval-ms N]:
+/* transfer-floor <MiB> [--source-netns NS --dest-netns NS --address A] [--reader-interval-ms N] [--congestion ALG]:
  * the floor of a lazy transfer on this machine, without lazymig.
  *
  * The same kernel work a migration's background transfer does, in plain C with no framing
@@ -18,6 +18,9 @@
  * served, so this is what a transfer of this kind can do beside such a workload on the
  * same CPUs, whatever serves its faults. Adds reader_passes=... reader_cpu_ms=....
  *
+ * --congestion ALG: the source sends with TCP congestion control ALG (TCP_CONGESTION)
+ * instead of the system's default, as lazymig's page server does.
+ *
  * Both staging buffers are page-aligned. malloc's 2 MiB buffer starts 16 bytes into a page,
  * and on this CPU a kernel copy whose destination sits 1-31 bytes past its source modulo
  * 4 KiB (4K aliasing: each load waits on the store just before it) runs ~3.5x slower; with
@@ -28,6 +31,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,7 +116,7 @@ static void io_all(int fd, char *buf, size_t len, int writing) {
 
 int main(int argc, char **argv) {
   wl_init(argc, argv);
-  static const char *const known[] = {"--source-netns", "--dest-netns", "--address", "--reader-interval-ms", "--lifetime-s"};
+  static const char *const known[] = {"--source-netns", "--dest-netns", "--address", "--reader-interval-ms", "--lifetime-s", "--congestion"};
   for (int i = 1; i < argc; i++) {
     if (strncmp(argv[i], "--", 2) != 0) continue;
     int ok = 0;
@@ -122,6 +126,7 @@ int main(int argc, char **argv) {
   }
   const char *src_ns = opt_str("--source-netns", NULL), *dst_ns = opt_str("--dest-netns", NULL);
   const char *address = opt_str("--address", "127.0.0.1");
+  const char *congestion = opt_str("--congestion", NULL);
   long reader_interval = opt_long("--reader-interval-ms", -1);
   long mib = strtol(pos_arg(0, "0"), NULL, 10);
   if (mib <= 0 || g_npos != 1 || !src_ns != !dst_ns)
@@ -149,6 +154,7 @@ int main(int argc, char **argv) {
   if (inet_pton(AF_INET, address, &a.sin_addr) != 1) die("--address");
   socklen_t al = sizeof a;
   if (bind(ls, (void *)&a, sizeof a) || listen(ls, 1) || getsockname(ls, (void *)&a, &al)) die("listen");
+  if (congestion && setsockopt(ls, IPPROTO_TCP, TCP_CONGESTION, congestion, (socklen_t)strlen(congestion))) die("TCP_CONGESTION %s", congestion);
 
   pid_t source = fork();
   if (source == 0) {

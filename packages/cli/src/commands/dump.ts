@@ -5,7 +5,7 @@ import { PAGE_SIZE } from '@lazymig/uffd-rs';
 import type { Command } from '../command.js';
 import { mib, phaseFields, plural, Progress } from '../ui/progress.js';
 import { EXIT, UsageError } from '../usage-error.js';
-import { parsePid, parsePort } from './parse.js';
+import { CONGESTION_HELP, parseCongestion, parsePid, parsePort } from './parse.js';
 
 export function dumpSummary(r: DumpResult): string {
   const p = r.pages;
@@ -26,6 +26,7 @@ export const dumpCommand: Command = {
     'lazy-pages': { type: 'boolean' },
     address: { type: 'string' },
     port: { type: 'string' },
+    'tcp-congestion': { type: 'string' },
   },
   optionHelp: {
     tree: 'pid of the root of the tree to dump (required)',
@@ -34,6 +35,7 @@ export const dumpCommand: Command = {
     'lazy-pages': 'leave anonymous memory on the source, to be served by the page server',
     address: 'with --lazy-pages: address the page server listens on',
     port: 'with --lazy-pages: port the page server listens on',
+    'tcp-congestion': `with --lazy-pages: ${CONGESTION_HELP}`,
   },
   async run({ values }) {
     if (typeof values.tree !== 'string') throw new UsageError('--tree <pid> is required');
@@ -41,17 +43,20 @@ export const dumpCommand: Command = {
     const pid = parsePid(values.tree);
     const lazy = values['lazy-pages'] === true;
     if (lazy && values['leave-running']) throw new UsageError('--lazy-pages and --leave-running exclude each other');
-    if (!lazy && (values.address !== undefined || values.port !== undefined))
-      throw new UsageError('--address and --port go with --lazy-pages');
+    if (!lazy && (values.address !== undefined || values.port !== undefined || values['tcp-congestion'] !== undefined))
+      throw new UsageError('--address, --port and --tcp-congestion go with --lazy-pages');
     let at: { address: string; port: number } | undefined;
     let server: PageServer | undefined;
     const token = randomBytes(32).toString('hex');
     if (lazy) {
       if (typeof values.address !== 'string' || typeof values.port !== 'string') throw new UsageError('--lazy-pages needs --address and --port');
       at = { address: values.address, port: parsePort(values.port) };
+      const congestion = parseCongestion(values['tcp-congestion']);
       // Listening before the freeze: a page server that cannot listen fails the dump before
       // anything is frozen, and its set-up is not downtime. It welcomes nobody until open().
-      server = await PageServer.listen({ ...at, token, pageSize: PAGE_SIZE, streamBackground: true, log: createLogger('page-server') });
+      server = await PageServer.listen({
+        ...at, token, pageSize: PAGE_SIZE, streamBackground: true, ...(congestion ? { congestion } : {}), log: createLogger('page-server'),
+      });
       await server.selfCheck();
       // The first request the destination sends once its process runs should not also be the
       // first run of the page server's code: one page through a throwaway server and client

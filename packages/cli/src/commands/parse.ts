@@ -1,3 +1,4 @@
+import { DEFAULT_CONGESTION, type CongestionChoice } from '@lazymig/pageserver';
 import { UsageError } from '../usage-error.js';
 
 export function parsePid(text: string): number {
@@ -15,4 +16,19 @@ export function parseSeconds(option: string, text: string | boolean | undefined)
   const n = typeof text === 'string' && /^\d+(\.\d+)?$/.test(text) ? Number(text) : NaN;
   if (!(n >= 0) || n > 86_400) throw new UsageError(`${option} must be a number of seconds, got ${String(text)}`);
   return n;
+}
+
+/** `--tcp-congestion`, shared by the commands that run a page server. */
+export const CONGESTION_HELP =
+  `TCP congestion control the page server sends with, or 'system' for the system's default (default: ${DEFAULT_CONGESTION}, where the kernel has it)`;
+
+/**
+ * The page server's congestion control: the default wherever the kernel has it, one the
+ * user named (which must then be there), or none chosen ('system').
+ */
+export function parseCongestion(text: string | boolean | undefined): CongestionChoice | undefined {
+  if (text === undefined) return { algorithm: DEFAULT_CONGESTION, ifAvailable: true };
+  if (text === 'system') return undefined;
+  if (typeof text !== 'string' || !/^[a-z][a-z0-9_-]{0,14}$/.test(text)) throw new UsageError(`--tcp-congestion: not an algorithm name: ${String(text)}`);
+  return { algorithm: text };
 }

@@ -1,6 +1,8 @@
 export type { PageSource, PageReader, Priority, InstalledPages, InstallingFetch } from './page-source.js';
 export { FrozenProcessReader, ImagesReader } from './readers.js';
-export { PageStream, PageReceiver, type PageStreamEvent, type PageReceiverEvent, type InstallTarget } from './page-stream.js';
+export {
+  PageStream, PageReceiver, setTcpCongestion, tcpCongestion, type PageStreamEvent, type PageReceiverEvent, type InstallTarget,
+} from './page-stream.js';
 export { LazyPagesEngine, DEFAULT_CHUNK_PAGES, DEFAULT_IN_FLIGHT, DEFAULT_MAX_WINDOW, type LazyTarget, type LazyEngineOptions, type LazyStats, type LazySummary } from './engine.js';
 export { PageSpace } from './page-space.js';
 export { lazyRanges, vmasToRegister, vmasOverlapping, lazyCapable, entriesForLazyRestore, type LazyPlanRange } from './plan.js';

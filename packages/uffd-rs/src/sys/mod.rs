@@ -5,6 +5,7 @@ pub mod errno;
 pub mod futex;
 pub mod ioc;
 pub mod pagemap;
+pub mod tcp;
 pub mod uffd;
 
 pub use errno::{Subject, SysError, SysResult, cvt};
