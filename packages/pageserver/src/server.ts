@@ -50,7 +50,12 @@ function chooseCongestion(http: Server, choice: CongestionChoice, log: Logger): 
     if (fd === null) throw new Error('not listening on a TCP socket');
     setTcpCongestion(fd, choice.algorithm);
   } catch (err) {
-    const why = (err as Error).message;
+    const e = err as NodeJS.ErrnoException;
+    const hint =
+      e.code === 'ENOENT' ? ' (not in net.ipv4.tcp_available_congestion_control, nor a module to load)'
+      : e.code === 'EPERM' ? ' (not in net.ipv4.tcp_allowed_congestion_control)'
+      : '';
+    const why = e.message + hint;
     if (!choice.ifAvailable) throw new Error(`page server: cannot send with congestion control ${choice.algorithm}: ${why}`);
     log.warn('sending with the system\'s congestion control', { wanted: choice.algorithm, error: why });
   }

@@ -22,7 +22,7 @@ pub fn set_congestion(fd: RawFd, name: &str) -> SysResult<()> {
     let rc = unsafe {
         libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, name.as_ptr().cast(), name.len() as libc::socklen_t)
     };
-    cvt(rc as libc::c_long, "setsockopt(TCP_CONGESTION)").map_err(|e| e.about(Subject::Fd(fd)).because(name.to_string()))?;
+    cvt(rc as libc::c_long, "setsockopt(TCP_CONGESTION)").map_err(|e| e.about(Subject::Fd(fd)).because(format!("algorithm {name}")))?;
     Ok(())
 }
 
