@@ -5,7 +5,7 @@ import { connect, type Socket } from 'node:net';
 import { promisify } from 'node:util';
 import { createLogger } from '@lazymig/core-ts';
 import { PAGE_SIZE } from '@lazymig/uffd-rs';
-import { PageServer, type PageServerOptions } from '../src/index.js';
+import { DEFAULT_CONGESTION, PageServer, type PageServerOptions } from '../src/index.js';
 
 const run = promisify(execFile);
 const SYSTEM = readFileSync('/proc/sys/net/ipv4/tcp_congestion_control', 'utf8').trim();
@@ -37,21 +37,23 @@ async function serverSideAlgorithm(t: { teardown(f: () => unknown): void }, port
   throw new Error(`ss never listed the server side of port ${port}`);
 }
 
-test('the page server sends with the congestion control it is given, and with the system default otherwise', async (t) => {
+test('the page server sends with the congestion control it is given, its default, or the system default', async (t) => {
   const chosen = await listen(t, { congestion: { algorithm: OTHER } });
   t.is(await serverSideAlgorithm(t, chosen.port), OTHER);
-  const plain = await listen(t, {});
-  t.is(await serverSideAlgorithm(t, plain.port), SYSTEM);
+  const byDefault = await listen(t, {});
+  t.is(await serverSideAlgorithm(t, byDefault.port), DEFAULT_CONGESTION);
+  const system = await listen(t, { congestion: null });
+  t.is(await serverSideAlgorithm(t, system.port), SYSTEM);
 });
 
 test('an algorithm the kernel lacks fails listen with its name and errno, and leaves the port free', async (t) => {
-  const probe = await listen(t, {});
+  const probe = await listen(t, { congestion: null });
   const port = probe.port;
   await probe.close();
   const err = await t.throwsAsync(listen(t, { port, congestion: { algorithm: 'nosuchcc' } }));
   t.regex(err!.message, /^page server: cannot send with congestion control nosuchcc: setsockopt\(TCP_CONGESTION\) fd \d+: ENOENT .*: algorithm nosuchcc \(not in net\.ipv4\.tcp_available_congestion_control/);
   // Nothing left listening: the same port can be taken again.
-  const again = await listen(t, { port });
+  const again = await listen(t, { port, congestion: null });
   t.is(again.port, port);
 });
 

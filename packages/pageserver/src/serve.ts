@@ -41,7 +41,8 @@ export interface ServeFrozenOptions {
   token: string;
   address: string;
   port: number;
-  congestion?: CongestionChoice;
+  /** As PageServerOptions.congestion. */
+  congestion?: CongestionChoice | null;
   log?: Logger;
 }
 
@@ -70,7 +71,7 @@ export async function serveFrozenTree(o: ServeFrozenOptions): Promise<PageServer
     pageSize: o.images.inventory.pageSize,
     content: frozenTreeContent(o.images, o.frozen, log),
     streamBackground: true,
-    ...(o.congestion ? { congestion: o.congestion } : {}),
+    ...(o.congestion !== undefined ? { congestion: o.congestion } : {}),
     log,
   });
 }
@@ -79,7 +80,8 @@ export interface ServeImagesOptions {
   images: LoadedImages;
   address: string;
   port: number;
-  congestion?: CongestionChoice;
+  /** As PageServerOptions.congestion. */
+  congestion?: CongestionChoice | null;
   log?: Logger;
 }
 
@@ -103,7 +105,7 @@ export async function serveImages(o: ServeImagesOptions): Promise<{ server: Page
     token,
     pageSize: o.images.inventory.pageSize,
     content: { ranges: rangesOf(o.images), reader: new ImagesReader(readers), onComplete: () => undefined },
-    ...(o.congestion ? { congestion: o.congestion } : {}),
+    ...(o.congestion !== undefined ? { congestion: o.congestion } : {}),
     log: o.log ?? silentLogger,
   });
   return {

@@ -95,9 +95,10 @@ export interface PageServerOptions {
   streamBackground?: boolean;
   /**
    * The congestion control the server's connections send with (set on the listening
-   * socket, whose connections inherit it). Without it: the system's default.
+   * socket, whose connections inherit it). Default: DEFAULT_CONGESTION where the kernel
+   * has it; null: the system's default.
    */
-  congestion?: CongestionChoice;
+  congestion?: CongestionChoice | null;
   log?: Logger;
 }
 
@@ -171,9 +172,10 @@ export class PageServer {
       http.once('error', (err) => reject(new Error(`page server: cannot listen on ${opts.address}:${opts.port}: ${err.message}`)));
       http.listen(opts.port, opts.address);
     });
-    if (opts.congestion) {
+    const congestion = opts.congestion === undefined ? { algorithm: DEFAULT_CONGESTION, ifAvailable: true } : opts.congestion;
+    if (congestion) {
       try {
-        chooseCongestion(http, opts.congestion, opts.log ?? silentLogger);
+        chooseCongestion(http, congestion, opts.log ?? silentLogger);
       } catch (err) {
         await new Promise<void>((r) => http.close(() => r()));
         throw err;

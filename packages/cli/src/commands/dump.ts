@@ -55,7 +55,7 @@ export const dumpCommand: Command = {
       // Listening before the freeze: a page server that cannot listen fails the dump before
       // anything is frozen, and its set-up is not downtime. It welcomes nobody until open().
       server = await PageServer.listen({
-        ...at, token, pageSize: PAGE_SIZE, streamBackground: true, ...(congestion ? { congestion } : {}), log: createLogger('page-server'),
+        ...at, token, pageSize: PAGE_SIZE, streamBackground: true, ...(congestion !== undefined ? { congestion } : {}), log: createLogger('page-server'),
       });
       await server.selfCheck();
       // The first request the destination sends once its process runs should not also be the

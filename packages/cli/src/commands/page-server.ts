@@ -27,7 +27,7 @@ export const pageServerCommand: Command = {
     const congestion = parseCongestion(values['tcp-congestion']);
     const images = await readImages(resolve(values['images-dir']));
     const log = createLogger('page-server');
-    const { server, close } = await serveImages({ images, address: values.address, port, ...(congestion ? { congestion } : {}), log });
+    const { server, close } = await serveImages({ images, address: values.address, port, ...(congestion !== undefined ? { congestion } : {}), log });
     process.stderr.write(`serving ${images.dir} on ${values.address}:${server.port}\n`);
     await new Promise<void>((r) => {
       for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => r());

@@ -23,12 +23,12 @@ export const CONGESTION_HELP =
   `TCP congestion control the page server sends with, or 'system' for the system's default (default: ${DEFAULT_CONGESTION}, where the kernel has it)`;
 
 /**
- * The page server's congestion control: the default wherever the kernel has it, one the
- * user named (which must then be there), or none chosen ('system').
+ * The page server's congestion control: one the user named (which must then be there),
+ * none chosen ('system': null), or the page server's default (undefined).
  */
-export function parseCongestion(text: string | boolean | undefined): CongestionChoice | undefined {
-  if (text === undefined) return { algorithm: DEFAULT_CONGESTION, ifAvailable: true };
-  if (text === 'system') return undefined;
+export function parseCongestion(text: string | boolean | undefined): CongestionChoice | null | undefined {
+  if (text === undefined) return undefined;
+  if (text === 'system') return null;
   if (typeof text !== 'string' || !/^[a-z][a-z0-9_-]{0,14}$/.test(text)) throw new UsageError(`--tcp-congestion: not an algorithm name: ${String(text)}`);
   return { algorithm: text };
 }
