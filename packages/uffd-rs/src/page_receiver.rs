@@ -57,8 +57,8 @@ const NEAR_WINDOW_PAGES: u64 = 64;
 /// slow link (docs/PERFORMANCE.md, "Faults on pages on their way").
 const WAIT_BEHIND_REQUESTS: usize = 2;
 /// A reply's pages are installed without waking the threads waiting on them, which are
-/// woken once this many bytes more are in (background.rs, `Wake`).
-const WAKE_EVERY: u64 = 128 << 10;
+/// woken once this many bytes more are in (background.rs, `Wake`): every other slice.
+const WAKE_EVERY: u64 = 512 << 10;
 /// How a connection's replies are taken in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lane {
