@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-/// Bytes installed per UFFDIO_COPY while holding a gate: 64 pages of 4 KiB, ~60-80 µs into
+/// Bytes installed per UFFDIO_COPY while holding a gate: 64 pages of 4 KiB, ~80-100 µs into
 /// warm memory, which is what a fault read may wait behind. 16 pages cost the busy 1 GiB
 /// transfer ~10% more destination CPU once the sender stopped pacing (with WAKE_EVERY of
 /// page_receiver.rs; docs/PERFORMANCE.md, "Coarser installs, once the data comes in bulk").
