@@ -298,7 +298,10 @@ export interface NearFaults {
   installed: number
   /** Pages those windows installed, the faulting pages included. */
   pages: number
+  /** Service times (µs) of the `installed` faults since the last call. */
   serviceUs: Float64Array
+  /** Service times (µs) of the `waited` faults since the last call. */
+  waitedUs: Float64Array
 }
 
 /** See FaultLoop.installTarget. Opaque. */

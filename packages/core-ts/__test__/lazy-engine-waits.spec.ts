@@ -164,6 +164,8 @@ test('a fault on a page already on its way waits for its reply: the source is no
   t.is(summary.faults, 1);
   t.is(summary.faultsWaited, 1);
   t.is(summary.faultServiceUs.count, 1, 'its wait counts in the service times');
+  t.is(summary.waitedServiceUs.count, 1, 'as a wait for pages on their way');
+  t.is(summary.otherServiceUs.count, 0);
   t.is(summary.pagesByBackground, PAGES);
 });
 
@@ -178,6 +180,8 @@ test('a fault that waited for a reply which ended short is served anew', async (
   t.is(faultRequests[0]!.address, start + FAULTING * P);
   const summary = await within(engine.done, 'the transfer');
   t.is(summary.faults, 1, 'served twice, counted once');
+  t.is(summary.otherServiceUs.count, 1, 'served by its own request in the end');
+  t.is(summary.waitedServiceUs.count, 0);
   t.is(summary.pagesByFault, 1);
   t.is(summary.pagesByFault + summary.pagesByPrefetch + summary.pagesByBackground, PAGES);
 });

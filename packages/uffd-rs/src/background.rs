@@ -97,15 +97,18 @@ pub struct NearFaults {
     pub installed: AtomicU64,
     /// Pages those windows installed, faulting pages included.
     pub pages: AtomicU64,
-    /// Service times (µs) of both kinds, until JS takes them.
+    /// Service times (µs) of the `installed` faults, until JS takes them.
     pub service_us: Mutex<Vec<f64>>,
+    /// Service times (µs) of the `waited` ones, until JS takes them.
+    pub waited_us: Mutex<Vec<f64>>,
 }
 
 impl NearFaults {
-    /// A fault read at `read_ns` had its page in at `in_ns`.
-    pub fn served(&self, read_ns: u64, in_ns: u64) {
+    /// A fault read at `read_ns` had its page in at `in_ns`; `waited`: for a reply on its way.
+    pub fn served(&self, read_ns: u64, in_ns: u64, waited: bool) {
         let us = in_ns.saturating_sub(read_ns) as f64 / 1e3;
-        self.service_us.lock().unwrap_or_else(|p| p.into_inner()).push(us);
+        let times = if waited { &self.waited_us } else { &self.service_us };
+        times.lock().unwrap_or_else(|p| p.into_inner()).push(us);
     }
 }
 

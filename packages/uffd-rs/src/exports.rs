@@ -328,18 +328,20 @@ fn loop_ref(env: Env, a: &Args) -> JsResult<Value> {
     env.undefined()
 }
 
-/// loopNearFaults(loop): { waited, installed, pages, serviceUs } taken without JS so far;
-/// the service times are handed over (each is reported once).
+/// loopNearFaults(loop): { waited, installed, pages, serviceUs, waitedUs } taken without JS
+/// so far; the service times are handed over (each is reported once).
 fn loop_near_faults(env: Env, a: &Args) -> JsResult<Value> {
     use std::sync::atomic::Ordering::Relaxed;
     let l = loop_handle(env, a)?;
     let near = l.near().unwrap_or_default();
     let service = std::mem::take(&mut *near.service_us.lock().unwrap_or_else(|p| p.into_inner()));
+    let waited = std::mem::take(&mut *near.waited_us.lock().unwrap_or_else(|p| p.into_inner()));
     env.object_with(&[
         (c"waited", env.num(near.waited.load(Relaxed))?),
         (c"installed", env.num(near.installed.load(Relaxed))?),
         (c"pages", env.num(near.pages.load(Relaxed))?),
         (c"serviceUs", env.float64_array(&service)?),
+        (c"waitedUs", env.float64_array(&waited)?),
     ])
 }
 

@@ -121,7 +121,7 @@ impl Waiter {
     /// fault again, for JS to serve.
     fn settle(self, target: &Target, bytes: u64) {
         if self.addr >= target.dst && self.addr - target.dst < bytes {
-            target.gate.near().served(self.read_ns, now_ns());
+            target.gate.near().served(self.read_ns, now_ns(), true);
         } else {
             target.gate.wake(self.addr, page_size() as u64);
         }
@@ -305,7 +305,7 @@ impl Arrivals for Shared {
             let near = gate.near();
             near.installed.fetch_add(1, Ordering::Relaxed);
             near.pages.fetch_add((to - from) / ps, Ordering::Relaxed);
-            near.served(read_ns, in_ns);
+            near.served(read_ns, in_ns, false);
             return true;
         }
         let mut pending = self.pending.lock().unwrap();
@@ -618,7 +618,7 @@ impl Worker<'_> {
                 r.waiters.retain(|w| {
                     let served = w.addr >= target.dst && w.addr - target.dst < bytes;
                     if served {
-                        target.gate.near().served(w.read_ns, now_ns());
+                        target.gate.near().served(w.read_ns, now_ns(), true);
                     }
                     !served
                 });

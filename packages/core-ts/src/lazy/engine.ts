@@ -68,8 +68,24 @@ export interface LazyStats {
   remaining: number;
 }
 
+/** Fault service times, µs. */
+export interface ServiceTimes {
+  p50: number;
+  p99: number;
+  count: number;
+}
+
 export interface LazySummary extends LazyStats {
-  faultServiceUs: { p50: number; p99: number; count: number };
+  /** Every fault served: the two kinds below together. */
+  faultServiceUs: ServiceTimes;
+  /**
+   * Faults that waited for pages already on their way (a reply to an earlier request).
+   * On a link slower than the workload nearly every such wait is a transfer's worth, and
+   * when these are most of the faults, the overall p50 is one of them.
+   */
+  waitedServiceUs: ServiceTimes;
+  /** The others: served from pages at hand, by their own request, or with a zero page. */
+  otherServiceUs: ServiceTimes;
   totalMs: number;
   /**
    * CPU time of this whole process (every thread, user + system) over the same span as
@@ -103,6 +119,8 @@ interface Remote {
 interface Waiting {
   fault: Fault;
   t: number;
+  /** It waits for a reply to an earlier request (not one made for this fault). */
+  onItsWay: boolean;
 }
 
 /** A contiguous part of a background reply handed to the installer threads. */
@@ -160,6 +178,11 @@ function percentile(sorted: Float64Array, p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
+function serviceTimes(us: number[]): ServiceTimes {
+  const sorted = Float64Array.from(us).sort();
+  return { p50: percentile(sorted, 50), p99: percentile(sorted, 99), count: sorted.length };
+}
+
 export class LazyPagesEngine {
   readonly stats: LazyStats = {
     pagesTotal: 0, pagesByFault: 0, pagesByPrefetch: 0, pagesByBackground: 0, zeroFaults: 0, faults: 0, faultsWaited: 0, bytes: 0, remaining: 0,
@@ -198,7 +221,9 @@ export class LazyPagesEngine {
   #rr = 0;
   #t0 = performance.now();
   #cpu0 = process.cpuUsage();
+  /** Service times of the faults served other than by waiting for pages on their way (those: #waitedUs). */
   #serviceUs: number[] = [];
+  #waitedUs: number[] = [];
   /** The loop's nearFaults counts already in `stats`. */
   #near = { waited: 0, installed: 0, pages: 0 };
   #nearFoldedAt = 0;
@@ -391,7 +416,7 @@ export class LazyPagesEngine {
     const run = p.space.claim(r, idx, p.window, true);
     if (!run) return;
     const fetchInstalled = this.#sourceInstalls.fault;
-    if (fetchInstalled) this.#fetchInstalled(p, run, fetchInstalled, 'fault', { fault: f, t });
+    if (fetchInstalled) this.#fetchInstalled(p, run, fetchInstalled, 'fault', { fault: f, t, onItsWay: false });
     else this.#fetch(p, run, 'fault', t);
   }
 
@@ -469,7 +494,7 @@ export class LazyPagesEngine {
       const n = Math.min(p.window, run.count - at);
       if (!f.installNow(at * this.#P, n * this.#P)) {
         if (lane === 'background' && ahead > WAIT_BEHIND_REQUESTS) return false;
-        remote.waiting.push({ fault, t });
+        remote.waiting.push({ fault, t, onItsWay: true });
         this.stats.faultsWaited++;
         return true;
       }
@@ -609,10 +634,10 @@ export class LazyPagesEngine {
     const now = performance.now();
     const { p, run } = r;
     const installedTo = run.first + bytes / this.#P;
-    for (const { fault, t } of r.waiting) {
+    for (const { fault, t, onItsWay } of r.waiting) {
       const idx = (fault.address - run.range.dst) / this.#P;
       const installed = p.space.find(fault.address) === run.range && idx >= run.first && idx < installedTo && run.range.state[idx] === DONE;
-      if (installed) this.#serviceUs.push((now - t) * 1000);
+      if (installed) (onItsWay ? this.#waitedUs : this.#serviceUs).push((now - t) * 1000);
       else this.#serveFault(fault, t);
     }
   }
@@ -844,10 +869,11 @@ export class LazyPagesEngine {
       // Every page is in: closing the uffds now cannot turn a missing page into a zero page.
       await this.#loop.stop();
       for (const p of this.#procs.values()) if (!p.uffd.closed) p.uffd.close();
-      const sorted = Float64Array.from(this.#serviceUs).sort();
       this.#resolve({
         ...this.stats,
-        faultServiceUs: { p50: percentile(sorted, 50), p99: percentile(sorted, 99), count: sorted.length },
+        faultServiceUs: serviceTimes(this.#serviceUs.concat(this.#waitedUs)),
+        waitedServiceUs: serviceTimes(this.#waitedUs),
+        otherServiceUs: serviceTimes(this.#serviceUs),
         totalMs: performance.now() - this.#t0,
         cpuMs: cpuMsSince(this.#cpu0),
       });
@@ -875,6 +901,7 @@ export class LazyPagesEngine {
     this.stats.pagesByPrefetch += pages - installed;
     this.stats.pagesByBackground -= pages;
     for (const us of n.serviceUs) this.#serviceUs.push(us);
+    for (const us of n.waitedUs) this.#waitedUs.push(us);
   }
 
   async #fail(err: Error): Promise<void> {

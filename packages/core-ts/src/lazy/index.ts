@@ -3,7 +3,7 @@ export { FrozenProcessReader, ImagesReader } from './readers.js';
 export {
   PageStream, PageReceiver, setTcpCongestion, tcpCongestion, type PageStreamEvent, type PageReceiverEvent, type InstallTarget,
 } from './page-stream.js';
-export { LazyPagesEngine, DEFAULT_CHUNK_PAGES, DEFAULT_IN_FLIGHT, DEFAULT_MAX_WINDOW, type LazyTarget, type LazyEngineOptions, type LazyStats, type LazySummary } from './engine.js';
+export { LazyPagesEngine, DEFAULT_CHUNK_PAGES, DEFAULT_IN_FLIGHT, DEFAULT_MAX_WINDOW, type LazyTarget, type LazyEngineOptions, type LazyStats, type LazySummary, type ServiceTimes } from './engine.js';
 export { PageSpace } from './page-space.js';
 export { lazyRanges, vmasToRegister, vmasOverlapping, lazyCapable, entriesForLazyRestore, type LazyPlanRange } from './plan.js';
 export { attachUserfaultfd, AttachError, UFFD_EVENTS, UFFDIO_STRUCT_BYTES, type RemoteProcess } from './attach.js';
