@@ -29,7 +29,7 @@
 //! unfragmented unmasked binary frames, ping, pong, close.
 
 use crate::background::{Arrivals, End, Gate, Present, SrcBytes, Target, Wake, defer_to_js_thread, install_span};
-use crate::sys::{SysError, SysResult, cvt, now_ns, page_size};
+use crate::sys::{SysError, SysResult, now_ns, page_size};
 use crate::ws_wire::{FrameBuf, TAG_PAGES, message_uints, send_all, take_socket, ws_header};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -116,13 +116,21 @@ struct Waiter {
 }
 
 impl Waiter {
+    /// Whether its page is among the first `bytes` of `target`'s pages, which are in and
+    /// woken: then it is counted as served (a wait for a reply on its way) and true.
+    fn served_by(&self, target: &Target, bytes: u64) -> bool {
+        let served = self.addr >= target.dst && self.addr - target.dst < bytes;
+        if served {
+            target.gate.near().served(self.read_ns, now_ns(), true);
+        }
+        served
+    }
+
     /// The reply for `target` ended with `bytes` from its start in: the fault was served if
     /// its page is among them (the install woke its thread), else its thread is woken to
     /// fault again, for JS to serve.
     fn settle(self, target: &Target, bytes: u64) {
-        if self.addr >= target.dst && self.addr - target.dst < bytes {
-            target.gate.near().served(self.read_ns, now_ns(), true);
-        } else {
+        if !self.served_by(target, bytes) {
             target.gate.wake(self.addr, page_size() as u64);
         }
     }
@@ -452,12 +460,7 @@ impl PageReceiver {
     /// processing and its thread's wake-up on the sender's CPU: a burst of requests held and
     /// sent as one costs that once.
     pub fn hold(&self, on: bool) -> SysResult<()> {
-        let v: libc::c_int = on.into();
-        // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int and its size.
-        let r = unsafe {
-            libc::setsockopt(self.shared.sock.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_CORK, (&v as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
-        };
-        cvt(r as libc::c_long, "setsockopt(TCP_CORK)").map(|_| ())
+        crate::sys::tcp::set_cork(self.shared.sock.as_raw_fd(), on)
     }
 
     /// Sends a close frame; the thread ends when the server answers it (or on terminate).
@@ -615,13 +618,7 @@ impl Worker<'_> {
         // Faults waiting on pages now in and woken are served.
         let woke = |bytes: u64| {
             if let Some(r) = self.s.received.lock().unwrap().get_mut(&id) {
-                r.waiters.retain(|w| {
-                    let served = w.addr >= target.dst && w.addr - target.dst < bytes;
-                    if served {
-                        target.gate.near().served(w.read_ns, now_ns(), true);
-                    }
-                    !served
-                });
+                r.waiters.retain(|w| !w.served_by(&target, bytes));
             }
         };
         // A fault lane's reply is a thread's whole wait: woken slice by slice.

@@ -1,6 +1,7 @@
-//! A TCP connection's congestion control (TCP_CONGESTION), chosen per socket.
+//! TCP socket options: a connection's congestion control (TCP_CONGESTION), chosen per
+//! socket, and holding its small writes back (TCP_CORK).
 //!
-//! Why per socket: the page server's background lane moves a whole address space as fast
+//! Why the congestion control per socket: the page server's background lane moves a whole address space as fast
 //! as the CPUs allow, and a machine's default may be an algorithm that paces its sending
 //! (BBR, which without an fq qdisc paces with a timer in TCP itself). On a link faster
 //! than the two ends' CPUs that timer costs the sender CPU and paces nothing useful
@@ -36,4 +37,14 @@ pub fn congestion(fd: RawFd) -> SysResult<String> {
     let got = &buf[..(len as usize).min(buf.len())];
     let end = got.iter().position(|&b| b == 0).unwrap_or(got.len());
     Ok(String::from_utf8_lossy(&got[..end]).into_owned())
+}
+
+/// setsockopt(TCP_CORK, on) on socket `fd`: while on, the kernel holds partial segments
+/// back; turning it off sends what is held at once.
+pub fn set_cork(fd: RawFd, on: bool) -> SysResult<()> {
+    let v: libc::c_int = on.into();
+    // SAFETY: a pointer to a live c_int and its size.
+    let rc = unsafe { libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CORK, (&v as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t) };
+    cvt(rc as libc::c_long, "setsockopt(TCP_CORK)").map_err(|e| e.about(Subject::Fd(fd)))?;
+    Ok(())
 }
