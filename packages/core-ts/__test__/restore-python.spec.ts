@@ -26,6 +26,15 @@ while True:
     time.sleep(0.02)
 `;
 
+/** Reaped, or a zombie: its stat may vanish between any two looks at it. */
+function goneOrZombie(pid: number): boolean {
+  try {
+    return /\) Z /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true;
+  }
+}
+
 test.serial('python3 with a large dict goes on counting after a restore', async (t) => {
   if (!fs.existsSync(PYTHON)) return t.pass(`${PYTHON} is not installed`);
   const dir = tempDir(t, 'python');
@@ -38,8 +47,7 @@ test.serial('python3 with a large dict goes on counting after a restore', async 
   const d = await dump({ pid: prog.pid, imagesDir: images, mode: 'kill' });
   t.log(`dump: ${d.pages.present} pages (${(d.pages.present * 4096) >> 20} MiB)`);
   // the original is gone (its supervisor reaps it)
-  for (let i = 0; i < 200 && fs.existsSync(`/proc/${prog.pid}/stat`) && !/\) Z /.test(fs.readFileSync(`/proc/${prog.pid}/stat`, 'utf8')); i++)
-    await new Promise((r) => setTimeout(r, 10));
+  for (let i = 0; i < 200 && !goneOrZombie(prog.pid); i++) await new Promise((r) => setTimeout(r, 10));
   const lines = fs.readFileSync(out, 'utf8').trim().split('\n');
   const last = Number(/^count (\d+) /.exec(lines[lines.length - 1]!)![1]);
   const since = fs.statSync(out).size;
